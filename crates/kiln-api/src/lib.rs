@@ -1,0 +1,1 @@
+//! Wire types: REST models, agent protocol (.proto), OpenAPI; no I/O.

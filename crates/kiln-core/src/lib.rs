@@ -1,0 +1,1 @@
+//! Sandbox lifecycle state machine, store, timers; no HTTP.

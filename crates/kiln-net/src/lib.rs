@@ -1,0 +1,1 @@
+//! Network namespaces pool, veth/NAT, egress firewall.

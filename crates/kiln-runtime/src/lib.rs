@@ -1,0 +1,1 @@
+//! The Runtime trait, the container backend and a fake for tests.

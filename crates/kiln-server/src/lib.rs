@@ -1,0 +1,1 @@
+//! kilnd: E2B-compatible control API, auth, sandbox proxy.

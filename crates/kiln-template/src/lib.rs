@@ -1,0 +1,1 @@
+//! Base templates: mmdebstrap rootfs builds, cached by recipe hash.
