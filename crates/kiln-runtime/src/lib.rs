@@ -1,1 +1,13 @@
-//! The Runtime trait, the container backend and a fake for tests.
+//! The `Runtime` trait every isolation backend implements, the backends
+//! themselves (one module each) and a fake for unit tests of the core.
+//!
+//! The core holds a `dyn Runtime`; it never knows which backend it drives.
+
+mod runtime;
+
+pub mod fake;
+
+pub use runtime::{
+    Runtime, RuntimeError, RuntimeEvent, SandboxHandle, SandboxSpec, SandboxStats, TemplateRef,
+    AGENT_PORT,
+};

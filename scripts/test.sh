@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Sets up everything the test suite needs on a fresh Debian 12 machine (as root)
+# and runs the whole suite: Rust unit and integration tests, then every phase in
+# scripts/test.d/ in name order (end-to-end tests with the real e2b SDKs, the
+# runtime's security tests, ...). Exits non-zero if anything failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+kiln_install_apt_deps
+kiln_build
+
+failed=()
+step() {
+    local name=$1
+    shift
+    echo
+    echo "==== $name"
+    if "$@"; then
+        echo "==== $name: ok"
+    else
+        echo "==== $name: FAILED"
+        failed+=("$name")
+    fi
+}
+
+step "rust tests" cargo test --workspace --locked -- --test-threads="${KILN_TEST_THREADS:-2}"
+for phase in scripts/test.d/*.sh; do
+    [ -e "$phase" ] || continue
+    step "$(basename "$phase" .sh)" bash "$phase"
+done
+
+echo
+if [ ${#failed[@]} -eq 0 ]; then
+    echo "all test phases passed"
+else
+    echo "failed phases: ${failed[*]}"
+    exit 1
+fi
