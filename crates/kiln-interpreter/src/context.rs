@@ -1,0 +1,247 @@
+//! Stateful contexts: one kernel each, created, listed, restarted and removed
+//! by id, plus one default context per language.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use jupyter_zmq_client::KernelspecDir;
+use serde::Serialize;
+
+use crate::kernel::{Kernel, KernelError};
+use crate::kernelspec::{normalize_language, Catalog, KNOWN_LANGUAGES};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("unsupported language '{language}'; available: {available}")]
+    UnknownLanguage { language: String, available: String },
+    #[error("no kernel for language '{language}' is installed; available: {available}")]
+    NotInstalled { language: String, available: String },
+    #[error("context {0} not found")]
+    NotFound(String),
+    #[error("working directory {0} does not exist or is not a directory")]
+    BadCwd(PathBuf),
+    #[error("failed to start the {language} kernel")]
+    Start {
+        language: String,
+        #[source]
+        source: KernelError,
+    },
+}
+
+/// What the SDK sees of a context.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ContextInfo {
+    pub id: String,
+    pub language: String,
+    pub cwd: String,
+}
+
+pub struct Context {
+    pub info: ContextInfo,
+    spec: KernelspecDir,
+    kernel: Mutex<Arc<Kernel>>,
+    /// Held for the whole of an execution: a kernel runs one cell at a time.
+    pub exec_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Context {
+    pub fn kernel(&self) -> Arc<Kernel> {
+        self.kernel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+pub struct Registry {
+    catalog: Catalog,
+    default_cwd: PathBuf,
+    runtime_dir: PathBuf,
+    contexts: RwLock<HashMap<String, Arc<Context>>>,
+    /// language → id of its default context; the async lock keeps two first
+    /// requests for a language from starting two kernels.
+    defaults: tokio::sync::Mutex<HashMap<String, String>>,
+}
+
+impl Registry {
+    pub fn new(catalog: Catalog, default_cwd: PathBuf, runtime_dir: PathBuf) -> Self {
+        Registry {
+            catalog,
+            default_cwd,
+            runtime_dir,
+            contexts: RwLock::default(),
+            defaults: tokio::sync::Mutex::default(),
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    fn spec_for(&self, language: &str) -> Result<(String, KernelspecDir), ContextError> {
+        let language = normalize_language(Some(language));
+        // TypeScript runs in the JavaScript kernel when no TypeScript kernel is installed.
+        let spec = self.catalog.get(&language).or_else(|| {
+            (language == "typescript")
+                .then(|| self.catalog.get("javascript"))
+                .flatten()
+        });
+        match spec {
+            Some(spec) => Ok((language, spec.clone())),
+            None => {
+                let installed = self.catalog.languages();
+                let available = if installed.is_empty() {
+                    "no language (no Jupyter kernel is installed)".to_owned()
+                } else {
+                    installed.join(", ")
+                };
+                if KNOWN_LANGUAGES.contains(&language.as_str()) {
+                    Err(ContextError::NotInstalled {
+                        language,
+                        available,
+                    })
+                } else {
+                    Err(ContextError::UnknownLanguage {
+                        language,
+                        available,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Starts a kernel for `language` in `cwd` and registers it.
+    pub async fn create(
+        &self,
+        language: Option<&str>,
+        cwd: Option<&str>,
+    ) -> Result<ContextInfo, ContextError> {
+        let (language, spec) = self.spec_for(&normalize_language(language))?;
+        let cwd = match cwd {
+            Some(c) if !c.trim().is_empty() => PathBuf::from(c),
+            _ => self.default_cwd.clone(),
+        };
+        if !tokio::fs::metadata(&cwd)
+            .await
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
+            return Err(ContextError::BadCwd(cwd));
+        }
+        let kernel = self.start_kernel(&language, &spec, &cwd).await?;
+        let info = ContextInfo {
+            id: uuid::Uuid::new_v4().to_string(),
+            language,
+            cwd: cwd.display().to_string(),
+        };
+        let context = Arc::new(Context {
+            info: info.clone(),
+            spec,
+            kernel: Mutex::new(Arc::new(kernel)),
+            exec_lock: Arc::default(),
+        });
+        self.contexts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(info.id.clone(), context);
+        tracing::info!(id = %info.id, language = %info.language, cwd = %info.cwd, "context created");
+        Ok(info)
+    }
+
+    async fn start_kernel(
+        &self,
+        language: &str,
+        spec: &KernelspecDir,
+        cwd: &Path,
+    ) -> Result<Kernel, ContextError> {
+        Kernel::start(spec, cwd, &self.runtime_dir)
+            .await
+            .map_err(|source| ContextError::Start {
+                language: language.to_owned(),
+                source,
+            })
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Context>, ContextError> {
+        self.contexts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ContextError::NotFound(id.to_owned()))
+    }
+
+    /// The default context of `language`, started on first use.
+    pub async fn default_for(&self, language: Option<&str>) -> Result<Arc<Context>, ContextError> {
+        let (language, _) = self.spec_for(&normalize_language(language))?;
+        let mut defaults = self.defaults.lock().await;
+        if let Some(id) = defaults.get(&language) {
+            if let Ok(context) = self.get(id) {
+                return Ok(context);
+            }
+        }
+        let info = self.create(Some(&language), None).await?;
+        defaults.insert(language, info.id.clone());
+        self.get(&info.id)
+    }
+
+    pub fn list(&self) -> Vec<ContextInfo> {
+        let mut list: Vec<ContextInfo> = self
+            .contexts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|c| c.info.clone())
+            .collect();
+        list.sort_by(|a, b| (&a.language, &a.id).cmp(&(&b.language, &b.id)));
+        list
+    }
+
+    /// Replaces the context's kernel with a fresh one: its state is gone, its
+    /// id and working directory stay. A running cell ends with an error.
+    pub async fn restart(&self, id: &str) -> Result<(), ContextError> {
+        let context = self.get(id)?;
+        let old = context.kernel();
+        old.shutdown().await;
+        let _running = context.exec_lock.lock().await;
+        let kernel = self
+            .start_kernel(
+                &context.info.language,
+                &context.spec,
+                Path::new(&context.info.cwd),
+            )
+            .await?;
+        *context.kernel.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(kernel);
+        tracing::info!(%id, "context restarted");
+        Ok(())
+    }
+
+    /// Stops the context's kernel and forgets it.
+    pub async fn remove(&self, id: &str) -> Result<(), ContextError> {
+        let context = self
+            .contexts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+            .ok_or_else(|| ContextError::NotFound(id.to_owned()))?;
+        self.defaults.lock().await.retain(|_, v| v != id);
+        context.kernel().shutdown().await;
+        tracing::info!(%id, "context removed");
+        Ok(())
+    }
+
+    /// Stops every kernel (on server shutdown).
+    pub async fn shutdown_all(&self) {
+        let all: Vec<Arc<Context>> = self
+            .contexts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for context in all {
+            context.kernel().shutdown().await;
+        }
+    }
+}

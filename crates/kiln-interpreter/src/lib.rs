@@ -1,0 +1,17 @@
+//! The code interpreter served on port 49999 of a code-interpreter sandbox:
+//! Jupyter kernels (over ZeroMQ, through `jupyter-zmq-client`) behind the
+//! `/execute` and `/contexts` API that E2B's `e2b-code-interpreter` SDKs call.
+//!
+//! - [`kernelspec`]: which installed kernel serves which language
+//! - [`kernel`]: one kernel process and its channels
+//! - [`context`]: stateful contexts, one default per language
+//! - [`execute`]: one cell, streamed as NDJSON
+//! - [`output`]: the NDJSON lines and the Jupyter-message mapping
+//! - [`server`]: the axum router
+
+pub mod context;
+pub mod execute;
+pub mod kernel;
+pub mod kernelspec;
+pub mod output;
+pub mod server;
