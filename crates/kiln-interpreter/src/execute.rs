@@ -48,7 +48,7 @@ impl Cell {
         }
         let timeout = match timeout_secs {
             None => None,
-            Some(t) if t == 0.0 => None,
+            Some(0.0) => None,
             Some(t) if t.is_finite() && t > 0.0 && t < 1e9 => Some(Duration::from_secs_f64(t)),
             Some(t) => return Err(ExecuteError::BadTimeout(t)),
         };
@@ -330,7 +330,10 @@ mod tests {
     fn timeouts_are_checked() {
         assert!(Cell::new("x".into(), None, Some(-1.0)).is_err());
         assert!(Cell::new("x".into(), None, Some(f64::NAN)).is_err());
-        assert_eq!(Cell::new("x".into(), None, Some(0.0)).unwrap().timeout, None);
+        assert_eq!(
+            Cell::new("x".into(), None, Some(0.0)).unwrap().timeout,
+            None
+        );
         assert_eq!(
             Cell::new("x".into(), None, Some(1.5)).unwrap().timeout,
             Some(Duration::from_millis(1500))
@@ -348,7 +351,10 @@ mod tests {
             set_env_code("javascript", &vars),
             r#"process.env["K"] = "it's \"x\"\n";"#
         );
-        assert_eq!(set_env_code("r", &vars), r#"Sys.setenv("K" = "it's \"x\"\n")"#);
+        assert_eq!(
+            set_env_code("r", &vars),
+            r#"Sys.setenv("K" = "it's \"x\"\n")"#
+        );
         assert_eq!(set_env_code("bash", &vars), "export K='it'\\''s \"x\"\n'");
         assert_eq!(set_env_code("java", &vars), "");
     }

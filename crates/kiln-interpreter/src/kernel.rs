@@ -57,7 +57,7 @@ pub enum KernelError {
 #[derive(Debug)]
 pub enum KernelEvent {
     /// A message from iopub or a reply from shell whose parent is the request.
-    Message(JupyterMessage),
+    Message(Box<JupyterMessage>),
     /// The kernel process exited; the text says how.
     Died(String),
 }
@@ -122,7 +122,11 @@ impl Kernel {
 
         let mut command = spec
             .clone()
-            .command(&connection_file, Some(Stdio::inherit()), Some(Stdio::null()))
+            .command(
+                &connection_file,
+                Some(Stdio::inherit()),
+                Some(Stdio::null()),
+            )
             .map_err(protocol)?;
         command
             .current_dir(cwd)
@@ -168,7 +172,7 @@ impl Kernel {
         }
 
         let session_id = uuid::Uuid::new_v4().to_string();
-        let connect = async {
+        let connect = || async {
             let iopub =
                 jupyter_zmq_client::create_client_iopub_connection(&info, "", &session_id).await?;
             let identity = jupyter_zmq_client::peer_identity_for_session(&session_id)?;
@@ -181,6 +185,23 @@ impl Kernel {
             let control =
                 jupyter_zmq_client::create_client_control_connection(&info, &session_id).await?;
             Ok::<_, RuntimeError>((iopub, shell, control))
+        };
+        // Some kernels (IRkernel) reset the first connections made while they
+        // are still setting up their sockets: retry until the startup deadline.
+        let connect = async {
+            loop {
+                match connect().await {
+                    Ok(conns) => return Ok(conns),
+                    Err(e)
+                        if started.elapsed() < STARTUP_TIMEOUT
+                            && !matches!(child.try_wait(), Ok(Some(_))) =>
+                    {
+                        tracing::debug!(kernel = %name, "connecting failed, retrying: {e}");
+                        sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         };
         let (mut iopub, shell, control) = match timeout(STARTUP_TIMEOUT, connect).await {
             Ok(Ok(conns)) => conns,
@@ -262,17 +283,19 @@ impl Kernel {
         Ok(kernel)
     }
 
-    /// Asks for kernel info until the reply and an iopub message for it both
-    /// arrive: the second proves the iopub subscription is live, so no output
-    /// of the first cell is lost.
+    /// Asks for kernel info until an iopub message for the request arrives:
+    /// that proves the iopub subscription is live, so no output of the first
+    /// cell is lost. A kernel that never publishes a status for kernel info
+    /// is taken as ready after its third reply.
     async fn wait_ready(&self, started: Instant) -> Result<(), KernelError> {
+        let mut replies = 0;
         loop {
             let mut request = self
                 .submit(JupyterMessage::new(KernelInfoRequest {}, None))
                 .await?;
             let deadline = Instant::now() + Duration::from_millis(1000);
             let (mut replied, mut published) = (false, false);
-            while !(replied && published) {
+            while !published {
                 match tokio::time::timeout_at(deadline, request.events.recv()).await {
                     Ok(Some(KernelEvent::Message(m))) => {
                         if m.header.msg_type == "kernel_info_reply" {
@@ -291,7 +314,8 @@ impl Kernel {
                 }
             }
             self.forget(&request.msg_id);
-            if replied && published {
+            replies += usize::from(replied);
+            if published || replies >= 3 {
                 return Ok(());
             }
             if started.elapsed() > STARTUP_TIMEOUT {
@@ -407,7 +431,7 @@ fn deliver(routes: &Routes, message: JupyterMessage) {
     };
     let routes = routes.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(tx) = routes.get(&parent) {
-        let _ = tx.send(KernelEvent::Message(message));
+        let _ = tx.send(KernelEvent::Message(Box::new(message)));
     }
 }
 

@@ -45,7 +45,9 @@ fn parse_args() -> anyhow::Result<Args> {
                     .collect()
             }
             "-h" | "--help" => {
-                println!("usage: kiln-interpreter [--listen ADDR] [--cwd DIR] [--preload LANG,LANG...]");
+                println!(
+                    "usage: kiln-interpreter [--listen ADDR] [--cwd DIR] [--preload LANG,LANG...]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -58,10 +60,10 @@ fn parse_args() -> anyhow::Result<Args> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = parse_args()?;
 
@@ -71,7 +73,11 @@ async fn main() -> anyhow::Result<()> {
 
     let catalog = Catalog::discover().await;
     tracing::info!(languages = ?catalog.languages(), "kernels found");
-    let registry = Arc::new(Registry::new(catalog, args.cwd.clone(), runtime_dir.clone()));
+    let registry = Arc::new(Registry::new(
+        catalog,
+        args.cwd.clone(),
+        runtime_dir.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -22,7 +22,7 @@ pub enum Output {
         text: String,
         timestamp: i64,
     },
-    Result(ResultData),
+    Result(Box<ResultData>),
     Error {
         name: String,
         value: String,
@@ -179,11 +179,14 @@ pub enum Event {
 
 /// Maps one message from iopub or shell to an [`Event`].
 pub fn event_of(message: &JupyterMessage) -> Event {
-    let timestamp = message
-        .header
-        .date
-        .timestamp_nanos_opt()
-        .unwrap_or_default();
+    // Kernels on old protocol versions (IJavascript) send no date: use ours.
+    let timestamp = match message.header.date.timestamp_nanos_opt() {
+        Some(ns) if ns > 0 => ns,
+        _ => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or_default(),
+    };
     match &message.content {
         JupyterMessageContent::StreamContent(stream) => {
             let text = stream.text.clone();
@@ -192,22 +195,20 @@ pub fn event_of(message: &JupyterMessage) -> Event {
                 Stdio::Stderr => Output::Stderr { text, timestamp },
             })
         }
-        JupyterMessageContent::ExecuteResult(result) => Event::Output(Output::Result(
+        JupyterMessageContent::ExecuteResult(result) => Event::Output(Output::Result(Box::new(
             ResultData::from_mime_bundle(bundle_of(&result.data), true),
-        )),
-        JupyterMessageContent::DisplayData(display) => Event::Output(Output::Result(
+        ))),
+        JupyterMessageContent::DisplayData(display) => Event::Output(Output::Result(Box::new(
             ResultData::from_mime_bundle(bundle_of(&display.data), false),
-        )),
+        ))),
         JupyterMessageContent::ErrorOutput(error) => Event::Output(Output::Error {
             name: error.ename.clone(),
             value: error.evalue.clone(),
             traceback: error.traceback.join("\n"),
         }),
-        JupyterMessageContent::ExecuteInput(input) => {
-            Event::Output(Output::NumberOfExecutions {
-                execution_count: input.execution_count.0,
-            })
-        }
+        JupyterMessageContent::ExecuteInput(input) => Event::Output(Output::NumberOfExecutions {
+            execution_count: input.execution_count.0,
+        }),
         JupyterMessageContent::Status(status) => {
             if status.execution_state == jupyter_protocol::ExecutionState::Idle {
                 Event::Idle
@@ -350,7 +351,10 @@ mod tests {
         );
         assert_eq!(r.text.as_deref(), Some("abc"));
         let r = ResultData::from_mime_bundle(
-            json!({"text/plain": "'a' + 'b"}).as_object().unwrap().clone(),
+            json!({"text/plain": "'a' + 'b"})
+                .as_object()
+                .unwrap()
+                .clone(),
             true,
         );
         assert_eq!(r.text.as_deref(), Some("'a' + 'b"));
@@ -421,11 +425,14 @@ mod tests {
             panic!("abort gives an error")
         };
         assert_eq!(name, "ExecutionAborted");
-        let Event::Reply(Some(Output::Error { name, traceback, .. })) = event_of(&message(
+        let Event::Reply(Some(Output::Error {
+            name, traceback, ..
+        })) = event_of(&message(
             "execute_reply",
             json!({"status": "error", "execution_count": 1, "ename": "E",
                    "evalue": "v", "traceback": ["a", "b"]}),
-        )) else {
+        ))
+        else {
             panic!("error reply gives an error")
         };
         assert_eq!((name.as_str(), traceback.as_str()), ("E", "a\nb"));
@@ -433,7 +440,10 @@ mod tests {
 
     #[test]
     fn fixed_lines_have_their_wire_form() {
-        assert_eq!(Output::EndOfExecution.to_line(), "{\"type\":\"end_of_execution\"}\n");
+        assert_eq!(
+            Output::EndOfExecution.to_line(),
+            "{\"type\":\"end_of_execution\"}\n"
+        );
         assert_eq!(Output::Keepalive.to_line(), "{\"type\":\"keepalive\"}\n");
     }
 }

@@ -104,8 +104,8 @@ async fn execute_handler(
         (Some(id), None) => registry.get(&id)?,
         (None, language) => registry.default_for(language.as_deref()).await?,
     };
-    let lines = ReceiverStream::new(execute::spawn(context, cell))
-        .map(Ok::<_, std::convert::Infallible>);
+    let lines =
+        ReceiverStream::new(execute::spawn(context, cell)).map(Ok::<_, std::convert::Infallible>);
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(lines),

@@ -1,0 +1,77 @@
+"""Fixtures: a real kiln-interpreter on loopback, and the unmodified
+e2b-code-interpreter SDK pointed straight at it.
+
+Inside a sandbox the SDK reaches port 49999 through kilnd's proxy; here
+E2B_SANDBOX_URL-style configuration (ConnectionConfig(sandbox_url=...)) sends
+the very same requests, with the same E2b-Sandbox-Id/Port headers, to the
+server directly. The Sandbox object is built with the SDK's own constructor
+because there is no control API in this test.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from e2b import ConnectionConfig
+from e2b_code_interpreter import Sandbox
+from packaging.version import Version
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory):
+    binary = os.environ.get("KILN_INTERPRETER_BIN", "target/debug/kiln-interpreter")
+    cwd = tmp_path_factory.mktemp("home")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
+    proc = subprocess.Popen(
+        [binary, "--listen", f"127.0.0.1:{port}", "--cwd", str(cwd), "--preload", "python"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"kiln-interpreter did not start:\n{log.read()}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.seek(0)
+        tail = log.read()[-4000:]
+        if tail:
+            print("---- kiln-interpreter log (tail) ----\n" + tail)
+
+
+@pytest.fixture(scope="session")
+def sandbox(server_url) -> Sandbox:
+    config = ConnectionConfig(sandbox_url=server_url, api_key="e2b_" + "0" * 40)
+    return Sandbox(
+        sandbox_id="kiln-interpreter-test",
+        envd_version=Version("0.5.7"),
+        envd_access_token="test-token",
+        sandbox_domain=None,
+        connection_config=config,
+    )
