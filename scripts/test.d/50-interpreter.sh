@@ -45,7 +45,7 @@ if [ ! -x "$work/sdk-venv/bin/python" ]; then
 fi
 "$work/sdk-venv/bin/pip" install -q --disable-pip-version-check \
     e2b-code-interpreter==2.11.5 e2b==2.63.0 pytest==9.2.0
-(cd tests/interpreter/js && npm install -s --no-save >/dev/null)
+(cd tests/interpreter/js && npm ci -s >/dev/null)
 
 cargo build --locked -p kiln-interpreter
 export KILN_INTERPRETER_BIN=$PWD/target/debug/kiln-interpreter
@@ -53,5 +53,5 @@ export JUPYTER_PATH=$jupyter_prefix/share/jupyter
 
 status=0
 "$work/sdk-venv/bin/python" -m pytest -q -p no:cacheprovider tests/interpreter || status=1
-node --test tests/interpreter/js/ || status=1
+node --test --test-force-exit tests/interpreter/js/ || status=1
 exit $status

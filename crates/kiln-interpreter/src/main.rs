@@ -94,18 +94,24 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
-    axum::serve(listener, kiln_interpreter::server::app(registry.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server failed")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("failed to handle SIGTERM")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stopped = stop_rx.clone();
+    let server = axum::serve(listener, kiln_interpreter::server::app(registry.clone()))
+        .with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+    let server = tokio::spawn(async move { server.await });
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    // Clients keep idle connections open: give requests in flight a moment, no more.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+    drop(stop_rx);
     registry.shutdown_all().await;
     let _ = std::fs::remove_dir_all(&runtime_dir);
     Ok(())
