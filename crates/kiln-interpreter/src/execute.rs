@@ -132,6 +132,8 @@ async fn run_cell(kernel: &Kernel, cell: &Cell, sink: &mut Sink) {
     let mut stopping_since: Option<Instant> = None;
     let mut idle_at: Option<Instant> = None;
     let mut error_sent = false;
+    // Done when both the idle status (all output sent) and the reply are in.
+    let mut replied = false;
 
     loop {
         let stop_deadline = stopping_since.map(|s| s + INTERRUPT_GRACE);
@@ -148,6 +150,7 @@ async fn run_cell(kernel: &Kernel, cell: &Cell, sink: &mut Sink) {
                         keepalive.reset();
                     }
                     Event::Idle => {
+                        if replied { break; }
                         idle_at = Some(Instant::now());
                     }
                     Event::Reply(error) => {
@@ -157,6 +160,7 @@ async fn run_cell(kernel: &Kernel, cell: &Cell, sink: &mut Sink) {
                                 sink.send(&out).await;
                             }
                         }
+                        replied = true;
                         if idle_at.is_some() { break; }
                     }
                     Event::Ignore => {}
