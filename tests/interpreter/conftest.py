@@ -29,6 +29,20 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def server_url(tmp_path_factory):
+    if os.environ.get("KILN_INTERPRETER_URL"):
+        # A server started elsewhere (tests/interpreter/template.sh).
+        url = os.environ["KILN_INTERPRETER_URL"]
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield url
+        return
     binary = os.environ.get("KILN_INTERPRETER_BIN", "target/debug/kiln-interpreter")
     cwd = tmp_path_factory.mktemp("home")
     port = _free_port()

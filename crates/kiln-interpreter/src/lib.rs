@@ -8,6 +8,7 @@
 //! - [`execute`]: one cell, streamed as NDJSON
 //! - [`output`]: the NDJSON lines and the Jupyter-message mapping
 //! - [`server`]: the axum router
+//! - [`template`]: the code-interpreter template recipe
 
 pub mod context;
 pub mod execute;
@@ -15,3 +16,4 @@ pub mod kernel;
 pub mod kernelspec;
 pub mod output;
 pub mod server;
+pub mod template;

@@ -8,6 +8,7 @@
 //! directories (`JUPYTER_PATH`, then `~/.local/share/jupyter`,
 //! `/usr/local/share/jupyter`, `/usr/share/jupyter`).
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -43,6 +44,13 @@ fn parse_args() -> anyhow::Result<Args> {
                     .filter(|s| !s.is_empty())
                     .map(str::to_owned)
                     .collect()
+            }
+            // For the template build (tests/interpreter/template.sh and the
+            // template builder): the recipe as JSON.
+            "--print-template-recipe" => {
+                let json = serde_json::to_string_pretty(&kiln_interpreter::template::recipe())?;
+                let _ = writeln!(std::io::stdout(), "{json}");
+                std::process::exit(0);
             }
             "-h" | "--help" => {
                 println!(
