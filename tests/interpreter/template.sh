@@ -15,8 +15,10 @@ cargo build --locked -p kiln-interpreter
 bin=$PWD/target/debug/kiln-interpreter
 recipe=$("$bin" --print-template-recipe)
 
-if [ ! -x "$root/usr/bin/python3" ]; then
-    rm -rf "$root"
+# Rebuilt when the recipe changes; the stamp is written only after a full build.
+stamp=$root.recipe.json
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$recipe" ]; then
+    rm -rf "$root" "$stamp"
     mkdir -p "$(dirname "$root")"
     # The base template's packages (crates/kiln-template Recipe::base).
     base="bash,coreutils,procps,iproute2,python3,python3-pip,python3-venv,python-is-python3,nodejs,npm,git,curl,ca-certificates,sudo,locales,ncurses-bin,attr"
@@ -28,6 +30,7 @@ if [ ! -x "$root/usr/bin/python3" ]; then
         --include="$base,$extra" \
         --customize-hook='chroot "$1" useradd --create-home --uid 1000 --user-group --shell /bin/bash user' \
         "${hooks[@]}" bookworm "$root"
+    printf '%s' "$recipe" >"$stamp"
 fi
 
 # The binary goes where the recipe's placeholder is (the runtime bind-mounts it).

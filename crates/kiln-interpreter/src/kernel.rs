@@ -207,10 +207,12 @@ impl Kernel {
             Ok(Ok(conns)) => conns,
             Ok(Err(source)) => {
                 let _ = killpg(pgid, Signal::SIGKILL);
+                let _ = tokio::fs::remove_file(&connection_file).await;
                 return Err(protocol(source));
             }
             Err(_) => {
                 let _ = killpg(pgid, Signal::SIGKILL);
+                let _ = tokio::fs::remove_file(&connection_file).await;
                 return Err(KernelError::StartTimeout {
                     kernel: name,
                     secs: STARTUP_TIMEOUT.as_secs(),

@@ -77,7 +77,7 @@ pub fn recipe() -> TemplateRecipe {
             r#"set -e; d="$1/tmp/kiln-interpreter-build"; mkdir -p "$d"; python3 -m pip download -q --no-deps -d "$d/wheels" {BASH_KERNEL} {FILETYPE}; npm install -s --prefix "$d/stage" --cache "$d/npm-cache" --ignore-scripts {IJAVASCRIPT}"#
         ),
         // In the rootfs: install offline.
-        r#"chroot "$1" python3 -m pip install -q --no-index --no-deps --break-system-packages /tmp/kiln-interpreter-build/wheels/*.whl"#.to_owned(),
+        r#"chroot "$1" sh -c 'python3 -m pip install -q --no-index --no-deps --break-system-packages /tmp/kiln-interpreter-build/wheels/*.whl'"#.to_owned(),
         r#"chroot "$1" python3 -m bash_kernel.install --sys-prefix"#.to_owned(),
         format!(
             r#"chroot "$1" env npm_config_zmq_external=true npm_config_nodedir=/usr npm install -g -s --offline --cache /tmp/kiln-interpreter-build/npm-cache {IJAVASCRIPT}"#
