@@ -23,6 +23,7 @@ pub const BINARY: &str = "/usr/local/bin/kiln-interpreter";
 const BASH_KERNEL: &str = "bash_kernel==0.10.0";
 const FILETYPE: &str = "filetype==1.2.0";
 const IJAVASCRIPT: &str = "ijavascript@5.2.1";
+const IJAVASCRIPT_DIR: &str = "/usr/local/lib/ijavascript";
 
 /// What to add to the base template.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -63,8 +64,9 @@ pub fn recipe() -> TemplateRecipe {
         // R kernel.
         "r-base-core",
         "r-cran-irkernel",
-        // IJavascript's zeromq addon, built in the rootfs against Debian's
-        // libzmq and Node headers.
+        // To rebuild IJavascript's zeromq addon against Debian's libzmq and
+        // Node headers if its prebuilt one does not load; also what users
+        // need to pip/npm-install native extensions.
         "libzmq3-dev",
         "libnode-dev",
         "g++",
@@ -73,16 +75,21 @@ pub fn recipe() -> TemplateRecipe {
     ];
     let customize = vec![
         // Host side: fetch what comes from PyPI and npm into the rootfs.
+        // IJavascript goes in with its dependencies, install scripts not run.
         format!(
-            r#"set -e; d="$1/tmp/kiln-interpreter-build"; mkdir -p "$d"; python3 -m pip download -q --no-deps -d "$d/wheels" {BASH_KERNEL} {FILETYPE}; npm install -s --prefix "$d/stage" --cache "$d/npm-cache" --ignore-scripts {IJAVASCRIPT}"#
+            r#"set -e; d="$1/tmp/kiln-interpreter-build"; mkdir -p "$d" "$1{IJAVASCRIPT_DIR}"; python3 -m pip download -q --no-deps -d "$d/wheels" {BASH_KERNEL} {FILETYPE}; npm install -s --prefix "$d/stage" --ignore-scripts {IJAVASCRIPT}; cp -a "$d/stage/node_modules" "$d/stage/package.json" "$1{IJAVASCRIPT_DIR}/""#
         ),
-        // In the rootfs: install offline.
+        // In the rootfs, offline: bash_kernel and its kernelspec.
         r#"chroot "$1" sh -c 'python3 -m pip install -q --no-index --no-deps --break-system-packages /tmp/kiln-interpreter-build/wheels/*.whl'"#.to_owned(),
         r#"chroot "$1" python3 -m bash_kernel.install --sys-prefix"#.to_owned(),
+        // zeromq@5 ships a prebuilt addon for Debian's Node; if it does not
+        // load, build it against Debian's libzmq and Node headers.
         format!(
-            r#"chroot "$1" env npm_config_zmq_external=true npm_config_nodedir=/usr npm install -g -s --offline --cache /tmp/kiln-interpreter-build/npm-cache {IJAVASCRIPT}"#
+            r#"chroot "$1" sh -c 'cd {IJAVASCRIPT_DIR} && {{ node node_modules/zeromq/index.js || npm_config_zmq_external=true npm_config_nodedir=/usr npm rebuild --offline zeromq; }} && node node_modules/zeromq/index.js'"#
         ),
-        r#"mkdir -p "$1/usr/share/jupyter/kernels/javascript" && printf '%s\n' '{"argv": ["node", "/usr/local/lib/node_modules/ijavascript/lib/kernel.js", "--hide-undefined", "--protocol=5.0", "{connection_file}"], "display_name": "JavaScript (Node.js)", "language": "javascript"}' > "$1/usr/share/jupyter/kernels/javascript/kernel.json""#.to_owned(),
+        format!(
+            r#"mkdir -p "$1/usr/share/jupyter/kernels/javascript" && printf '%s\n' '{{"argv": ["node", "{IJAVASCRIPT_DIR}/node_modules/ijavascript/lib/kernel.js", "--hide-undefined", "--protocol=5.0", "{{connection_file}}"], "display_name": "JavaScript (Node.js)", "language": "javascript"}}' > "$1/usr/share/jupyter/kernels/javascript/kernel.json""#
+        ),
         r#"rm -rf "$1/tmp/kiln-interpreter-build""#.to_owned(),
         // The placeholder the runtime mounts the binary over.
         format!(r#"mkdir -p "$1/usr/local/bin" && touch "$1{BINARY}" && chmod 0755 "$1{BINARY}""#),
