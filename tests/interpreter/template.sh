@@ -38,7 +38,8 @@ cp "$bin" "$root/usr/local/bin/kiln-interpreter"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mount -t proc proc "$root/proc" 2>/dev/null || true
 mount --bind /dev "$root/dev"
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; umount "$root/dev"; umount "$root/proc" 2>/dev/null || true' EXIT
+mount --bind /dev/pts "$root/dev/pts" # bash_kernel runs bash on a PTY
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; umount "$root/dev/pts" "$root/dev"; umount "$root/proc" 2>/dev/null || true' EXIT
 # The start command, as user `user` in /home/user (loopback only for the test).
 chroot --userspec=1000:1000 "$root" env -i HOME=/home/user LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin \
     sh -c "cd /home/user && exec /usr/local/bin/kiln-interpreter --listen 127.0.0.1:$port --cwd /home/user --preload python" &
