@@ -285,3 +285,41 @@ def test_empty_code_is_an_empty_execution(sandbox):
         assert execution.error is None
         assert execution.results == []
         assert execution.logs.stdout == [] and execution.logs.stderr == []
+
+
+def test_shell_escape_and_execution_count(sandbox, tmp_path):
+    ctx = sandbox.create_code_context(cwd=str(tmp_path))
+    try:
+        first = sandbox.run_code("print('one')", context=ctx)
+        second = sandbox.run_code("!pwd", context=ctx)
+        assert (first.execution_count, second.execution_count) == (1, 2)
+        assert "".join(second.logs.stdout).strip() == str(tmp_path)
+    finally:
+        sandbox.remove_code_context(ctx)
+
+
+def test_a_display_with_one_format_has_only_that_format(sandbox):
+    execution = sandbox.run_code(
+        "display({'text/latex': r'\\text{Only}'}, raw=True)"
+    )
+    assert execution.error is None
+    assert [list(r.formats()) for r in execution.results] == [["latex"]]
+
+
+def test_cells_sent_at_once_to_one_context_run_one_after_another(sandbox):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ctx = sandbox.create_code_context()
+    try:
+        sandbox.run_code("import time; log = []", context=ctx)
+        code = "log.append({i}); time.sleep(0.2); log.append({i}); len(log)"
+        with ThreadPoolExecutor(4) as pool:
+            runs = list(pool.map(lambda i: sandbox.run_code(code.format(i=i), context=ctx), range(4)))
+        assert all(r.error is None for r in runs)
+        assert sorted(int(r.text) for r in runs) == [2, 4, 6, 8]
+        log = sandbox.run_code("log", context=ctx).text
+        pairs = eval(log)  # a Python list literal of ints
+        # Never interleaved: each cell's two entries are adjacent.
+        assert all(pairs[k] == pairs[k + 1] for k in range(0, 8, 2))
+    finally:
+        sandbox.remove_code_context(ctx)
