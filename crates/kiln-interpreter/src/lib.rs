@@ -10,10 +10,16 @@
 //! - [`server`]: the axum router
 //! - [`template`]: the code-interpreter template recipe
 
+#[cfg(feature = "server")]
 pub mod context;
+#[cfg(feature = "server")]
 pub mod execute;
+#[cfg(feature = "server")]
 pub mod kernel;
+#[cfg(feature = "server")]
 pub mod kernelspec;
+#[cfg(feature = "server")]
 pub mod output;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod template;
