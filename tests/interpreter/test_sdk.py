@@ -323,3 +323,21 @@ def test_cells_sent_at_once_to_one_context_run_one_after_another(sandbox):
         assert all(pairs[k] == pairs[k + 1] for k in range(0, 8, 2))
     finally:
         sandbox.remove_code_context(ctx)
+
+
+def test_a_kernel_that_ignores_interrupts_is_restarted_after_a_timeout(sandbox):
+    # IJavascript cannot be interrupted: the server kills it a few seconds
+    # after the interrupt and starts a fresh one, so the context stays usable.
+    ctx = sandbox.create_code_context(language="javascript")
+    try:
+        sandbox.run_code("var before = 1", context=ctx)
+        with pytest.raises(TimeoutException):
+            sandbox.run_code("while (true) {}", context=ctx, timeout=2)
+        started = time.monotonic()
+        after = sandbox.run_code("typeof before", context=ctx, timeout=30)
+        assert after.error is None
+        assert after.text == "undefined"  # a fresh kernel: the state is gone
+        assert time.monotonic() - started < 20
+        assert sandbox.run_code("20 + 22", context=ctx).text == "42"
+    finally:
+        sandbox.remove_code_context(ctx)

@@ -40,6 +40,7 @@ pub struct ContextInfo {
 pub struct Context {
     pub info: ContextInfo,
     spec: KernelspecDir,
+    runtime_dir: PathBuf,
     kernel: Mutex<Arc<Kernel>>,
     /// Held for the whole of an execution: a kernel runs one cell at a time.
     pub exec_lock: Arc<tokio::sync::Mutex<()>>,
@@ -51,6 +52,19 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Starts a fresh kernel in place of the current one (same id, cwd and
+    /// kernelspec). The caller holds `exec_lock`.
+    pub async fn respawn(&self) -> Result<(), KernelError> {
+        let kernel =
+            Kernel::start(&self.spec, Path::new(&self.info.cwd), &self.runtime_dir).await?;
+        let old = std::mem::replace(
+            &mut *self.kernel.lock().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(kernel),
+        );
+        old.kill();
+        Ok(())
     }
 }
 
@@ -138,6 +152,7 @@ impl Registry {
         let context = Arc::new(Context {
             info: info.clone(),
             spec,
+            runtime_dir: self.runtime_dir.clone(),
             kernel: Mutex::new(Arc::new(kernel)),
             exec_lock: Arc::default(),
         });
@@ -205,14 +220,13 @@ impl Registry {
         let old = context.kernel();
         old.shutdown().await;
         let _running = context.exec_lock.lock().await;
-        let kernel = self
-            .start_kernel(
-                &context.info.language,
-                &context.spec,
-                Path::new(&context.info.cwd),
-            )
-            .await?;
-        *context.kernel.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(kernel);
+        context
+            .respawn()
+            .await
+            .map_err(|source| ContextError::Start {
+                language: context.info.language.clone(),
+                source,
+            })?;
         tracing::info!(%id, "context restarted");
         Ok(())
     }

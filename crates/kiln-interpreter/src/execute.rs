@@ -16,7 +16,7 @@ use crate::output::{event_of, Event, Output};
 /// away is noticed (the write fails) and its cell interrupted.
 const KEEPALIVE: Duration = Duration::from_secs(1);
 /// After an interrupt, how long the kernel has to go idle before it is killed.
-const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
+const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 /// After the idle status, how long to wait for the shell reply.
 const REPLY_GRACE: Duration = Duration::from_millis(500);
 
@@ -106,7 +106,15 @@ async fn run(context: Arc<Context>, cell: Cell, tx: mpsc::Sender<String>) {
         let code = set_env_code(language, &cell.env_vars);
         run_silent(&kernel, &code).await;
     }
-    run_cell(&kernel, &cell, &mut sink).await;
+    if run_cell(&kernel, &cell, &mut sink).await == Ended::Killed {
+        // The kernel ignored the interrupt (IJavascript has no interrupt):
+        // keep the context usable with a fresh kernel; its state is gone.
+        if let Err(e) = context.respawn().await {
+            tracing::error!(context = %context.info.id, "failed to restart the kernel: {e}");
+        }
+        sink.send(&Output::EndOfExecution).await;
+        return;
+    }
     if !cell.env_vars.is_empty() && kernel.death().is_none() {
         let code = reset_env_code(language, &cell.env_vars);
         run_silent(&kernel, &code).await;
@@ -114,7 +122,15 @@ async fn run(context: Arc<Context>, cell: Cell, tx: mpsc::Sender<String>) {
     sink.send(&Output::EndOfExecution).await;
 }
 
-async fn run_cell(kernel: &Kernel, cell: &Cell, sink: &mut Sink) {
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The kernel went idle (or died by itself).
+    Normally,
+    /// The kernel ignored an interrupt and was killed.
+    Killed,
+}
+
+async fn run_cell(kernel: &Kernel, cell: &Cell, sink: &mut Sink) -> Ended {
     let mut request = match kernel.execute(&cell.code, false).await {
         Ok(r) => r,
         Err(e) => {
@@ -123,9 +139,10 @@ async fn run_cell(kernel: &Kernel, cell: &Cell, sink: &mut Sink) {
                 format!("{e}; restart the context to continue"),
             ))
             .await;
-            return;
+            return Ended::Normally;
         }
     };
+    let mut ended = Ended::Normally;
     let deadline = cell.timeout.map(|t| Instant::now() + t);
     let mut keepalive = interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
     // Set once the cell is being stopped: by timeout or because the client left.
@@ -199,12 +216,13 @@ async fn run_cell(kernel: &Kernel, cell: &Cell, sink: &mut Sink) {
                 kernel.interrupt().await;
             }
             _ = sleep_until_opt(stop_deadline) => {
-                tracing::warn!("kernel did not stop after an interrupt; killing it");
+                tracing::warn!("kernel did not stop after an interrupt; killing and restarting it");
                 kernel.kill();
+                ended = Ended::Killed;
                 if !error_sent {
                     sink.send(&Output::error(
-                        "KernelDied",
-                        "the kernel did not stop after an interrupt and was killed; restart the context to continue",
+                        "KernelRestarted",
+                        "the kernel did not stop after an interrupt; it was restarted and its state is lost",
                     ))
                     .await;
                 }
@@ -220,6 +238,7 @@ async fn run_cell(kernel: &Kernel, cell: &Cell, sink: &mut Sink) {
         }
     }
     kernel.forget(&request.msg_id);
+    ended
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -32,6 +32,7 @@ before(async () => {
   const cwd = mkdtempSync(join(tmpdir(), 'kiln-interp-js-'))
   server = spawn(bin, ['--listen', `127.0.0.1:${port}`, '--cwd', cwd, '--preload', 'python'], {
     stdio: ['ignore', 'ignore', 'inherit'],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
   })
   const url = `http://127.0.0.1:${port}`
   const deadline = Date.now() + 30_000
