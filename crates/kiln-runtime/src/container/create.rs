@@ -1,0 +1,316 @@
+//! `create`: from a spec to an agent that answers.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::cgroup::{Limits, CPU_PERIOD_US};
+use super::spawn::{SpawnConfig, READY_FD};
+use super::{blocking, sys, Inner, Record, Sandbox};
+use crate::runtime::{RuntimeError, RuntimeEvent, SandboxHandle, SandboxSpec};
+
+fn validate(spec: &SandboxSpec) -> Result<(), RuntimeError> {
+    let id = &spec.id;
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "sandbox id {id:?} must be 1-63 of [A-Za-z0-9_-], starting with a letter or digit"
+        )));
+    }
+    if spec.vcpus == 0 || spec.memory_mib < 16 || spec.disk_mib < 16 {
+        return Err(RuntimeError::InvalidSpec(
+            "a sandbox needs at least 1 vCPU, 16 MiB of memory and 16 MiB of disk".into(),
+        ));
+    }
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "bad environment variable {k:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Frees the id reservation when create returns, whatever happens.
+struct Reservation<'a>(&'a Inner, String);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0.busy.lock().unwrap().remove(&self.1);
+    }
+}
+
+pub(super) async fn create(
+    inner: &Arc<Inner>,
+    spec: &SandboxSpec,
+) -> Result<SandboxHandle, RuntimeError> {
+    validate(spec)?;
+    {
+        let exists = inner.sandboxes.lock().unwrap().contains_key(&spec.id);
+        if exists || !inner.busy.lock().unwrap().insert(spec.id.clone()) {
+            return Err(RuntimeError::AlreadyExists(spec.id.clone()));
+        }
+    }
+    let _reserved = Reservation(inner, spec.id.clone());
+
+    let prepared = {
+        let inner = inner.clone();
+        let spec = spec.clone();
+        blocking(move || prepare(&inner, &spec)).await
+    };
+    inner.refill_pool();
+    let (rec, spawn_cfg) = prepared?;
+
+    match start(inner, &rec, &spawn_cfg).await {
+        Ok(rec) => {
+            let sb = Arc::new(Sandbox {
+                oom_kills: AtomicU64::new(inner.cgroups.stats(&rec.id).oom_kills),
+                rec,
+                watcher: Mutex::new(None),
+            });
+            let handle = sb.rec.handle();
+            watch(inner, &sb);
+            inner
+                .sandboxes
+                .lock()
+                .unwrap()
+                .insert(sb.rec.id.clone(), sb);
+            tracing::debug!(id = %spec.id, "sandbox created");
+            Ok(handle)
+        }
+        Err(e) => {
+            let inner2 = inner.clone();
+            let rec2 = rec.clone();
+            if let Err(e2) = blocking(move || super::kill::destroy(&inner2, &rec2)).await {
+                tracing::error!(id = %rec.id, error = %e2, "failed to clean up a failed create");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Host-side preparation (blocking): network lease, cgroups, layers, state.
+fn prepare(inner: &Inner, spec: &SandboxSpec) -> Result<(Record, SpawnConfig), RuntimeError> {
+    let cfg = &inner.cfg;
+    let lower = &spec.template.rootfs;
+    let meta = std::fs::metadata(lower).map_err(|source| RuntimeError::Io {
+        context: format!("template rootfs {} is not readable", lower.display()),
+        source,
+    })?;
+    if meta.uid() != cfg.uid_base {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "template rootfs {} is owned by uid {}, not by the sandbox root's host uid {} \
+             (shift it with kiln_template::shift_ownership)",
+            lower.display(),
+            meta.uid(),
+            cfg.uid_base
+        )));
+    }
+
+    let lease = inner.net.take(spec.internet).map_err(net_err)?;
+    let mut rec = Record {
+        id: spec.id.clone(),
+        pid: 0,
+        start_time: 0,
+        net_index: lease.index,
+        netns: lease.netns.clone(),
+        veth: lease.veth.clone(),
+        ip: lease.ip,
+        internet: spec.internet,
+        vcpus: spec.vcpus,
+        memory_bytes: spec.memory_mib << 20,
+        disk_bytes: spec.disk_mib << 20,
+    };
+    let r = (|| {
+        let dir = inner.sandbox_dir(&spec.id);
+        let rootfs = dir.join("rootfs");
+        let layers = dir.join("layers");
+        for d in [&rootfs, &layers] {
+            std::fs::create_dir_all(d).map_err(|source| RuntimeError::Io {
+                context: format!("failed to create {}", d.display()),
+                source,
+            })?;
+        }
+        write_record(inner, &rec)?;
+        inner.cgroups.create(
+            &spec.id,
+            &Limits {
+                memory_bytes: rec.memory_bytes,
+                cpu_quota_us: u64::from(spec.vcpus) * CPU_PERIOD_US,
+                pids_max: cfg.pids_max,
+            },
+        )?;
+        let disk_image = dir.join("disk.img");
+        inner.disk.want(spec.disk_mib);
+        inner.disk.take(spec.disk_mib, &disk_image)?;
+        Ok(SpawnConfig {
+            id: spec.id.clone(),
+            lower: lower.clone(),
+            disk_image,
+            layers,
+            rootfs,
+            netns: lease.netns_path.clone(),
+            cgroup_procs: inner.cgroups.procs_files(&spec.id),
+            uid_base: cfg.uid_base,
+            uid_count: cfg.uid_count,
+            agent_bin: cfg.agent_bin.clone(),
+            agent_path: cfg.agent_path.clone(),
+            args: cfg.agent_args.clone(),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            tmp_size_bytes: rec.memory_bytes,
+            log: cfg.agent_log.clone(),
+            seccomp: cfg.seccomp,
+        })
+    })();
+    match r {
+        Ok(s) => Ok((rec, s)),
+        Err(e) => {
+            rec.pid = 0;
+            let _ = super::kill::destroy(inner, &rec);
+            Err(e)
+        }
+    }
+}
+
+pub(super) fn net_err(e: kiln_net::NetError) -> RuntimeError {
+    RuntimeError::Other(format!("network: {e}"))
+}
+
+pub(super) fn write_record(inner: &Inner, rec: &Record) -> Result<(), RuntimeError> {
+    let dir = inner.sandbox_dir(&rec.id);
+    let tmp = dir.join("state.json.tmp");
+    let json = serde_json::to_vec_pretty(rec).expect("a record serializes");
+    std::fs::write(&tmp, json)
+        .and_then(|()| std::fs::rename(&tmp, dir.join("state.json")))
+        .map_err(|source| RuntimeError::Io {
+            context: format!("failed to write the state of {}", rec.id),
+            source,
+        })
+}
+
+/// Runs the spawn helper and waits for the agent's ready byte.
+async fn start(
+    inner: &Arc<Inner>,
+    rec: &Record,
+    spawn_cfg: &SpawnConfig,
+) -> Result<Record, RuntimeError> {
+    let io = |context: &str| {
+        let context = context.to_owned();
+        move |source| RuntimeError::Io { context, source }
+    };
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| io("failed to make the ready pipe")(e.into()))?;
+    let mut cmd = tokio::process::Command::new(&inner.cfg.spawn_bin);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    sys::dup_into_child(&mut cmd, ready_w.as_raw_fd(), READY_FD);
+    let mut child = cmd.spawn().map_err(io(&format!(
+        "failed to run the spawn helper {}",
+        inner.cfg.spawn_bin.display()
+    )))?;
+    drop(ready_w);
+    let json = serde_json::to_vec(spawn_cfg).expect("a spawn config serializes");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    stdin
+        .write_all(&json)
+        .await
+        .map_err(io("failed to send the spawn config"))?;
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(io("failed to wait for the spawn helper"))?;
+    if !out.status.success() {
+        return Err(RuntimeError::Other(format!(
+            "failed to start sandbox {}: {}",
+            rec.id,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    #[derive(serde::Deserialize)]
+    struct Started {
+        pid: i32,
+    }
+    let started: Started = serde_json::from_slice(&out.stdout)
+        .map_err(|e| RuntimeError::Other(format!("spawn helper said {:?}: {e}", out.stdout)))?;
+    let mut rec = rec.clone();
+    rec.pid = started.pid;
+    rec.start_time = sys::start_time(rec.pid).unwrap_or(0);
+    write_record(inner, &rec)?;
+
+    let mut ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r)
+        .map_err(io("failed to watch the ready pipe"))?;
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(inner.cfg.ready_timeout, ready.read(&mut byte))
+        .await
+        .map_err(|_| {
+            RuntimeError::Other(format!(
+                "agent of {} did not report ready within {:?}",
+                rec.id, inner.cfg.ready_timeout
+            ))
+        })?
+        .map_err(io("failed to read the ready pipe"))?;
+    if n == 0 {
+        return Err(RuntimeError::Other(format!(
+            "agent of {} exited before it was ready",
+            rec.id
+        )));
+    }
+    Ok(rec)
+}
+
+/// Watches the sandbox's init; when it dies on its own, reaps it and reports
+/// `RuntimeEvent::Exited`.
+pub(super) fn watch(inner: &Arc<Inner>, sb: &Arc<Sandbox>) {
+    let pid = sb.rec.pid;
+    let pidfd = match sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(id = %sb.rec.id, error = %e, "cannot watch the sandbox's init");
+            return;
+        }
+    };
+    let weak = Arc::downgrade(inner);
+    let id = sb.rec.id.clone();
+    let task = tokio::spawn(async move {
+        let Ok(afd) = sys::async_fd(pidfd) else {
+            return;
+        };
+        let _ = afd.readable().await;
+        let exit_code = match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => Some(c),
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => Some(128 + s as i32),
+            _ => None,
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        let sb = inner.sandboxes.lock().unwrap().get(&id).cloned();
+        if let Some(sb) = sb {
+            let n = inner.cgroups.stats(&id).oom_kills;
+            let oom_killed =
+                n > sb.oom_kills.load(Ordering::Acquire) && exit_code == Some(128 + libc::SIGKILL);
+            tracing::info!(id = %id, ?exit_code, oom_killed, "sandbox init exited");
+            let _ = inner.events.send(RuntimeEvent::Exited {
+                id,
+                oom_killed,
+                exit_code,
+            });
+        }
+    });
+    *sb.watcher.lock().unwrap() = Some(task.abort_handle());
+}
