@@ -9,7 +9,7 @@
 //! - `connect <ip:port>` → `ok` or `err <error>` (TCP, 1 s timeout)
 //! - `sh <command>` → `exit=<code>` then the output (via /bin/sh)
 //! - `forkbomb <secs>` → forks without end for a while, then `forks=<n> eagain=<bool>`
-//! - `memhog <MiB>` → a child touches that much memory; `status=<wait status>`
+//! - `memhog <MiB>` → a child touches that much memory; `signal=<n> code=<n>`
 //! - `fill <path> <MiB>` → writes up to that much; `written=<bytes> errno=<n>`
 //! - `spin <secs>` → burns CPU in 2 threads; `cpu_ms=<n> wall_ms=<n>`
 //!
@@ -96,7 +96,14 @@ fn serve(conn: TcpStream) -> std::io::Result<()> {
                 .args(["--memhog", rest])
                 .status();
             match out {
-                Ok(s) => format!("status={s:?}"),
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    format!(
+                        "signal={} code={}",
+                        s.signal().unwrap_or(0),
+                        s.code().unwrap_or(-1)
+                    )
+                }
                 Err(e) => format!("status=err {e}"),
             }
         }
