@@ -38,6 +38,10 @@ pub struct NetConfig {
     pub denied: Vec<String>,
     /// Ready namespaces kept in the pool.
     pub pool_size: usize,
+    /// DNS servers sandboxes may query (port 53) even when their range is
+    /// denied. Default: the host's own, from /etc/resolv.conf, except
+    /// loopback ones (unreachable from a namespace anyway).
+    pub dns: Vec<Ipv4Addr>,
 }
 
 impl NetConfig {
@@ -59,6 +63,7 @@ impl NetConfig {
             .map(str::to_owned)
             .to_vec(),
             pool_size: 4,
+            dns: host_nameservers(),
         }
     }
 
@@ -88,6 +93,17 @@ impl NetConfig {
     pub fn address(&self, index: u32) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.subnet) + 2 + index)
     }
+}
+
+/// IPv4 nameservers of the host's /etc/resolv.conf, loopback ones left out.
+pub fn host_nameservers() -> Vec<Ipv4Addr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback())
+        .collect()
 }
 
 /// A namespace handed to one sandbox. Give it back with [`Network::release`].

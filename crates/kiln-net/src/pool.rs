@@ -59,13 +59,33 @@ pub(crate) fn setup_bridge(cfg: &NetConfig) -> Result<(), NetError> {
 }
 
 pub(crate) fn setup_firewall(cfg: &NetConfig) -> Result<(), NetError> {
+    run_with_input("nft", &["-f", "-"], Some(&ruleset(cfg)))?;
+    Ok(())
+}
+
+/// The nftables ruleset of one network (one table, loaded atomically).
+pub(crate) fn ruleset(cfg: &NetConfig) -> String {
     let table = cfg.table();
     let br = cfg.bridge();
     let subnet = format!("{}/16", cfg.subnet);
     let denied = cfg.denied.join(", ");
+    let dns = if cfg.dns.is_empty() {
+        String::new()
+    } else {
+        let set = cfg
+            .dns
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "        iifname \"{br}\" ip daddr {{ {set} }} udp dport 53 accept\n        \
+             iifname \"{br}\" ip daddr {{ {set} }} tcp dport 53 accept\n"
+        )
+    };
     // The first two lines make the load idempotent: create, then delete, then
     // define afresh, all in one atomic transaction.
-    let rules = format!(
+    format!(
         r#"table inet {table} {{}}
 delete table inet {table}
 table inet {table} {{
@@ -82,7 +102,7 @@ table inet {table} {{
         oifname "{br}" drop
         iifname "{br}" meta nfproto ipv6 drop
         iifname "{br}" ip saddr @offline drop
-        iifname "{br}" ip daddr @denied drop
+{dns}        iifname "{br}" ip daddr @denied drop
         iifname "{br}" ip saddr {subnet} accept
         iifname "{br}" drop
     }}
@@ -92,9 +112,7 @@ table inet {table} {{
     }}
 }}
 "#
-    );
-    run_with_input("nft", &["-f", "-"], Some(&rules))?;
-    Ok(())
+    )
 }
 
 pub(crate) fn list_netns(prefix: &str) -> Vec<String> {
@@ -113,4 +131,24 @@ fn list_dir(dir: &str, prefix: &str) -> Vec<String> {
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| n.starts_with(prefix))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_orders_offline_dns_denied() {
+        let mut cfg = NetConfig::new("x1");
+        cfg.dns = vec!["10.255.255.53".parse().unwrap()];
+        let r = ruleset(&cfg);
+        let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("{s} missing in\n{r}"));
+        assert!(pos("@offline drop") < pos("udp dport 53 accept"));
+        assert!(pos("tcp dport 53 accept") < pos("@denied drop"));
+        assert!(pos("@denied drop") < pos("ip saddr 10.88.0.0/16 accept"));
+        assert!(r.contains("iifname \"kb-x1\" ct state established,related accept"));
+        assert!(r.contains("masquerade"));
+        cfg.dns.clear();
+        assert!(!ruleset(&cfg).contains("dport 53"));
+    }
 }

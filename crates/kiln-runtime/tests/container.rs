@@ -86,3 +86,70 @@ async fn init_exit_is_reported() {
     rt.kill("exit-1").await.unwrap();
     t.finish().await;
 }
+
+#[test]
+fn recovery_after_server_crash() {
+    if !is_root() {
+        return;
+    }
+    // A "server" that creates two sandboxes and crashes: its tokio runtime
+    // ends without kill or shutdown.
+    let (alive, dead) = std::thread::spawn(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let rt = kiln_runtime::container::ContainerRuntime::new(config(6))
+                    .await
+                    .unwrap();
+                let a = rt.create(&spec("rec-alive")).await.unwrap();
+                let d = rt.create(&spec("rec-dead")).await.unwrap();
+                (a, d)
+            })
+    })
+    .join()
+    .unwrap();
+    // One sandbox dies while the server is down.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dead.pid.unwrap() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let t = TestRuntime::new(config(6)).await;
+            let rt = &t.rt;
+            let list = rt.list().await.unwrap();
+            assert_eq!(
+                list,
+                vec![alive.clone()],
+                "only the live sandbox is re-attached"
+            );
+            assert_eq!(ask(alive.ip, "ping").await, "pong");
+            let c = host_count("t6");
+            assert_eq!(
+                c.netns,
+                1 + 2,
+                "the dead sandbox's namespace is gone (1 live + pool of 2)"
+            );
+            assert!(
+                !std::path::Path::new("/sys/fs/cgroup/pids/kiln/t6/rec-dead").exists()
+                    && !std::path::Path::new("/sys/fs/cgroup/kiln/t6/rec-dead").exists()
+            );
+            // The re-attached sandbox works like any other.
+            rt.freeze("rec-alive").await.unwrap();
+            rt.thaw("rec-alive").await.unwrap();
+            rt.kill("rec-alive").await.unwrap();
+            assert!(ask_timeout(alive.ip, "ping", Duration::from_millis(300))
+                .await
+                .is_err());
+            t.finish().await;
+        });
+}

@@ -91,7 +91,7 @@ pub(super) async fn create(
         Err(e) => {
             let inner2 = inner.clone();
             let rec2 = rec.clone();
-            if let Err(e2) = blocking(move || super::kill::destroy(&inner2, &rec2)).await {
+            if let Err(e2) = blocking(move || super::kill::destroy(&inner2, &rec2, true)).await {
                 tracing::error!(id = %rec.id, error = %e2, "failed to clean up a failed create");
             }
             Err(e)
@@ -180,7 +180,7 @@ fn prepare(inner: &Inner, spec: &SandboxSpec) -> Result<(Record, SpawnConfig), R
         Ok(s) => Ok((rec, s)),
         Err(e) => {
             rec.pid = 0;
-            let _ = super::kill::destroy(inner, &rec);
+            let _ = super::kill::destroy(inner, &rec, true);
             Err(e)
         }
     }

@@ -16,7 +16,7 @@ pub(super) async fn kill(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeErro
     }
     let inner2 = inner.clone();
     let rec = sb.rec.clone();
-    blocking(move || destroy(&inner2, &rec)).await?;
+    blocking(move || destroy(&inner2, &rec, true)).await?;
     tracing::debug!(id, "sandbox killed");
     Ok(())
 }
@@ -25,8 +25,9 @@ pub(super) async fn kill(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeErro
 /// processes (SIGKILL to the init ends the whole pid namespace, then the
 /// cgroup is emptied), cgroups, network namespace and veth, layers, state.
 /// The sandbox's mounts live in its own mount namespace and vanish with its
-/// last process.
-pub(super) fn destroy(inner: &Inner, rec: &Record) -> Result<(), RuntimeError> {
+/// last process. `release_net` is false at start-up, where the network's own
+/// set-up already removed every namespace not kept (the slot may be reused).
+pub(super) fn destroy(inner: &Inner, rec: &Record, release_net: bool) -> Result<(), RuntimeError> {
     if rec.pid > 0 && super::sys::start_time(rec.pid) == Some(rec.start_time) {
         let pid = nix::unistd::Pid::from_raw(rec.pid);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
@@ -44,8 +45,10 @@ pub(super) fn destroy(inner: &Inner, rec: &Record) -> Result<(), RuntimeError> {
             Some(nix::sys::wait::WaitPidFlag::WNOHANG),
         );
     }
-    if let Err(e) = inner.net.release(&rec.lease()).map_err(net_err) {
-        first_err.get_or_insert(e);
+    if release_net {
+        if let Err(e) = inner.net.release(&rec.lease()).map_err(net_err) {
+            first_err.get_or_insert(e);
+        }
     }
     let dir = inner.sandbox_dir(&rec.id);
     if let Err(source) = std::fs::remove_dir_all(&dir) {

@@ -64,7 +64,7 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
     };
     for rec in &dead {
         tracing::info!(id = %rec.id, "removing the leftovers of a dead sandbox");
-        if let Err(e) = super::kill::destroy(&inner, rec) {
+        if let Err(e) = super::kill::destroy(&inner, rec, false) {
             tracing::warn!(id = %rec.id, error = %e, "failed to remove a dead sandbox");
         }
     }

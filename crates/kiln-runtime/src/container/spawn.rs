@@ -459,11 +459,19 @@ fn init(
     )?;
 
     // Name resolution of the hostname (sudo asks for it). Appending copies
-    // /etc/hosts up with its owner kept.
+    // /etc/hosts up with its owner kept; a new one is given to root inside.
     let hosts = root.join("etc/hosts");
     if hosts.is_file() {
         if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&hosts) {
             let _ = writeln!(f, "127.0.1.1\t{}", cfg.id);
+        }
+    } else if root.join("etc").is_dir() {
+        let text = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{}\n",
+            cfg.id
+        );
+        if std::fs::write(&hosts, text).is_ok() {
+            let _ = std::os::unix::fs::chown(&hosts, Some(cfg.uid_base), Some(cfg.uid_base));
         }
     }
 
