@@ -278,7 +278,8 @@ impl Network {
         Ok(())
     }
 
-    fn set_offline(&self, lease: &NetLease, offline: bool) -> Result<(), NetError> {
+    /// Cuts (or restores) the egress of a lease's sandbox.
+    pub fn set_offline(&self, lease: &NetLease, offline: bool) -> Result<(), NetError> {
         let verb = if offline { "add" } else { "delete" };
         let r = cmd::run(
             "nft",

@@ -71,6 +71,10 @@ async fn main() {
     cfg.disk_pool = 8;
     cfg.disk_pool_sizes_mib = vec![1024];
     let rt = ContainerRuntime::new(cfg).await.expect("runtime");
+    // Sandboxes of an interrupted earlier run were re-attached: end them.
+    for h in rt.list().await.unwrap() {
+        rt.kill(&h.id).await.unwrap();
+    }
     let spec = |id: String| SandboxSpec {
         id,
         template: TemplateRef {

@@ -117,6 +117,14 @@ fn recovery_after_server_crash() {
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(200));
+    // The crashed run's cgroups: sandboxes' and warm helpers'.
+    let crashed_cgroups: Vec<String> = std::fs::read_dir(cgroup_parent())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(crashed_cgroups.len() >= 2);
 
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -133,16 +141,23 @@ fn recovery_after_server_crash() {
                 "only the live sandbox is re-attached"
             );
             assert_eq!(ask(alive.ip, "ping").await, "pong");
-            let c = host_count("t6");
-            assert_eq!(
-                c.netns,
-                1 + 2,
-                "the dead sandbox's namespace is gone (1 live + pool of 2)"
-            );
-            assert!(
-                !std::path::Path::new("/sys/fs/cgroup/pids/kiln/t6/rec-dead").exists()
-                    && !std::path::Path::new("/sys/fs/cgroup/kiln/t6/rec-dead").exists()
-            );
+            // The dead one's cgroups and state are gone.
+            let dir = config(6).data_dir.join("sandboxes");
+            let left: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(left, vec!["rec-alive".to_string()]);
+            for cg in &crashed_cgroups {
+                let p = cgroup_parent().join(cg);
+                let is_alive = rt
+                    .cgroup_dirs("rec-alive")
+                    .unwrap()
+                    .iter()
+                    .any(|d| d.ends_with(cg));
+                assert!(is_alive || !p.exists(), "{p:?} of the crashed run was left");
+            }
             // The re-attached sandbox works like any other.
             rt.freeze("rec-alive").await.unwrap();
             rt.thaw("rec-alive").await.unwrap();
@@ -152,4 +167,13 @@ fn recovery_after_server_crash() {
                 .is_err());
             t.finish().await;
         });
+}
+
+fn cgroup_parent() -> std::path::PathBuf {
+    let v1 = std::path::Path::new("/sys/fs/cgroup/pids/kiln/t6");
+    if v1.exists() {
+        v1.into()
+    } else {
+        "/sys/fs/cgroup/kiln/t6".into()
+    }
 }

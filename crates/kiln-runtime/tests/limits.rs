@@ -97,9 +97,14 @@ async fn limits_hold_and_neighbours_survive() {
         cpu <= wall * 1.15 + 100.0,
         "2 threads used {cpu} ms of CPU in {wall} ms on a 1-vCPU quota"
     );
-    let throttled = std::fs::read_to_string("/sys/fs/cgroup/cpu/kiln/t4/lim-v/cpu.stat")
-        .or_else(|_| std::fs::read_to_string("/sys/fs/cgroup/kiln/t4/lim-v/cpu.stat"))
+    let cpu_stat = rt
+        .cgroup_dirs("lim-v")
+        .unwrap()
+        .into_iter()
+        .map(|d| d.join("cpu.stat"))
+        .find(|p| p.exists())
         .unwrap();
+    let throttled = std::fs::read_to_string(cpu_stat).unwrap();
     let n: u64 = throttled
         .lines()
         .find_map(|l| l.strip_prefix("nr_throttled "))

@@ -137,9 +137,23 @@ impl Cgroups {
 
     /// Creates the sandbox's cgroup(s) with their limits.
     pub fn create(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError> {
+        self.create_dirs(id)?;
+        self.set_limits(id, limits)
+    }
+
+    /// Creates the cgroup(s), without limits yet.
+    pub fn create_dirs(&self, id: &str) -> Result<(), RuntimeError> {
         match self {
-            Self::V1(v) => v.create(id, limits),
-            Self::V2(v) => v.create(id, limits),
+            Self::V1(v) => v.create_dirs(id),
+            Self::V2(v) => v.create_dirs(id),
+        }
+    }
+
+    /// Writes the limits (of a cgroup made by `create_dirs`).
+    pub fn set_limits(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError> {
+        match self {
+            Self::V1(v) => v.set_limits(id, limits),
+            Self::V2(v) => v.set_limits(id, limits),
         }
     }
 
@@ -324,10 +338,14 @@ impl V1 {
             .collect()
     }
 
-    fn create(&self, id: &str, l: &Limits) -> Result<(), RuntimeError> {
+    fn create_dirs(&self, id: &str) -> Result<(), RuntimeError> {
         for d in self.dirs(id) {
             mkdir(&d)?;
         }
+        Ok(())
+    }
+
+    fn set_limits(&self, id: &str, l: &Limits) -> Result<(), RuntimeError> {
         let mem = self.root.join("memory").join(self.rel(id));
         write(
             &mem.join("memory.limit_in_bytes"),
@@ -360,7 +378,7 @@ impl V2 {
         self.root.join("kiln").join(&self.tag).join(id)
     }
 
-    fn create(&self, id: &str, l: &Limits) -> Result<(), RuntimeError> {
+    fn create_dirs(&self, id: &str) -> Result<(), RuntimeError> {
         // Delegate the controllers down to the sandbox's level.
         let levels = [
             self.root.clone(),
@@ -380,8 +398,11 @@ impl V2 {
                 write(&control, "+memory +cpu +pids")?;
             }
         }
+        mkdir(&self.dir(id))
+    }
+
+    fn set_limits(&self, id: &str, l: &Limits) -> Result<(), RuntimeError> {
         let dir = self.dir(id);
-        mkdir(&dir)?;
         write(&dir.join("memory.max"), &l.memory_bytes.to_string())?;
         let swap = dir.join("memory.swap.max");
         if swap.exists() {

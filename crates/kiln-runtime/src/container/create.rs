@@ -1,15 +1,15 @@
 //! `create`: from a spec to an agent that answers.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cgroup::{Limits, CPU_PERIOD_US};
-use super::spawn::{SpawnConfig, READY_FD};
+use super::spawn::SpawnConfig;
+use super::warm::{self, Warm};
 use super::{blocking, sys, Inner, Record, Sandbox};
 use crate::runtime::{RuntimeError, RuntimeEvent, SandboxHandle, SandboxSpec};
 
@@ -41,6 +41,9 @@ fn validate(spec: &SandboxSpec) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// A create that failed, with what it had made so far (to clean up).
+type Failed = Box<(RuntimeError, Record)>;
+
 /// Frees the id reservation when create returns, whatever happens.
 struct Reservation<'a>(&'a Inner, String);
 
@@ -63,18 +66,55 @@ pub(super) async fn create(
     }
     let _reserved = Reservation(inner, spec.id.clone());
 
+    let pooled = inner.warm.lock().unwrap().pop();
+    let warm = match pooled {
+        Some(w) => w,
+        None => warm::spawn(inner).await?,
+    };
+    warm::refill(inner);
+    let Warm {
+        child,
+        stdin,
+        ready,
+        lease,
+        cgroup,
+    } = warm;
+    let rec = Record {
+        id: spec.id.clone(),
+        cgroup,
+        pid: 0,
+        start_time: 0,
+        net_index: lease.index,
+        netns: lease.netns.clone(),
+        veth: lease.veth.clone(),
+        ip: lease.ip,
+        internet: true,
+        vcpus: spec.vcpus,
+        memory_bytes: spec.memory_mib << 20,
+        disk_bytes: spec.disk_mib << 20,
+    };
+    let rec_copy = rec.clone();
     let prepared = {
         let inner = inner.clone();
         let spec = spec.clone();
-        blocking(move || prepare(&inner, &spec)).await
+        let rec = rec.clone();
+        tokio::task::spawn_blocking(move || prepare(&inner, &spec, rec))
+            .await
+            .unwrap_or_else(|e| {
+                Err(Box::new((
+                    RuntimeError::Other(format!("blocking task failed: {e}")),
+                    rec_copy,
+                )))
+            })
     };
-    inner.refill_pool();
-    let (rec, spawn_cfg) = prepared?;
-
-    match start(inner, &rec, &spawn_cfg).await {
+    let r = match prepared {
+        Ok((rec, cfg)) => start(inner, rec, &cfg, child, stdin, ready).await,
+        Err(e) => Err(e),
+    };
+    match r {
         Ok(rec) => {
             let sb = Arc::new(Sandbox {
-                oom_kills: AtomicU64::new(inner.cgroups.stats(&rec.id).oom_kills),
+                oom_kills: AtomicU64::new(inner.cgroups.stats(&rec.cgroup).oom_kills),
                 rec,
                 watcher: Mutex::new(None),
             });
@@ -88,7 +128,8 @@ pub(super) async fn create(
             tracing::debug!(id = %spec.id, "sandbox created");
             Ok(handle)
         }
-        Err(e) => {
+        Err(failed) => {
+            let (e, rec) = *failed;
             let inner2 = inner.clone();
             let rec2 = rec.clone();
             if let Err(e2) = blocking(move || super::kill::destroy(&inner2, &rec2, true)).await {
@@ -99,39 +140,32 @@ pub(super) async fn create(
     }
 }
 
-/// Host-side preparation (blocking): network lease, cgroups, layers, state.
-fn prepare(inner: &Inner, spec: &SandboxSpec) -> Result<(Record, SpawnConfig), RuntimeError> {
+/// Host-side preparation (blocking): egress, limits, layers, state.
+fn prepare(
+    inner: &Inner,
+    spec: &SandboxSpec,
+    mut rec: Record,
+) -> Result<(Record, SpawnConfig), Failed> {
     let cfg = &inner.cfg;
     let lower = &spec.template.rootfs;
-    let meta = std::fs::metadata(lower).map_err(|source| RuntimeError::Io {
-        context: format!("template rootfs {} is not readable", lower.display()),
-        source,
-    })?;
-    if meta.uid() != cfg.uid_base {
-        return Err(RuntimeError::InvalidSpec(format!(
-            "template rootfs {} is owned by uid {}, not by the sandbox root's host uid {} \
-             (shift it with kiln_template::shift_ownership)",
-            lower.display(),
-            meta.uid(),
-            cfg.uid_base
-        )));
-    }
-
-    let lease = inner.net.take(spec.internet).map_err(net_err)?;
-    let mut rec = Record {
-        id: spec.id.clone(),
-        pid: 0,
-        start_time: 0,
-        net_index: lease.index,
-        netns: lease.netns.clone(),
-        veth: lease.veth.clone(),
-        ip: lease.ip,
-        internet: spec.internet,
-        vcpus: spec.vcpus,
-        memory_bytes: spec.memory_mib << 20,
-        disk_bytes: spec.disk_mib << 20,
-    };
     let r = (|| {
+        let meta = std::fs::metadata(lower).map_err(|source| RuntimeError::Io {
+            context: format!("template rootfs {} is not readable", lower.display()),
+            source,
+        })?;
+        if meta.uid() != cfg.uid_base {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "template rootfs {} is owned by uid {}, not by the sandbox root's host uid {} \
+                 (shift it with kiln_template::shift_ownership)",
+                lower.display(),
+                meta.uid(),
+                cfg.uid_base
+            )));
+        }
+        if !spec.internet {
+            inner.net.set_offline(&rec.lease(), true).map_err(net_err)?;
+            rec.internet = false;
+        }
         let dir = inner.sandbox_dir(&spec.id);
         let rootfs = dir.join("rootfs");
         let layers = dir.join("layers");
@@ -142,8 +176,8 @@ fn prepare(inner: &Inner, spec: &SandboxSpec) -> Result<(Record, SpawnConfig), R
             })?;
         }
         write_record(inner, &rec)?;
-        inner.cgroups.create(
-            &spec.id,
+        inner.cgroups.set_limits(
+            &rec.cgroup,
             &Limits {
                 memory_bytes: rec.memory_bytes,
                 cpu_quota_us: u64::from(spec.vcpus) * CPU_PERIOD_US,
@@ -159,8 +193,6 @@ fn prepare(inner: &Inner, spec: &SandboxSpec) -> Result<(Record, SpawnConfig), R
             disk_image,
             layers,
             rootfs,
-            netns: lease.netns_path.clone(),
-            cgroup_procs: inner.cgroups.procs_files(&spec.id),
             uid_base: cfg.uid_base,
             uid_count: cfg.uid_count,
             agent_bin: cfg.agent_bin.clone(),
@@ -173,16 +205,11 @@ fn prepare(inner: &Inner, spec: &SandboxSpec) -> Result<(Record, SpawnConfig), R
                 .collect(),
             tmp_size_bytes: rec.memory_bytes,
             log: cfg.agent_log.clone(),
-            seccomp: cfg.seccomp,
         })
     })();
     match r {
         Ok(s) => Ok((rec, s)),
-        Err(e) => {
-            rec.pid = 0;
-            let _ = super::kill::destroy(inner, &rec, true);
-            Err(e)
-        }
+        Err(e) => Err(Box::new((e, rec))),
     }
 }
 
@@ -202,77 +229,83 @@ pub(super) fn write_record(inner: &Inner, rec: &Record) -> Result<(), RuntimeErr
         })
 }
 
-/// Runs the spawn helper and waits for the agent's ready byte.
+/// Sends the config to the warm helper and waits for the agent's ready byte.
 async fn start(
     inner: &Arc<Inner>,
-    rec: &Record,
+    mut rec: Record,
     spawn_cfg: &SpawnConfig,
-) -> Result<Record, RuntimeError> {
+    child: tokio::process::Child,
+    mut stdin: tokio::process::ChildStdin,
+    ready: OwnedFd,
+) -> Result<Record, Failed> {
     let io = |context: &str| {
         let context = context.to_owned();
         move |source| RuntimeError::Io { context, source }
     };
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| io("failed to make the ready pipe")(e.into()))?;
-    let mut cmd = tokio::process::Command::new(&inner.cfg.spawn_bin);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    sys::dup_into_child(&mut cmd, ready_w.as_raw_fd(), READY_FD);
-    let mut child = cmd.spawn().map_err(io(&format!(
-        "failed to run the spawn helper {}",
-        inner.cfg.spawn_bin.display()
-    )))?;
-    drop(ready_w);
-    let json = serde_json::to_vec(spawn_cfg).expect("a spawn config serializes");
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    stdin
-        .write_all(&json)
-        .await
-        .map_err(io("failed to send the spawn config"))?;
-    drop(stdin);
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(io("failed to wait for the spawn helper"))?;
-    if !out.status.success() {
-        return Err(RuntimeError::Other(format!(
-            "failed to start sandbox {}: {}",
-            rec.id,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+    let r = async {
+        let mut line = serde_json::to_vec(spawn_cfg).expect("a spawn config serializes");
+        line.push(b'\n');
+        stdin
+            .write_all(&line)
+            .await
+            .map_err(io("failed to send the spawn config"))?;
+        drop(stdin);
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(io("failed to wait for the spawn helper"))?;
+        if !out.status.success() {
+            return Err(RuntimeError::Other(format!(
+                "failed to start sandbox {}: {}",
+                spawn_cfg.id,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct Started {
+            pid: i32,
+        }
+        let started: Started = serde_json::from_slice(&out.stdout)
+            .map_err(|e| RuntimeError::Other(format!("spawn helper said {:?}: {e}", out.stdout)))?;
+        Ok(started.pid)
     }
-    #[derive(serde::Deserialize)]
-    struct Started {
-        pid: i32,
+    .await;
+    match r {
+        Ok(pid) => {
+            rec.pid = pid;
+            rec.start_time = sys::start_time(pid).unwrap_or(0);
+        }
+        Err(e) => return Err(Box::new((e, rec))),
     }
-    let started: Started = serde_json::from_slice(&out.stdout)
-        .map_err(|e| RuntimeError::Other(format!("spawn helper said {:?}: {e}", out.stdout)))?;
-    let mut rec = rec.clone();
-    rec.pid = started.pid;
-    rec.start_time = sys::start_time(rec.pid).unwrap_or(0);
-    write_record(inner, &rec)?;
-
-    let mut ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r)
-        .map_err(io("failed to watch the ready pipe"))?;
-    let mut byte = [0u8; 1];
-    let n = tokio::time::timeout(inner.cfg.ready_timeout, ready.read(&mut byte))
-        .await
-        .map_err(|_| {
-            RuntimeError::Other(format!(
-                "agent of {} did not report ready within {:?}",
-                rec.id, inner.cfg.ready_timeout
-            ))
-        })?
-        .map_err(io("failed to read the ready pipe"))?;
-    if n == 0 {
-        return Err(RuntimeError::Other(format!(
-            "agent of {} exited before it was ready",
-            rec.id
-        )));
+    if let Err(e) = write_record(inner, &rec) {
+        return Err(Box::new((e, rec)));
     }
-    Ok(rec)
+    let r = async {
+        let mut ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready)
+            .map_err(io("failed to watch the ready pipe"))?;
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(inner.cfg.ready_timeout, ready.read(&mut byte))
+            .await
+            .map_err(|_| {
+                RuntimeError::Other(format!(
+                    "agent of {} did not report ready within {:?}",
+                    spawn_cfg.id, inner.cfg.ready_timeout
+                ))
+            })?
+            .map_err(io("failed to read the ready pipe"))?;
+        if n == 0 {
+            return Err(RuntimeError::Other(format!(
+                "agent of {} exited before it was ready",
+                spawn_cfg.id
+            )));
+        }
+        Ok(())
+    }
+    .await;
+    match r {
+        Ok(()) => Ok(rec),
+        Err(e) => Err(Box::new((e, rec))),
+    }
 }
 
 /// Watches the sandbox's init; when it dies on its own, reaps it and reports
@@ -301,7 +334,7 @@ pub(super) fn watch(inner: &Arc<Inner>, sb: &Arc<Sandbox>) {
         let Some(inner) = weak.upgrade() else { return };
         let sb = inner.sandboxes.lock().unwrap().get(&id).cloned();
         if let Some(sb) = sb {
-            let n = inner.cgroups.stats(&id).oom_kills;
+            let n = inner.cgroups.stats(&sb.rec.cgroup).oom_kills;
             let oom_killed =
                 n > sb.oom_kills.load(Ordering::Acquire) && exit_code == Some(128 + libc::SIGKILL);
             tracing::info!(id = %id, ?exit_code, oom_killed, "sandbox init exited");

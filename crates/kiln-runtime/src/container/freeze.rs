@@ -10,8 +10,7 @@ pub(super) async fn set_frozen(
     id: &str,
     frozen: bool,
 ) -> Result<(), RuntimeError> {
-    inner.get(id)?;
+    let cgroup = inner.get(id)?.rec.cgroup.clone();
     let inner = inner.clone();
-    let id = id.to_owned();
-    blocking(move || inner.cgroups.freeze(&id, frozen)).await
+    blocking(move || inner.cgroups.freeze(&cgroup, frozen)).await
 }

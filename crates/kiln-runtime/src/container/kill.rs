@@ -35,7 +35,7 @@ pub(super) fn destroy(inner: &Inner, rec: &Record, release_net: bool) -> Result<
         let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
     }
     let mut first_err = None;
-    if let Err(e) = inner.cgroups.kill_and_remove(&rec.id) {
+    if let Err(e) = inner.cgroups.kill_and_remove(&rec.cgroup) {
         first_err.get_or_insert(e);
     }
     if rec.pid > 0 {

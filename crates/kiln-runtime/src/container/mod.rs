@@ -22,6 +22,7 @@ pub mod seccomp;
 pub mod spawn;
 mod stats;
 mod sys;
+mod warm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -60,6 +61,9 @@ pub struct ContainerConfig {
     /// filesystems must be owned by this range (uid 0 inside = `uid_base`).
     pub uid_base: u32,
     pub uid_count: u32,
+    /// Warm helpers kept ready (see `warm.rs`); each holds a network
+    /// namespace and a cgroup.
+    pub warm_pool: usize,
     /// Ready disk images kept per recently used disk size.
     pub disk_pool: usize,
     /// Disk sizes (MiB) to pool from the start.
@@ -87,6 +91,7 @@ impl ContainerConfig {
             spawn_bin,
             uid_base: DEFAULT_UID_BASE,
             uid_count: 65536,
+            warm_pool: 4,
             disk_pool: 4,
             disk_pool_sizes_mib: Vec::new(),
             ready_timeout: Duration::from_secs(10),
@@ -105,6 +110,9 @@ pub const DEFAULT_UID_BASE: u32 = 100_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
     id: String,
+    /// The sandbox's cgroup name under `kiln/<tag>/` (made before the id
+    /// was known, by a warm helper).
+    cgroup: String,
     pid: i32,
     /// Start time of `pid` (field 22 of /proc/pid/stat), against pid reuse.
     start_time: u64,
@@ -156,6 +164,9 @@ struct Inner {
     busy: Mutex<BTreeSet<String>>,
     events: broadcast::Sender<RuntimeEvent>,
     refilling: AtomicBool,
+    warm: Mutex<Vec<warm::Warm>>,
+    cgroup_counter: AtomicU64,
+    shut_down: AtomicBool,
 }
 
 /// The container runtime. Cheap to clone.
@@ -176,25 +187,6 @@ impl Inner {
             .get(id)
             .cloned()
             .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))
-    }
-
-    /// Refills the network pool in the background, one refill at a time.
-    fn refill_pool(self: &Arc<Self>) {
-        if self.refilling.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let me = Arc::downgrade(self);
-        tokio::task::spawn_blocking(move || {
-            if let Some(me) = me.upgrade() {
-                if let Err(e) = me.net.refill() {
-                    tracing::warn!(error = %e, "failed to refill the network pool");
-                }
-                if let Err(e) = me.disk.refill() {
-                    tracing::warn!(error = %e, "failed to refill the disk pool");
-                }
-                me.refilling.store(false, Ordering::Release);
-            }
-        });
     }
 }
 
@@ -220,11 +212,25 @@ impl ContainerRuntime {
             create::watch(&inner, &sb);
         }
         spawn_oom_poller(Arc::downgrade(&inner));
+        warm::refill(&inner);
         Ok(Self { inner })
     }
 
     pub fn config(&self) -> &ContainerConfig {
         &self.inner.cfg
+    }
+
+    /// The directories of a sandbox's cgroup (one per controller on v1).
+    pub fn cgroup_dirs(&self, id: &str) -> Option<Vec<PathBuf>> {
+        let sb = self.inner.get(id).ok()?;
+        Some(
+            self.inner
+                .cgroups
+                .procs_files(&sb.rec.cgroup)
+                .into_iter()
+                .filter_map(|p| p.parent().map(PathBuf::from))
+                .collect(),
+        )
     }
 
     /// Cgroup version in use (1 or 2).
@@ -236,8 +242,19 @@ impl ContainerRuntime {
     /// layers' filesystem and cgroup parents. Sandboxes still running are
     /// left running (a restarted server re-attaches them).
     pub async fn shutdown(&self) -> Result<(), RuntimeError> {
+        self.inner.shut_down.store(true, Ordering::Release);
+        while self.inner.refilling.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let warm = std::mem::take(&mut *self.inner.warm.lock().unwrap());
         let inner = self.inner.clone();
-        blocking(move || recover::shutdown(&inner)).await
+        blocking(move || {
+            for w in warm {
+                warm::discard(&inner, w);
+            }
+            recover::shutdown(&inner)
+        })
+        .await
     }
 }
 
@@ -248,7 +265,7 @@ fn spawn_oom_poller(inner: Weak<Inner>) {
             let Some(inner) = inner.upgrade() else { return };
             let list: Vec<_> = inner.sandboxes.lock().unwrap().values().cloned().collect();
             for sb in list {
-                let n = inner.cgroups.stats(&sb.rec.id).oom_kills;
+                let n = inner.cgroups.stats(&sb.rec.cgroup).oom_kills;
                 let before = sb.oom_kills.swap(n, Ordering::AcqRel);
                 if n > before {
                     tracing::info!(id = %sb.rec.id, "out-of-memory kill in sandbox");

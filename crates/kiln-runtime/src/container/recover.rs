@@ -13,7 +13,7 @@ use crate::runtime::RuntimeError;
 fn alive(rec: &Record, cgroups: &Cgroups) -> bool {
     rec.pid > 0
         && sys::start_time(rec.pid) == Some(rec.start_time)
-        && cgroups.pids(&rec.id).contains(&rec.pid)
+        && cgroups.pids(&rec.cgroup).contains(&rec.pid)
 }
 
 /// Blocking part of `ContainerRuntime::new`.
@@ -61,6 +61,14 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
         busy: Mutex::new(BTreeSet::new()),
         events: tokio::sync::broadcast::channel(256).0,
         refilling: AtomicBool::new(false),
+        warm: Mutex::new(Vec::new()),
+        cgroup_counter: AtomicU64::new(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0),
+        ),
+        shut_down: AtomicBool::new(false),
     };
     for rec in &dead {
         tracing::info!(id = %rec.id, "removing the leftovers of a dead sandbox");
@@ -71,11 +79,11 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
     for id in &unreadable {
         let _ = std::fs::remove_dir_all(inner.sandbox_dir(id));
     }
-    let live_ids: BTreeSet<&str> = live.iter().map(|r| r.id.as_str()).collect();
-    for id in inner.cgroups.list() {
-        if !live_ids.contains(id.as_str()) {
-            tracing::info!(id, "removing a leftover cgroup");
-            inner.cgroups.kill_and_remove(&id)?;
+    let live_cgroups: BTreeSet<&str> = live.iter().map(|r| r.cgroup.as_str()).collect();
+    for cg in inner.cgroups.list() {
+        if !live_cgroups.contains(cg.as_str()) {
+            tracing::info!(cgroup = %cg, "removing a leftover cgroup");
+            inner.cgroups.kill_and_remove(&cg)?;
         }
     }
     inner.disk.refill()?;
@@ -83,7 +91,7 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
         let mut map = inner.sandboxes.lock().unwrap();
         for rec in live {
             tracing::info!(id = %rec.id, "re-attached a running sandbox");
-            let oom = inner.cgroups.stats(&rec.id).oom_kills;
+            let oom = inner.cgroups.stats(&rec.cgroup).oom_kills;
             map.insert(
                 rec.id.clone(),
                 Arc::new(Sandbox {

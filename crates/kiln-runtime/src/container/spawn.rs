@@ -4,9 +4,16 @@
 //! process); it runs this helper with the [`SpawnConfig`] as JSON on stdin and
 //! the agent's ready pipe as fd 3.
 //!
+//! The helper is started ahead of time, in a pool ("warm" helpers): it gets
+//! a [`Prelude`] (one JSON line on stdin) at once and the [`SpawnConfig`]
+//! (a second line) when a sandbox is created. What it does before the
+//! second line is what a create should not wait for: above all joining
+//! cgroups, which on cgroup v1 waits for an RCU grace period (~10 ms here).
+//!
 //! The helper (H), as root on the host:
-//! 1. joins the sandbox's cgroups and network namespace, unshares a pid
-//!    namespace, compiles the seccomp policy, and forks the init (C);
+//! 1. on the prelude, joins the sandbox's cgroups and network namespace,
+//!    unshares a pid namespace and compiles the seccomp policy; on the
+//!    config, forks the init (C);
 //! 2. writes C's uid/gid maps once C has made its user namespace;
 //! 3. prints `{"pid": <C's host pid>}` once C has exec'd the agent, and exits.
 //!
@@ -23,7 +30,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -37,7 +44,15 @@ use nix::unistd::{
 };
 use serde::{Deserialize, Serialize};
 
-/// Everything the helper needs, sent by the runtime as JSON on stdin.
+/// What the helper does before it knows the sandbox (first line on stdin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prelude {
+    pub netns: PathBuf,
+    pub cgroup_procs: Vec<PathBuf>,
+    pub seccomp: bool,
+}
+
+/// The sandbox (second line on stdin).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpawnConfig {
     pub id: String,
@@ -50,8 +65,6 @@ pub struct SpawnConfig {
     /// Empty directory the overlay is mounted on (in the sandbox's private
     /// mount namespace only).
     pub rootfs: PathBuf,
-    pub netns: PathBuf,
-    pub cgroup_procs: Vec<PathBuf>,
     pub uid_base: u32,
     pub uid_count: u32,
     /// Agent binary on the host, and where it appears inside.
@@ -62,7 +75,6 @@ pub struct SpawnConfig {
     pub tmp_size_bytes: u64,
     /// Host file for the agent's stdout/stderr (debugging); /dev/null if unset.
     pub log: Option<PathBuf>,
-    pub seccomp: bool,
 }
 
 /// The fd the ready pipe arrives on, and the agent's `KILN_READY_FD`.
@@ -109,19 +121,47 @@ const READ_ONLY: [&str; 5] = [
 
 /// Entry point of the `kiln-spawn` binary. Returns the process exit code.
 pub fn main() -> i32 {
-    let mut input = String::new();
-    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
-        eprintln!("kiln-spawn: cannot read config: {e}");
-        return 2;
+    let mut stdin = std::io::stdin().lock();
+    let mut line = String::new();
+    let prelude: Prelude = match stdin
+        .read_line(&mut line)
+        .map(|_| serde_json::from_str(&line))
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            eprintln!("kiln-spawn: bad prelude: {e}");
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("kiln-spawn: cannot read the prelude: {e}");
+            return 2;
+        }
+    };
+    let filters = match prepare(&prelude) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    line.clear();
+    match stdin.read_line(&mut line) {
+        // The pool was drained: no sandbox for this helper.
+        Ok(0) => return 0,
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("kiln-spawn: cannot read config: {e}");
+            return 2;
+        }
     }
-    let cfg: SpawnConfig = match serde_json::from_str(&input) {
+    let cfg: SpawnConfig = match serde_json::from_str(&line) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kiln-spawn: bad config: {e}");
             return 2;
         }
     };
-    match helper(&cfg) {
+    match helper(&cfg, &filters) {
         Ok(pid) => {
             println!("{{\"pid\": {pid}}}");
             0
@@ -137,7 +177,8 @@ fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> Result<T, String
     r.map_err(|e| format!("{what}: {e}"))
 }
 
-fn helper(cfg: &SpawnConfig) -> Result<i32, String> {
+/// Phase one: cgroups, network namespace, pid namespace, seccomp compile.
+fn prepare(cfg: &Prelude) -> Result<Vec<seccompiler::BpfProgram>, String> {
     let me = std::process::id().to_string();
     for f in &cfg.cgroup_procs {
         ctx(
@@ -155,12 +196,15 @@ fn helper(cfg: &SpawnConfig) -> Result<i32, String> {
         unshare(CloneFlags::CLONE_NEWPID),
         "unshare the pid namespace",
     )?;
-    let filters = if cfg.seccomp {
-        super::seccomp::compile()?
+    if cfg.seccomp {
+        super::seccomp::compile()
     } else {
-        Vec::new()
-    };
+        Ok(Vec::new())
+    }
+}
 
+/// Phase two: fork the init, map its ids, wait for its exec.
+fn helper(cfg: &SpawnConfig, filters: &[seccompiler::BpfProgram]) -> Result<i32, String> {
     let (to_parent_r, to_parent_w) = ctx(pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
     let (to_child_r, to_child_w) = ctx(pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
     let (err_r, err_w) = ctx(pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
@@ -170,7 +214,7 @@ fn helper(cfg: &SpawnConfig) -> Result<i32, String> {
     match ctx(unsafe { fork() }, "fork")? {
         ForkResult::Child => {
             drop((to_parent_r, to_child_w, err_r));
-            let e = init(cfg, &filters, to_parent_w, to_child_r).unwrap_err();
+            let e = init(cfg, filters, to_parent_w, to_child_r).unwrap_err();
             let mut w = File::from(err_w);
             let _ = w.write_all(e.as_bytes());
             // SAFETY: _exit is always safe; it skips the parent's atexit

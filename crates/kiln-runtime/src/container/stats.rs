@@ -7,7 +7,7 @@ use crate::runtime::{RuntimeError, SandboxStats};
 
 pub(super) async fn stats(inner: &Arc<Inner>, id: &str) -> Result<SandboxStats, RuntimeError> {
     let sb = inner.get(id)?;
-    let cg = inner.cgroups.stats(id);
+    let cg = inner.cgroups.stats(&sb.rec.cgroup);
     Ok(SandboxStats {
         cpu_usage_usec: cg.cpu_usage_usec,
         cpu_count: sb.rec.vcpus,

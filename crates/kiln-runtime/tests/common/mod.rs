@@ -116,6 +116,7 @@ pub fn config(n: u8) -> ContainerConfig {
     cfg.net = NetConfig::new(&tag);
     cfg.net.subnet = std::net::Ipv4Addr::new(10, 200 + n, 0, 0);
     cfg.net.pool_size = 2;
+    cfg.warm_pool = 2;
     cfg.disk_pool = 2;
     cfg.disk_pool_sizes_mib = vec![64];
     cfg
