@@ -20,11 +20,11 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn mem_available_kib() -> u64 {
+fn meminfo_kib(key: &str) -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .find_map(|l| l.strip_prefix(key))
         .unwrap()
         .trim()
         .trim_end_matches(" kB")
@@ -118,23 +118,26 @@ async fn main() {
     );
 
     // Host memory per idle sandbox.
-    let idle = 50.min(n);
+    let idle = n;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = mem_available_kib();
+    let before = meminfo_kib("MemAvailable:");
+    let slab_before = meminfo_kib("Slab:");
     let mut ids = Vec::new();
     for i in 0..idle {
         let h = rt.create(&spec(format!("idle-{i}"))).await.unwrap();
         ids.push(h.id);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = mem_available_kib();
+    let after = meminfo_kib("MemAvailable:");
+    let slab_after = meminfo_kib("Slab:");
     let mut cg = 0u64;
     for id in &ids {
         cg += rt.stats(id).await.unwrap().memory_used_bytes;
     }
     println!(
-        "container: idle sandbox memory: host MemAvailable drop {} KiB each, cgroup-charged {} KiB each (n={idle}; the pools were full before and after; other processes on the machine add noise)",
+        "container: idle sandbox memory (n={idle}): host MemAvailable drop {} KiB each, kernel slab {} KiB each, charged to the sandbox's cgroup {} KiB each (other processes on the machine add noise to MemAvailable)",
         (before.saturating_sub(after)) / idle as u64,
+        (slab_after.saturating_sub(slab_before)) / idle as u64,
         cg / 1024 / idle as u64
     );
     for id in &ids {
