@@ -263,6 +263,12 @@ fn checks(hostname: &str) -> String {
         let rc = unsafe { libc::syscall(nr, 0, 0, 0, 0, 0) };
         check(name, expect_eperm(name, rc));
     }
+    check("x32-abi-denied", {
+        // x32 getpid: ENOSYS on kernels without x32, EPERM from our filter.
+        // SAFETY: getpid takes no arguments.
+        let rc = unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) };
+        expect_eperm("x32 getpid", rc)
+    });
     check("unshare-userns-denied", {
         // SAFETY: plain flag argument.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWUSER) };

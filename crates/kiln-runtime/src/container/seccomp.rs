@@ -8,7 +8,10 @@
 //! namespace creation (unshare, setns, clone with `CLONE_NEW*` flags),
 //! io_uring, userfaultfd, quotactl, syslog, personality other than Linux's.
 //! Filter `enosys` answers `clone3` with `ENOSYS` so that libc falls back to
-//! `clone`, whose flags a filter can inspect (Docker does the same).
+//! `clone`, whose flags a filter can inspect (Docker does the same). A third,
+//! hand-written filter ([`x32_filter`]) refuses every x32-ABI syscall
+//! (numbers with bit 30 set): a deny list by name would miss them, and
+//! seccompiler's own arch check only kills non-x86_64 (i386) calls.
 //!
 //! Why without `no_new_privs`: `sudo` inside the sandbox is setuid and
 //! `no_new_privs` disables setuid. The kernel allows installing a filter
@@ -29,13 +32,36 @@ pub const POLICY_JSON: &str = include_str!("seccomp.json");
 pub fn compile() -> Result<Vec<BpfProgram>, String> {
     let mut map = seccompiler::compile_from_json(POLICY_JSON.as_bytes(), TargetArch::x86_64)
         .map_err(|e| format!("invalid seccomp policy: {e}"))?;
-    ["sandbox", "enosys"]
+    let mut filters = ["sandbox", "enosys"]
         .iter()
         .map(|name| {
             map.remove(*name)
                 .ok_or_else(|| format!("seccomp policy has no filter {name:?}"))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    filters.push(x32_filter());
+    Ok(filters)
+}
+
+/// `if (nr & __X32_SYSCALL_BIT) return ERRNO(EPERM); return ALLOW;`
+pub fn x32_filter() -> BpfProgram {
+    use seccompiler::sock_filter;
+    const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const BPF_JMP_JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
+    const BPF_RET_K: u16 = 0x06;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    vec![
+        op(BPF_LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        op(BPF_JMP_JSET_K, 0, 1, X32_SYSCALL_BIT),
+        op(
+            BPF_RET_K,
+            0,
+            0,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        op(BPF_RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
 }
 
 /// Installs one filter on the calling thread without setting no_new_privs.
@@ -69,7 +95,7 @@ mod tests {
     #[test]
     fn policy_compiles() {
         let filters = compile().unwrap();
-        assert_eq!(filters.len(), 2);
+        assert_eq!(filters.len(), 3);
         assert!(filters.iter().all(|f| !f.is_empty()));
     }
 
