@@ -1,0 +1,7 @@
+//! `filesystem.Filesystem` and the `/files` HTTP endpoints.
+
+pub mod creds;
+pub mod entry;
+pub mod files;
+pub mod rpc;
+pub mod watch;

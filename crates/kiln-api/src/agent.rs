@@ -1,0 +1,153 @@
+//! The agent protocol: what the SDKs speak to the in-sandbox agent on port
+//! [`AGENT_PORT`]. The Connect services are defined in `proto/*.proto`; the
+//! types here are their proto3-JSON forms (camelCase names on output, either
+//! spelling accepted on input, int64 as strings, bytes as base64, enums by
+//! name), plus the plain HTTP endpoints' bodies.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[path = "agent_filesystem.rs"]
+pub mod filesystem;
+#[path = "agent_json.rs"]
+pub mod json;
+#[path = "agent_process.rs"]
+pub mod process;
+
+/// The envd version whose behaviour Kiln's agent implements. The control API
+/// reports it as `envdVersion`; the SDK switches features on it (see
+/// `e2b/envd/versions.py`): recursive watch 0.1.4, stdin 0.3.0, default user
+/// chosen by the agent 0.4.0, close stdin 0.5.2, octet-stream upload 0.5.7.
+/// File metadata (0.6.2) is not implemented, so we stop below it.
+pub const ENVD_VERSION: &str = "0.5.7";
+
+/// The port the agent listens on inside a sandbox.
+pub const AGENT_PORT: u16 = 49983;
+
+/// Header carrying the sandbox's access token once `/init` set one.
+pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
+
+/// Body of `POST /init`, sent by the server after a start or resume.
+/// Every field is optional; absent ones leave the agent's state unchanged.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InitRequest {
+    /// Environment variables added to every process started afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    /// From now on every request must carry it in `X-Access-Token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    /// The host's clock (RFC 3339); the agent sets the clock from it when it
+    /// may (it needs CAP_SYS_TIME in the sandbox's user namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+    /// The user that requests without `Authorization` act as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_user: Option<String>,
+    /// Default working directory of processes (else the user's home).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_workdir: Option<String>,
+}
+
+/// One entry of the `POST /files` answer (a JSON array of these).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WriteInfo {
+    pub name: String,
+    /// `"file"` or `"directory"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: String,
+}
+
+/// Error body of the plain HTTP endpoints (`/files`, `/init`, ...).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HttpError {
+    /// The HTTP status again.
+    pub code: u16,
+    pub message: String,
+}
+
+/// Connect error codes, with the HTTP status a unary error is sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Canceled,
+    Unknown,
+    InvalidArgument,
+    DeadlineExceeded,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    ResourceExhausted,
+    FailedPrecondition,
+    Aborted,
+    OutOfRange,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    DataLoss,
+    Unauthenticated,
+}
+
+impl Code {
+    /// The code's name on the wire (`"not_found"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Canceled => "canceled",
+            Code::Unknown => "unknown",
+            Code::InvalidArgument => "invalid_argument",
+            Code::DeadlineExceeded => "deadline_exceeded",
+            Code::NotFound => "not_found",
+            Code::AlreadyExists => "already_exists",
+            Code::PermissionDenied => "permission_denied",
+            Code::ResourceExhausted => "resource_exhausted",
+            Code::FailedPrecondition => "failed_precondition",
+            Code::Aborted => "aborted",
+            Code::OutOfRange => "out_of_range",
+            Code::Unimplemented => "unimplemented",
+            Code::Internal => "internal",
+            Code::Unavailable => "unavailable",
+            Code::DataLoss => "data_loss",
+            Code::Unauthenticated => "unauthenticated",
+        }
+    }
+
+    /// The HTTP status of a unary Connect error with this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Code::Canceled => 499,
+            Code::Unknown => 500,
+            Code::InvalidArgument => 400,
+            Code::DeadlineExceeded => 504,
+            Code::NotFound => 404,
+            Code::AlreadyExists => 409,
+            Code::PermissionDenied => 403,
+            Code::ResourceExhausted => 429,
+            Code::FailedPrecondition => 400,
+            Code::Aborted => 409,
+            Code::OutOfRange => 400,
+            Code::Unimplemented => 501,
+            Code::Internal => 500,
+            Code::Unavailable => 503,
+            Code::DataLoss => 500,
+            Code::Unauthenticated => 401,
+        }
+    }
+}
+
+/// A Connect error as sent on the wire (unary body, or `error` of a stream's
+/// end message).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConnectErrorBody {
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The end-of-stream message of a Connect stream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndStream {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ConnectErrorBody>,
+}
