@@ -71,8 +71,12 @@ class Agent:
         self.addr = m.group(1)
         self.url = f"http://{self.addr}"
 
-    def config(self, **kw) -> ConnectionConfig:
-        return ConnectionConfig(sandbox_url=self.url, api_key="e2b_" + "0" * 40, **kw)
+    def config(self, token=None) -> ConnectionConfig:
+        # what Sandbox.connect() builds after the control API answered
+        headers = {"X-Access-Token": token} if token else None
+        return ConnectionConfig(
+            sandbox_url=self.url, api_key="e2b_" + "0" * 40, extra_sandbox_headers=headers
+        )
 
     def sandbox(self, token=None, cls=Sandbox):
         return cls(
@@ -80,7 +84,7 @@ class Agent:
             envd_version=Version(envd_version()),
             envd_access_token=token,
             sandbox_domain=None,
-            connection_config=self.config(),
+            connection_config=self.config(token),
         )
 
     def rss_kib(self) -> int:

@@ -62,7 +62,8 @@ pub async fn handle(state: Arc<AgentState>, req: Request<Incoming>) -> Response<
         *r.status_mut() = StatusCode::NO_CONTENT;
         return r;
     }
-    if !state.authorized(&parts.headers) {
+    let signed = path == "/files" && signed_url_ok(&state, &parts.method, query.as_deref());
+    if !signed && !state.authorized(&parts.headers) {
         let e = RpcError::new(Code::Unauthenticated, "missing or wrong X-Access-Token");
         return if path.starts_with("/process.") || path.starts_with("/filesystem.") {
             match connect::framing(&parts.headers) {
@@ -89,7 +90,11 @@ pub async fn handle(state: Arc<AgentState>, req: Request<Incoming>) -> Response<
             http_error(405, format!("{} is not allowed on {path}", parts.method))
         }
         (method, p) => {
-            let Some((service, rpc)) = p.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+            let Some((service, rpc)) = p
+                .strip_prefix('/')
+                .and_then(|p| p.split_once('/'))
+                .filter(|(s, m)| s.contains('.') && !m.is_empty() && !m.contains('/'))
+            else {
                 return http_error(404, format!("no route for {p}"));
             };
             if service != kiln_api::agent::process::SERVICE
@@ -141,6 +146,61 @@ pub async fn handle(state: Arc<AgentState>, req: Request<Incoming>) -> Response<
             })
         }
     }
+}
+
+/// Whether a `/files` URL carries a valid signature: E2B's v1 scheme,
+/// `v1_` + unpadded base64 of sha256("path:operation:user:token[:expiration]"),
+/// unexpired. Lets a browser download or upload without the token header.
+fn signed_url_ok(state: &AgentState, method: &Method, query: Option<&str>) -> bool {
+    use base64::Engine;
+    use sha2::Digest;
+    let Some(token) = state.settings().access_token else {
+        return false;
+    };
+    let params = files::query_params(query);
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    let Some(sig) = get("signature") else {
+        return false;
+    };
+    let op = match *method {
+        Method::GET => "read",
+        Method::POST => "write",
+        _ => return false,
+    };
+    let path = get("path").unwrap_or_default();
+    let user = get("username").unwrap_or_default();
+    let raw = match get("signature_expiration").filter(|e| !e.is_empty()) {
+        Some(exp) => {
+            let Ok(exp_secs) = exp.parse::<u64>() else {
+                return false;
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(u64::MAX);
+            if exp_secs < now {
+                return false;
+            }
+            format!("{path}:{op}:{user}:{token}:{exp}")
+        }
+        None => format!("{path}:{op}:{user}:{token}"),
+    };
+    let digest = sha2::Sha256::digest(raw.as_bytes());
+    let want = format!(
+        "v1_{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+    );
+    want.len() == sig.len()
+        && want
+            .bytes()
+            .zip(sig.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0
 }
 
 fn json_response<T: serde::Serialize>(v: &T) -> Response<Body> {

@@ -325,22 +325,20 @@ async fn write_stream(
         let file = as_user(&u, || open_for_write(&p))?;
         let write_err = |e: std::io::Error| RpcError::io("writing", &p, &e);
         if gzip {
+            // Errors without an errno come from the decoder: a corrupt body.
+            let gz_err = |e: std::io::Error| {
+                if e.raw_os_error().is_some() {
+                    write_err(e)
+                } else {
+                    RpcError::invalid(format!("the gzip body for {} is corrupt: {e}", p.display()))
+                }
+            };
             let mut dec = flate2::write::GzDecoder::new(file);
             while let Some(b) = rx.blocking_recv() {
-                dec.write_all(&b).map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::InvalidInput
-                        || e.kind() == std::io::ErrorKind::InvalidData
-                    {
-                        RpcError::invalid(format!(
-                            "the gzip body for {} is corrupt: {e}",
-                            p.display()
-                        ))
-                    } else {
-                        write_err(e)
-                    }
-                })?;
+                dec.write_all(&b).map_err(gz_err)?;
             }
-            dec.finish().map_err(write_err)?;
+            dec.try_finish().map_err(gz_err)?;
+            dec.finish().map_err(gz_err)?;
         } else {
             let mut file = file;
             while let Some(b) = rx.blocking_recv() {

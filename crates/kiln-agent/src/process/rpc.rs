@@ -218,7 +218,6 @@ async fn start(
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
     }
-    env.retain(|(k, _)| !k.starts_with("KILN_"));
 
     let timeout = headers
         .get("connect-timeout-ms")
