@@ -41,7 +41,6 @@ pub struct Opts {
     pub ready_fd: Option<i32>,
 }
 
-
 impl Agent {
     pub fn start() -> Agent {
         Agent::start_with(Opts::default())
