@@ -8,6 +8,7 @@ mod clock;
 mod connect;
 mod error;
 mod fs;
+mod malloc;
 mod process;
 mod ready;
 mod server;
@@ -27,6 +28,7 @@ use process::reaper::Reaper;
 const USAGE: &str = "usage: kiln-agent [--listen ADDR:PORT]   (default 0.0.0.0:49983)";
 
 fn main() -> anyhow::Result<()> {
+    malloc::tune();
     let mut listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], kiln_api::agent::AGENT_PORT));
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
