@@ -224,3 +224,30 @@ def test_upload_onto_directory_and_read_directory(sbx, workdir):
     with pytest.raises(NotFoundException):
         sbx.files.read(f"{workdir}/nope.txt")
     assert os.path.isdir(f"{workdir}/adir")
+
+
+def test_file_metadata_as_xattrs(sbx, workdir):
+    info = sbx.files.write(f"{workdir}/meta.txt", "m", metadata={"Owner": "team-a", "stage": "raw data"})
+    assert info.metadata == {"owner": "team-a", "stage": "raw data"}
+    assert os.getxattr(f"{workdir}/meta.txt", "user.e2b.owner") == b"team-a"
+    st = sbx.files.get_info(f"{workdir}/meta.txt")
+    assert st.metadata == {"owner": "team-a", "stage": "raw data"}
+    os.setxattr(f"{workdir}/meta.txt", "user.e2b.extra", b"out-of-band")
+    listed = {e.name: e.metadata for e in sbx.files.list(workdir)}
+    assert listed["meta.txt"]["extra"] == "out-of-band"
+    assert sbx.files.get_info(workdir).metadata is None
+
+
+def test_watch_include_entry(sbx, workdir):
+    w = sbx.files.watch_dir(workdir, include_entry=True)
+    try:
+        with open(f"{workdir}/e.txt", "w") as f:
+            f.write("12345")
+        deadline = time.monotonic() + 10
+        entries = []
+        while time.monotonic() < deadline and not any(e and e.size == 5 for e in entries):
+            entries += [ev.entry for ev in w.get_new_events() if ev.name == "e.txt"]
+            time.sleep(0.1)
+        assert any(e and e.size == 5 and e.path == f"{workdir}/e.txt" for e in entries), entries
+    finally:
+        w.stop()

@@ -19,8 +19,9 @@ pub mod process;
 /// reports it as `envdVersion`; the SDK switches features on it (see
 /// `e2b/envd/versions.py`): recursive watch 0.1.4, stdin 0.3.0, default user
 /// chosen by the agent 0.4.0, close stdin 0.5.2, octet-stream upload 0.5.7.
-/// File metadata (0.6.2) is not implemented, so we stop below it.
-pub const ENVD_VERSION: &str = "0.5.7";
+/// file metadata as `user.e2b.*` xattrs 0.6.2, entry info in watch events
+/// 0.6.3, watches refusing network filesystems unless allowed 0.6.4.
+pub const ENVD_VERSION: &str = "0.6.4";
 
 /// The port the agent listens on inside a sandbox.
 pub const AGENT_PORT: u16 = 49983;
@@ -59,6 +60,9 @@ pub struct WriteInfo {
     #[serde(rename = "type")]
     pub kind: String,
     pub path: String,
+    /// The metadata stored on the file from `X-Metadata-*` headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
 }
 
 /// Error body of the plain HTTP endpoints (`/files`, `/init`, ...).

@@ -44,7 +44,7 @@ pub fn entry_info(path: &Path, names: &Names) -> io::Result<EntryInfo> {
         group: names.group(lmeta.gid()),
         modified_time: Some(rfc3339(lmeta.mtime(), lmeta.mtime_nsec() as u32)),
         symlink_target: target,
-        metadata: Default::default(),
+        metadata: super::metadata::load(path),
         is_symlink,
     })
 }

@@ -242,6 +242,7 @@ async fn upload(
     let params = query_params(query);
     let user = acting_user(state, &params, headers)?;
     let path = request_path(&params, &user)?;
+    let meta = super::metadata::from_headers(headers)?;
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -287,7 +288,7 @@ async fn upload(
             };
             let chunks =
                 field.map(|c| c.map_err(|e| std::io::Error::other(format!("multipart: {e}"))));
-            out.push(write_stream(&user, target, false, chunks).await?);
+            out.push(write_stream(&user, target, false, &meta, chunks).await?);
         }
         if out.is_empty() {
             return Err(RpcError::invalid("the multipart body holds no file"));
@@ -302,7 +303,9 @@ async fn upload(
         let chunks = body
             .into_data_stream()
             .map(|c| c.map_err(|e| std::io::Error::other(format!("request body: {e}"))));
-        Ok(vec![write_stream(&user, target, gzip, chunks).await?])
+        Ok(vec![
+            write_stream(&user, target, gzip, &meta, chunks).await?,
+        ])
     } else {
         Err(RpcError::invalid(format!(
             "unsupported Content-Type {mime:?}: use multipart/form-data or application/octet-stream"
@@ -316,11 +319,13 @@ async fn write_stream(
     user: &User,
     path: PathBuf,
     gzip: bool,
+    meta: &std::collections::BTreeMap<String, String>,
     mut chunks: impl futures_util::Stream<Item = std::io::Result<Bytes>> + Unpin,
 ) -> Result<WriteInfo, RpcError> {
     let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
     let u = user.clone();
     let p = path.clone();
+    let m = meta.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<(), RpcError> {
         let file = as_user(&u, || open_for_write(&p))?;
         let write_err = |e: std::io::Error| RpcError::io("writing", &p, &e);
@@ -345,6 +350,9 @@ async fn write_stream(
                 file.write_all(&b).map_err(write_err)?;
             }
             file.flush().map_err(write_err)?;
+        }
+        if !m.is_empty() {
+            as_user(&u, || super::metadata::store(&p, &m))?;
         }
         Ok(())
     });
@@ -379,6 +387,11 @@ async fn write_stream(
             .unwrap_or_default(),
         kind: "file".to_string(),
         path: path.to_string_lossy().into_owned(),
+        metadata: if meta.is_empty() {
+            None
+        } else {
+            Some(meta.clone())
+        },
     })
 }
 

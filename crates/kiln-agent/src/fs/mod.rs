@@ -3,5 +3,6 @@
 pub mod creds;
 pub mod entry;
 pub mod files;
+pub mod metadata;
 pub mod rpc;
 pub mod watch;

@@ -58,12 +58,19 @@ struct Watch {
 async fn open_watch(req: WatchRequest, user: &User) -> Result<Watch, RpcError> {
     let root = resolve_path(&req.path, user)?;
     let recursive = req.recursive;
+    let allow_network = req.allow_network_mounts;
     let r = root.clone();
     let subdirs = blocking(user, move || -> Result<Vec<PathBuf>, RpcError> {
         let m = std::fs::metadata(&r).map_err(|e| RpcError::io("watching", &r, &e))?;
         if !m.is_dir() {
             return Err(RpcError::invalid(format!(
                 "{} is not a directory",
+                r.display()
+            )));
+        }
+        if let Some(kind) = super::metadata::network_fs(&r).filter(|_| !allow_network) {
+            return Err(RpcError::invalid(format!(
+                "{} is on a network filesystem ({kind}): set allow_network_mounts to watch it",
                 r.display()
             )));
         }
