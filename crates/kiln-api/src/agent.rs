@@ -155,3 +155,105 @@ pub struct EndStream {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ConnectErrorBody>,
 }
+
+/// The proto3-JSON forms the SDK reads and sends, frozen: a change here is a
+/// wire change.
+#[cfg(test)]
+mod wire_tests {
+    use super::filesystem::{EntryInfo, EventType, FileType, FilesystemEvent, WatchRequest};
+    use super::process::{
+        DataEvent, EndEvent, EventResponse, ProcessEvent, SendSignalRequest, Signal, StartRequest,
+    };
+    use serde_json::json;
+
+    #[test]
+    fn process_events_encode_as_the_sdk_reads_them() {
+        let ev = EventResponse {
+            event: Some(ProcessEvent {
+                data: Some(DataEvent {
+                    stdout: Some(b"hi\n".to_vec()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(
+            serde_json::to_value(&ev).unwrap(),
+            json!({"event": {"data": {"stdout": "aGkK"}}})
+        );
+        let end = EndEvent {
+            exit_code: -1,
+            exited: false,
+            status: "signal: killed".into(),
+            error: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&end).unwrap(),
+            json!({"exitCode": -1, "exited": false, "status": "signal: killed"})
+        );
+    }
+
+    #[test]
+    fn requests_decode_from_either_spelling() {
+        let r: StartRequest = serde_json::from_value(json!({
+            "process": {"cmd": "/bin/bash", "args": ["-c", "x"], "envs": {"A": "1"}, "cwd": null},
+            "pty": {"size": {"cols": 80, "rows": 24}}, "tag": "t", "stdin": false
+        }))
+        .unwrap();
+        assert_eq!(r.process.unwrap().envs["A"], "1");
+        assert_eq!(r.pty.unwrap().size.unwrap().cols, 80);
+        let s: SendSignalRequest =
+            serde_json::from_value(json!({"process": {"pid": 7}, "signal": 9})).unwrap();
+        assert_eq!(s.signal, Signal::Sigkill);
+        let s: SendSignalRequest =
+            serde_json::from_value(json!({"signal": "SIGNAL_SIGTERM"})).unwrap();
+        assert_eq!(s.signal, Signal::Sigterm);
+        let w: WatchRequest =
+            serde_json::from_value(json!({"path": "/", "include_entry": true})).unwrap();
+        assert!(w.include_entry);
+        let w: WatchRequest =
+            serde_json::from_value(json!({"path": "/", "allowNetworkMounts": true})).unwrap();
+        assert!(w.allow_network_mounts);
+    }
+
+    #[test]
+    fn entries_encode_int64_as_string_and_enums_by_name() {
+        let e = EntryInfo {
+            name: "f".into(),
+            kind: FileType::File,
+            path: "/f".into(),
+            size: 5,
+            mode: 0o644,
+            permissions: "-rw-r--r--".into(),
+            owner: "user".into(),
+            group: "user".into(),
+            modified_time: Some("2023-11-14T22:13:20.000000000Z".into()),
+            symlink_target: None,
+            metadata: Default::default(),
+            is_symlink: false,
+        };
+        let ev = FilesystemEvent {
+            name: "f".into(),
+            kind: EventType::Chmod,
+            entry: Some(e),
+        };
+        assert_eq!(
+            serde_json::to_value(&ev).unwrap(),
+            json!({"name": "f", "type": "EVENT_TYPE_CHMOD", "entry": {
+                "name": "f", "type": "FILE_TYPE_FILE", "path": "/f", "size": "5", "mode": 420,
+                "permissions": "-rw-r--r--", "owner": "user", "group": "user",
+                "modifiedTime": "2023-11-14T22:13:20.000000000Z", "isSymlink": false}})
+        );
+    }
+
+    #[test]
+    fn init_body_shape() {
+        let r: super::InitRequest = serde_json::from_value(json!({
+            "envVars": {"A": "1"}, "accessToken": "t", "timestamp": "2024-01-01T00:00:00Z",
+            "defaultUser": "user", "defaultWorkdir": "/home/user", "volumeMounts": []
+        }))
+        .unwrap();
+        assert_eq!(r.access_token.as_deref(), Some("t"));
+        assert_eq!(r.default_workdir.as_deref(), Some("/home/user"));
+    }
+}
