@@ -228,3 +228,43 @@ def test_access_token_init_envs_default_user(fresh_agent):
     assert r.status_code == 400
     r = httpx.post(url + "/init", json={"defaultUser": "ghost"}, headers={"X-Access-Token": "s3cret"})
     assert r.status_code == 400
+
+
+METHODS = [
+    "process.Process/" + m
+    for m in ("Start", "Connect", "List", "SendInput", "StreamInput", "SendSignal", "CloseStdin", "Update")
+] + [
+    "filesystem.Filesystem/" + m
+    for m in ("Stat", "MakeDir", "Move", "ListDir", "Remove", "WatchDir", "CreateWatcher",
+              "GetWatcherEvents", "RemoveWatcher")
+]
+
+
+def test_garbage_on_every_method(agent, http):
+    import random
+
+    rng = random.Random(1234)
+    shapes = [
+        lambda: bytes(rng.randrange(256) for _ in range(rng.randrange(64))),
+        lambda: json.dumps({"process": rng.choice([1, "x", [], None, {"pid": -1}, {"tag": 5}]),
+                            "path": rng.choice([1, [], None, "", "\u0000", "../" * 50]),
+                            "pty": rng.choice([{"size": {"cols": -1}}, "x", None]),
+                            "input": rng.choice([{"stdin": "!!notbase64"}, {"pty": 3}, None]),
+                            "signal": rng.choice(["SIGNAL_SIGKILL", 99, "nope", None]),
+                            "depth": rng.choice([-1, 2**40, "x", None])}).encode(),
+        lambda: b'{"a":' * 1000,
+        lambda: json.dumps([1, 2, 3]).encode(),
+    ]
+    for method in METHODS:
+        for _ in range(8):
+            body = rng.choice(shapes)()
+            for framed in (False, True):
+                data = envelope(body) if framed else body
+                ct = "application/connect+json" if framed else "application/json"
+                r = http.post(f"/{method}", content=data, headers={"content-type": ct})
+                assert r.status_code in (200, 400, 401, 403, 404, 409, 429, 501), (method, r.status_code, r.text)
+                if r.status_code == 200 and framed:
+                    parse_envelopes(r.content)  # well-formed stream
+    assert agent.proc.poll() is None
+    r = http.post("/process.Process/List", content=b"{}", headers={"content-type": "application/json"})
+    assert r.status_code == 200
