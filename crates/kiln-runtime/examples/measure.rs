@@ -6,7 +6,9 @@
 //! sudo target/release/examples/measure [N]   # default 100
 //! ```
 //! Uses the base template from `$KILN_DATA_DIR` (default /var/lib/kiln;
-//! built if missing) and `kiln-runtime-checker` as a stand-in agent.
+//! built if missing) and the real agent if `KILN_AGENT_BIN` names it
+//! (answering = `GET /health` → 204), else `kiln-runtime-checker` as a
+//! stand-in (answering = `ping` → `pong`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -32,14 +34,22 @@ fn meminfo_kib(key: &str) -> u64 {
         .unwrap()
 }
 
-async fn ping(ip: std::net::IpAddr) {
+async fn ping(ip: std::net::IpAddr, real_agent: bool) {
     let mut s = tokio::net::TcpStream::connect((ip, kiln_runtime::AGENT_PORT))
         .await
         .unwrap();
-    s.write_all(b"ping\n").await.unwrap();
     let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    assert_eq!(out, "pong");
+    if real_agent {
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 204"), "{out}");
+    } else {
+        s.write_all(b"ping\n").await.unwrap();
+        s.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "pong");
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -59,11 +69,14 @@ async fn main() {
         std::path::PathBuf::from(std::env::var("KILN_DATA_DIR").unwrap_or("/var/lib/kiln".into()));
     let tpl = kiln_template::ensure_base(&data, DEFAULT_UID_BASE, &kiln_template::NoProgress)
         .expect("base template");
-    let mut cfg = ContainerConfig::new(
-        data.join("measure"),
-        bin_dir.join("kiln-runtime-checker"),
-        bin_dir.join("kiln-spawn"),
-    );
+    let real_agent = std::env::var_os("KILN_AGENT_BIN");
+    let agent = real_agent
+        .clone()
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| bin_dir.join("kiln-runtime-checker"));
+    println!("agent: {}", agent.display());
+    let real_agent = real_agent.is_some();
+    let mut cfg = ContainerConfig::new(data.join("measure"), agent, bin_dir.join("kiln-spawn"));
     cfg.tag = "m0".into();
     cfg.net = kiln_runtime::container::NetConfig::new("m0");
     cfg.net.subnet = std::net::Ipv4Addr::new(10, 199, 0, 0);
@@ -94,7 +107,7 @@ async fn main() {
         let t0 = Instant::now();
         let h = rt.create(&spec(format!("m-{i}"))).await.unwrap();
         ready.push(t0.elapsed());
-        ping(h.ip).await;
+        ping(h.ip, real_agent).await;
         answering.push(t0.elapsed());
         let t1 = Instant::now();
         rt.kill(&h.id).await.unwrap();
