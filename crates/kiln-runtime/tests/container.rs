@@ -177,3 +177,47 @@ fn cgroup_parent() -> std::path::PathBuf {
         "/sys/fs/cgroup/kiln/t6".into()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_and_frozen_kill() {
+    if !is_root() {
+        return;
+    }
+    let t = TestRuntime::new(config(9)).await;
+    let rt = &t.rt;
+    // More creates at once than the pools hold.
+    let creates = (0..16).map(|i| {
+        let rt = rt.clone();
+        async move { rt.create(&spec(&format!("conc-{i}"))).await }
+    });
+    let handles: Vec<_> = futures_join_all(creates).await;
+    let mut ips = std::collections::BTreeSet::new();
+    for h in &handles {
+        let h = h.as_ref().expect("create");
+        assert_eq!(ask(h.ip, "ping").await, "pong");
+        ips.insert(h.ip);
+    }
+    assert_eq!(ips.len(), 16, "addresses are unique");
+    // A frozen sandbox can be killed.
+    rt.freeze("conc-0").await.unwrap();
+    rt.kill("conc-0").await.unwrap();
+    for i in 1..16 {
+        rt.kill(&format!("conc-{i}")).await.unwrap();
+    }
+    assert!(rt.list().await.unwrap().is_empty());
+    t.finish().await;
+}
+
+/// join_all without a futures dependency: spawn each, await in order.
+async fn futures_join_all<F, T>(futs: impl Iterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let tasks: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
