@@ -382,6 +382,11 @@ fn checks(hostname: &str) -> String {
             Err(format!("posix_openpt errno {}", errno()))
         }
     });
+    check("bind-port-80", {
+        TcpListener::bind("0.0.0.0:80")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
     check("loopback-works", {
         match TcpListener::bind("127.0.0.1:0") {
             Ok(l) => {

@@ -192,6 +192,15 @@ fn prepare(cfg: &Prelude) -> Result<Vec<seccompiler::BpfProgram>, String> {
         "join the network namespace",
     )?;
     drop(ns);
+    // The namespace belongs to the host's user namespace, so root inside
+    // has no network capabilities in it: let everyone bind low ports and
+    // open ICMP echo sockets (ping), as in a VM.
+    for (knob, value) in [
+        ("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0"),
+        ("/proc/sys/net/ipv4/ping_group_range", "0 2147483647"),
+    ] {
+        ctx(std::fs::write(knob, value), &format!("set {knob}"))?;
+    }
     ctx(
         unshare(CloneFlags::CLONE_NEWPID),
         "unshare the pid namespace",
