@@ -205,6 +205,27 @@ impl Network {
         self.destroy(lease)
     }
 
+    /// Gives back the namespace of a sandbox whose processes are all gone:
+    /// it goes back to the pool (up to twice `pool_size`), else is
+    /// destroyed. Safe to reuse because the sandbox could not change it:
+    /// the namespace belongs to the host's user namespace, so root inside
+    /// has no network capabilities there (addresses, routes, firewall and
+    /// sysctls are as the pool made them). Blocking.
+    pub fn recycle(&self, lease: &NetLease) -> Result<(), NetError> {
+        if !lease.internet {
+            self.set_offline(lease, false)?;
+        }
+        let mut st = self.state.lock().unwrap();
+        if st.pool.len() < self.cfg.pool_size * 2 && lease.netns_path.exists() {
+            let mut lease = lease.clone();
+            lease.internet = true;
+            st.pool.push(lease);
+            return Ok(());
+        }
+        drop(st);
+        self.destroy(lease)
+    }
+
     /// Tops the pool up to `pool_size`. Blocking; call it off the create path.
     pub fn refill(&self) -> Result<(), NetError> {
         loop {

@@ -46,7 +46,7 @@ pub(super) fn destroy(inner: &Inner, rec: &Record, release_net: bool) -> Result<
         );
     }
     if release_net {
-        if let Err(e) = inner.net.release(&rec.lease()).map_err(net_err) {
+        if let Err(e) = inner.net.recycle(&rec.lease()).map_err(net_err) {
             first_err.get_or_insert(e);
         }
     }
