@@ -5,7 +5,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use super::cgroup::{Limits, CPU_PERIOD_US};
 use super::spawn::SpawnConfig;
@@ -75,9 +75,12 @@ pub(super) async fn create(
     let Warm {
         child,
         stdin,
+        stdout,
         ready,
         lease,
         cgroup,
+        dir: warm_dir,
+        disk_mib: warm_disk,
     } = warm;
     let rec = Record {
         id: spec.id.clone(),
@@ -98,7 +101,7 @@ pub(super) async fn create(
         let inner = inner.clone();
         let spec = spec.clone();
         let rec = rec.clone();
-        tokio::task::spawn_blocking(move || prepare(&inner, &spec, rec))
+        tokio::task::spawn_blocking(move || prepare(&inner, &spec, rec, &warm_dir, warm_disk))
             .await
             .unwrap_or_else(|e| {
                 Err(Box::new((
@@ -108,7 +111,7 @@ pub(super) async fn create(
             })
     };
     let r = match prepared {
-        Ok((rec, cfg)) => start(inner, rec, &cfg, child, stdin, ready).await,
+        Ok((rec, cfg)) => start(inner, rec, &cfg, child, stdin, stdout, ready).await,
         Err(e) => Err(e),
     };
     match r {
@@ -145,9 +148,26 @@ fn prepare(
     inner: &Inner,
     spec: &SandboxSpec,
     mut rec: Record,
+    warm_dir: &std::path::Path,
+    warm_disk: Option<u64>,
 ) -> Result<(Record, SpawnConfig), Failed> {
     let cfg = &inner.cfg;
     let lower = &spec.template.rootfs;
+    // From here on the warm helper's directory is the sandbox's (and a
+    // failure's clean-up removes it with the rest).
+    let dir = inner.sandbox_dir(&spec.id);
+    if let Err(source) = std::fs::rename(warm_dir, &dir) {
+        let _ = std::fs::remove_dir_all(warm_dir);
+        let e = RuntimeError::Io {
+            context: format!(
+                "failed to rename {} to {}",
+                warm_dir.display(),
+                dir.display()
+            ),
+            source,
+        };
+        return Err(Box::new((e, rec)));
+    }
     let r = (|| {
         let meta = std::fs::metadata(lower).map_err(|source| RuntimeError::Io {
             context: format!("template rootfs {} is not readable", lower.display()),
@@ -166,15 +186,8 @@ fn prepare(
             inner.net.set_offline(&rec.lease(), true).map_err(net_err)?;
             rec.internet = false;
         }
-        let dir = inner.sandbox_dir(&spec.id);
         let rootfs = dir.join("rootfs");
         let layers = dir.join("layers");
-        for d in [&rootfs, &layers] {
-            std::fs::create_dir_all(d).map_err(|source| RuntimeError::Io {
-                context: format!("failed to create {}", d.display()),
-                source,
-            })?;
-        }
         write_record(inner, &rec)?;
         inner.cgroups.set_limits(
             &rec.cgroup,
@@ -184,14 +197,21 @@ fn prepare(
                 pids_max: cfg.pids_max,
             },
         )?;
-        let disk_image = dir.join("disk.img");
         inner.disk.want(spec.disk_mib);
-        inner.disk.take(spec.disk_mib, &disk_image)?;
+        let premounted = warm_disk == Some(spec.disk_mib);
+        let disk_image = if premounted {
+            dir.join("disk.img")
+        } else {
+            let image = dir.join(format!("disk-{}.img", spec.disk_mib));
+            inner.disk.take(spec.disk_mib, &image)?;
+            image
+        };
         Ok(SpawnConfig {
             id: spec.id.clone(),
             lower: lower.clone(),
             disk_image,
             layers,
+            premounted,
             rootfs,
             uid_base: cfg.uid_base,
             uid_count: cfg.uid_count,
@@ -236,6 +256,7 @@ async fn start(
     spawn_cfg: &SpawnConfig,
     child: tokio::process::Child,
     mut stdin: tokio::process::ChildStdin,
+    mut stdout: warm::Stdout,
     ready: OwnedFd,
 ) -> Result<Record, Failed> {
     let io = |context: &str| {
@@ -250,6 +271,8 @@ async fn start(
             .await
             .map_err(io("failed to send the spawn config"))?;
         drop(stdin);
+        let mut said = String::new();
+        let _ = stdout.read_line(&mut said).await;
         let out = child
             .wait_with_output()
             .await
@@ -265,8 +288,8 @@ async fn start(
         struct Started {
             pid: i32,
         }
-        let started: Started = serde_json::from_slice(&out.stdout)
-            .map_err(|e| RuntimeError::Other(format!("spawn helper said {:?}: {e}", out.stdout)))?;
+        let started: Started = serde_json::from_str(&said)
+            .map_err(|e| RuntimeError::Other(format!("spawn helper said {said:?}: {e}")))?;
         Ok(started.pid)
     }
     .await;

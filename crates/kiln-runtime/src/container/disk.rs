@@ -13,7 +13,8 @@
 //!   whatever the size: no journal, lazy inode tables, `-m 0`, the
 //!   overlay's `upper` and `work` directories made by `mkfs -d`), done ahead
 //!   of time in a pool per size, so a create only renames a ready image.
-//! - The sandbox's init attaches it to a free loop device with
+//! - The sandbox's init (a warm one, ahead of the create, for the size asked
+//!   for last) attaches it to a free loop device with
 //!   `LO_FLAGS_AUTOCLEAR` and mounts it in its private mount namespace. The
 //!   host's mount table never sees it; when the sandbox's last process dies
 //!   the namespace goes, the filesystem is unmounted and the loop device
@@ -43,6 +44,8 @@ pub struct DiskPool {
     per_size: usize,
     ready: Mutex<BTreeMap<u64, Vec<PathBuf>>>,
     counter: std::sync::atomic::AtomicU64,
+    /// The size asked for last: warm helpers mount one of it ahead.
+    likely: Mutex<Option<u64>>,
 }
 
 /// Sizes the pool keeps images of, at most.
@@ -63,6 +66,7 @@ impl DiskPool {
             per_size,
             ready: Mutex::new(BTreeMap::new()),
             counter: Default::default(),
+            likely: Mutex::new(None),
         })
     }
 
@@ -113,8 +117,14 @@ impl DiskPool {
         }
     }
 
+    /// The size a sandbox most likely asks for next (the last one asked).
+    pub fn likely_size(&self) -> Option<u64> {
+        *self.likely.lock().unwrap()
+    }
+
     /// Also pool images of this size from now on.
     pub fn want(&self, size_mib: u64) {
+        *self.likely.lock().unwrap() = Some(size_mib);
         let mut ready = self.ready.lock().unwrap();
         if ready.len() < MAX_POOLED_SIZES {
             ready.entry(size_mib).or_default();

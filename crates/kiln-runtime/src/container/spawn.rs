@@ -12,13 +12,15 @@
 //!
 //! The helper (H), as root on the host:
 //! 1. on the prelude, joins the sandbox's cgroups and network namespace,
-//!    unshares a pid namespace and compiles the seccomp policy; on the
-//!    config, forks the init (C);
+//!    unshares a pid namespace, compiles the seccomp policy and forks the
+//!    init (C), which makes its mount, uts, ipc and cgroup namespaces and
+//!    mounts the prelude's disk image; then H says `warm` on stdout and
+//!    waits for the config, which it passes on to C;
 //! 2. writes C's uid/gid maps once C has made its user namespace;
 //! 3. prints `{"pid": <C's host pid>}` once C has exec'd the agent, and exits.
 //!
-//! C, pid 1 of the new pid namespace, still real root:
-//! new mount, uts, ipc and cgroup namespaces; the overlay root; /proc with
+//! C, pid 1 of the new pid namespace, still real root, once it has the
+//! config: the disk (if the prelude's was not the right size); the overlay root; /proc with
 //! the sensitive paths masked or read-only; a minimal /dev; /sys read-only;
 //! a private /tmp; the agent bind-mounted read-only; pivot_root. Only then it
 //! enters a new user namespace (root inside ↦ `uid_base` outside), so the
@@ -50,6 +52,10 @@ pub struct Prelude {
     pub netns: PathBuf,
     pub cgroup_procs: Vec<PathBuf>,
     pub seccomp: bool,
+    /// A disk image to mount ahead of time at `layers` (the likeliest
+    /// size); the config says whether the sandbox uses it.
+    pub disk_image: Option<PathBuf>,
+    pub layers: PathBuf,
 }
 
 /// The sandbox (second line on stdin).
@@ -62,6 +68,9 @@ pub struct SpawnConfig {
     /// directory it is mounted on inside the sandbox's mount namespace.
     pub disk_image: PathBuf,
     pub layers: PathBuf,
+    /// The prelude's image is the sandbox's and is mounted at `layers`
+    /// already (its directory was renamed since: `layers` is the new path).
+    pub premounted: bool,
     /// Empty directory the overlay is mounted on (in the sandbox's private
     /// mount namespace only).
     pub rootfs: PathBuf,
@@ -144,24 +153,7 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    line.clear();
-    match stdin.read_line(&mut line) {
-        // The pool was drained: no sandbox for this helper.
-        Ok(0) => return 0,
-        Ok(_) => {}
-        Err(e) => {
-            eprintln!("kiln-spawn: cannot read config: {e}");
-            return 2;
-        }
-    }
-    let cfg: SpawnConfig = match serde_json::from_str(&line) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("kiln-spawn: bad config: {e}");
-            return 2;
-        }
-    };
-    match helper(&cfg, &filters) {
+    match helper(&prelude, &filters, &mut stdin) {
         Ok(pid) => {
             println!("{{\"pid\": {pid}}}");
             0
@@ -212,8 +204,15 @@ fn prepare(cfg: &Prelude) -> Result<Vec<seccompiler::BpfProgram>, String> {
     }
 }
 
-/// Phase two: fork the init, map its ids, wait for its exec.
-fn helper(cfg: &SpawnConfig, filters: &[seccompiler::BpfProgram]) -> Result<i32, String> {
+/// Phase two: fork the init (which prepares what it can), wait for the
+/// config and pass it on, map the init's ids, wait for its exec.
+fn helper(
+    prelude: &Prelude,
+    filters: &[seccompiler::BpfProgram],
+    stdin: &mut impl BufRead,
+) -> Result<i32, String> {
+    let (cfg_r, cfg_w) = ctx(pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
+    let (warm_r, warm_w) = ctx(pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
     let (to_parent_r, to_parent_w) = ctx(pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
     let (to_child_r, to_child_w) = ctx(pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
     let (err_r, err_w) = ctx(pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
@@ -222,8 +221,8 @@ fn helper(cfg: &SpawnConfig, filters: &[seccompiler::BpfProgram]) -> Result<i32,
     // threads), so the child may run arbitrary code after fork.
     match ctx(unsafe { fork() }, "fork")? {
         ForkResult::Child => {
-            drop((to_parent_r, to_child_w, err_r));
-            let e = init(cfg, filters, to_parent_w, to_child_r).unwrap_err();
+            drop((to_parent_r, to_child_w, err_r, cfg_w, warm_r));
+            let e = init(prelude, warm_w, cfg_r, filters, to_parent_w, to_child_r).unwrap_err();
             let mut w = File::from(err_w);
             let _ = w.write_all(e.as_bytes());
             // SAFETY: _exit is always safe; it skips the parent's atexit
@@ -231,8 +230,21 @@ fn helper(cfg: &SpawnConfig, filters: &[seccompiler::BpfProgram]) -> Result<i32,
             unsafe { libc::_exit(1) }
         }
         ForkResult::Parent { child } => {
-            drop((to_parent_w, to_child_r, err_w));
-            let r = parent(cfg, child, to_parent_r, to_child_w, err_r);
+            drop((to_parent_w, to_child_r, err_w, cfg_r, warm_w));
+            let r = match warm(warm_r).and_then(|()| pass_config(stdin, cfg_w)) {
+                Ok(cfg) => parent(&cfg, child, to_parent_r, to_child_w, err_r),
+                Err(e) => {
+                    // The init may have failed first and said why.
+                    let mut msg = String::new();
+                    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                    let _ = File::from(err_r).read_to_string(&mut msg);
+                    Err(if msg.is_empty() {
+                        e
+                    } else {
+                        format!("sandbox init failed: {msg}")
+                    })
+                }
+            };
             if r.is_err() {
                 let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(child, None);
@@ -240,6 +252,35 @@ fn helper(cfg: &SpawnConfig, filters: &[seccompiler::BpfProgram]) -> Result<i32,
             r
         }
     }
+}
+
+/// Waits for the init to be as ready as it can be without the config, then
+/// says `warm` on stdout (the runtime pools the helper only then).
+fn warm(from_init: OwnedFd) -> Result<(), String> {
+    let mut b = [0u8; 1];
+    if ctx(File::from(from_init).read(&mut b), "wait for the init")? != 1 {
+        return Err("the init died while getting ready".into());
+    }
+    let mut out = std::io::stdout().lock();
+    ctx(
+        out.write_all(b"warm\n").and_then(|()| out.flush()),
+        "say warm",
+    )
+}
+
+/// Reads the config from stdin and hands it to the init. If stdin ends
+/// first (the pool was drained), the helper is not needed: exit quietly.
+fn pass_config(stdin: &mut impl BufRead, to_init: OwnedFd) -> Result<SpawnConfig, String> {
+    let mut line = String::new();
+    if ctx(stdin.read_line(&mut line), "read the config")? == 0 {
+        std::process::exit(0);
+    }
+    let cfg: SpawnConfig = ctx(serde_json::from_str(&line), "bad config")?;
+    ctx(
+        File::from(to_init).write_all(line.as_bytes()),
+        "pass the config on",
+    )?;
+    Ok(cfg)
 }
 
 fn parent(
@@ -277,6 +318,19 @@ fn parent(
     Ok(child.as_raw())
 }
 
+fn mount_layers(image: &Path, at: &Path) -> Result<(), String> {
+    let (loopdev, loopfd) = super::disk::attach_loop(image)?;
+    do_mount(
+        Some(loopdev.to_str().unwrap_or_default()),
+        at,
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(super::disk::MOUNT_OPTIONS),
+    )?;
+    drop(loopfd);
+    Ok(())
+}
+
 fn cstr(s: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
 }
@@ -301,7 +355,9 @@ fn mkdirs(p: &Path) -> Result<(), String> {
 
 /// The sandbox's init up to exec. Returns only on error.
 fn init(
-    cfg: &SpawnConfig,
+    prelude: &Prelude,
+    warm: OwnedFd,
+    config: OwnedFd,
     filters: &[seccompiler::BpfProgram],
     to_parent: OwnedFd,
     from_parent: OwnedFd,
@@ -323,19 +379,33 @@ fn init(
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
-    ctx(sethostname(&cfg.id), "set the hostname")?;
-
     // The writable layers: the sandbox's own size-limited filesystem,
-    // mounted in this mount namespace only (see disk.rs).
-    let (loopdev, loopfd) = super::disk::attach_loop(&cfg.disk_image)?;
-    do_mount(
-        Some(loopdev.to_str().unwrap_or_default()),
-        &cfg.layers,
-        Some("ext4"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(super::disk::MOUNT_OPTIONS),
+    // mounted in this mount namespace only (see disk.rs). Done before the
+    // config comes if the prelude has an image.
+    if let Some(image) = &prelude.disk_image {
+        mount_layers(image, &prelude.layers)?;
+    }
+    ctx(File::from(warm).write_all(b"w"), "report warm")?;
+    let mut line = String::new();
+    ctx(
+        File::from(config).read_to_string(&mut line),
+        "read the config",
     )?;
-    drop(loopfd);
+    if line.is_empty() {
+        return Err("no config came".into());
+    }
+    let cfg: SpawnConfig = ctx(serde_json::from_str(&line), "bad config")?;
+    let cfg = &cfg;
+    if !cfg.premounted {
+        if prelude.disk_image.is_some() {
+            ctx(
+                umount2(&cfg.layers, MntFlags::MNT_DETACH),
+                "unmount the unused disk",
+            )?;
+        }
+        mount_layers(&cfg.disk_image, &cfg.layers)?;
+    }
+    ctx(sethostname(&cfg.id), "set the hostname")?;
 
     let root = &cfg.rootfs;
     let opts = format!(
