@@ -204,12 +204,16 @@ pub struct HostCount {
 }
 
 pub fn host_count(tag: &str) -> HostCount {
-    // iproute2 makes /run/netns a mount point once, for every user of
-    // `ip netns`: not a sandbox's.
+    // Mounts a runtime could leak into the host's namespace: namespace
+    // files, anything under a kiln path, loop devices, overlays. (iproute2
+    // makes /run/netns itself a mount point once, for every user of
+    // `ip netns`: not counted. Other processes' mounts are not counted, so
+    // that work elsewhere on the machine does not disturb the count.)
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
         .filter(|l| l.split(' ').nth(4) != Some("/run/netns"))
+        .filter(|l| l.contains("kiln") || l.contains("/dev/loop") || l.contains(" overlay "))
         .count();
     let (netns, veths) =
         kiln_net::count_host_objects(&format!("kiln-{tag}-"), &format!("kv{tag}-"));
