@@ -27,6 +27,14 @@ async fn lifecycle_and_isolation_from_inside() {
         "too few checks ran:\n{report}"
     );
 
+    // Seen from the host, the sandbox's root is an unprivileged uid.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", h.pid.unwrap())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == "100000"),
+        "init runs as {uid_line:?} on the host"
+    );
+
     // Same id twice is refused.
     assert!(matches!(
         rt.create(&spec("life-1")).await,
