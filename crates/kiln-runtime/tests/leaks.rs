@@ -40,6 +40,19 @@ async fn create_kill_100_leaves_nothing() {
         rt.kill(&id).await.unwrap();
     }
     t.finish().await;
+    // No sandbox directory (upper layer, disk image, state) or pooled disk.
+    let data = config(5).data_dir;
+    for d in ["sandboxes", "disk-pool"] {
+        let left: Vec<_> = std::fs::read_dir(data.join(d))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != "skel")
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left in {d}: {left:?}");
+    }
     lat.sort();
     println!(
         "create -> agent answering (debug build): p50 {:?}, p99 {:?}",
