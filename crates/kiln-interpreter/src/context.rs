@@ -68,8 +68,69 @@ impl Context {
     }
 }
 
+/// Kernels started ahead of need in the default working directory, one per
+/// language asked for: creating a context there takes one instead of waiting
+/// for a kernel to start (~0.4 s for ipykernel).
+struct Spares {
+    languages: Vec<String>,
+    kernels: Mutex<HashMap<String, Kernel>>,
+    /// Languages whose spare is being started.
+    starting: Mutex<std::collections::HashSet<String>>,
+    cwd: PathBuf,
+    runtime_dir: PathBuf,
+}
+
+impl Spares {
+    fn take(&self, language: &str) -> Option<Kernel> {
+        let kernel = self
+            .kernels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(language)?;
+        kernel.death().is_none().then_some(kernel)
+    }
+
+    /// Starts a spare for `language` in the background, if it keeps spares.
+    fn refill(self: &Arc<Self>, language: &str, spec: &KernelspecDir) {
+        if !self.languages.iter().any(|l| l == language)
+            || self
+                .kernels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(language)
+            || !self
+                .starting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(language.to_owned())
+        {
+            return;
+        }
+        let (spares, language, spec) = (self.clone(), language.to_owned(), spec.clone());
+        tokio::spawn(async move {
+            let started = Kernel::start(&spec, &spares.cwd, &spares.runtime_dir).await;
+            spares
+                .starting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&language);
+            match started {
+                Ok(kernel) => {
+                    spares
+                        .kernels
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(language, kernel);
+                }
+                Err(e) => tracing::warn!("failed to start a spare {language} kernel: {e}"),
+            }
+        });
+    }
+}
+
 pub struct Registry {
     catalog: Catalog,
+    spares: Arc<Spares>,
     default_cwd: PathBuf,
     runtime_dir: PathBuf,
     contexts: RwLock<HashMap<String, Arc<Context>>>,
@@ -82,11 +143,41 @@ impl Registry {
     pub fn new(catalog: Catalog, default_cwd: PathBuf, runtime_dir: PathBuf) -> Self {
         Registry {
             catalog,
+            spares: Arc::new(Spares {
+                languages: Vec::new(),
+                kernels: Mutex::default(),
+                starting: Mutex::default(),
+                cwd: default_cwd.clone(),
+                runtime_dir: runtime_dir.clone(),
+            }),
             default_cwd,
             runtime_dir,
             contexts: RwLock::default(),
             defaults: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// Keeps a spare kernel ready for each of `languages` (normalized names);
+    /// call once, inside the runtime, before serving.
+    pub fn keep_spares(mut self, languages: &[String]) -> Self {
+        let languages: Vec<String> = languages
+            .iter()
+            .map(|l| normalize_language(Some(l)))
+            .collect();
+        self.spares = Arc::new(Spares {
+            languages: languages.clone(),
+            kernels: Mutex::default(),
+            starting: Mutex::default(),
+            cwd: self.default_cwd.clone(),
+            runtime_dir: self.runtime_dir.clone(),
+        });
+        for language in &languages {
+            match self.spec_for(language) {
+                Ok((language, spec)) => self.spares.refill(&language, &spec),
+                Err(e) => tracing::warn!("no spare kernels: {e}"),
+            }
+        }
+        self
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -143,7 +234,24 @@ impl Registry {
         {
             return Err(ContextError::BadCwd(cwd));
         }
-        let kernel = self.start_kernel(&language, &spec, &cwd).await?;
+        let spare = if cwd == self.default_cwd {
+            self.spares.take(&language)
+        } else {
+            None
+        };
+        let kernel = match spare {
+            Some(kernel) => {
+                self.spares.refill(&language, &spec);
+                kernel
+            }
+            None => {
+                let kernel = self.start_kernel(&language, &spec, &cwd).await?;
+                if cwd == self.default_cwd {
+                    self.spares.refill(&language, &spec);
+                }
+                kernel
+            }
+        };
         let info = ContextInfo {
             id: uuid::Uuid::new_v4().to_string(),
             language,

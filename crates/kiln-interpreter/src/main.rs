@@ -1,10 +1,12 @@
 //! `kiln-interpreter`: the code-interpreter server of a sandbox.
 //!
 //! ```text
-//! kiln-interpreter [--listen ADDR] [--cwd DIR] [--preload LANG,LANG…]
+//! kiln-interpreter [--listen ADDR] [--cwd DIR] [--preload LANG,…] [--spares LANG,…]
 //! ```
 //! Defaults: `--listen 0.0.0.0:49999`, `--cwd /home/user` (else the current
-//! directory), `--preload python`. Kernels are found in the Jupyter data
+//! directory), `--preload python` (default contexts started at once),
+//! `--spares python` (a kernel kept ready for the next new context; empty
+//! keeps none). Kernels are found in the Jupyter data
 //! directories (`JUPYTER_PATH`, then `~/.local/share/jupyter`,
 //! `/usr/local/share/jupyter`, `/usr/share/jupyter`).
 
@@ -20,6 +22,16 @@ struct Args {
     listen: String,
     cwd: PathBuf,
     preload: Vec<String>,
+    spares: Vec<String>,
+}
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -27,6 +39,7 @@ fn parse_args() -> anyhow::Result<Args> {
         listen: "0.0.0.0:49999".to_owned(),
         cwd: PathBuf::from("/home/user"),
         preload: vec!["python".to_owned()],
+        spares: vec!["python".to_owned()],
     };
     if !args.cwd.is_dir() {
         args.cwd = std::env::current_dir().context("failed to read the current directory")?;
@@ -37,14 +50,8 @@ fn parse_args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--listen" => args.listen = value()?,
             "--cwd" => args.cwd = PathBuf::from(value()?),
-            "--preload" => {
-                args.preload = value()?
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            }
+            "--preload" => args.preload = list(&value()?),
+            "--spares" => args.spares = list(&value()?),
             // For the template build (tests/interpreter/template.sh and the
             // template builder): the recipe as JSON.
             "--print-template-recipe" => {
@@ -54,7 +61,7 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: kiln-interpreter [--listen ADDR] [--cwd DIR] [--preload LANG,LANG...]"
+                    "usage: kiln-interpreter [--listen ADDR] [--cwd DIR] [--preload LANG,...] [--spares LANG,...]"
                 );
                 std::process::exit(0);
             }
@@ -81,11 +88,9 @@ async fn main() -> anyhow::Result<()> {
 
     let catalog = Catalog::discover().await;
     tracing::info!(languages = ?catalog.languages(), "kernels found");
-    let registry = Arc::new(Registry::new(
-        catalog,
-        args.cwd.clone(),
-        runtime_dir.clone(),
-    ));
+    let registry = Arc::new(
+        Registry::new(catalog, args.cwd.clone(), runtime_dir.clone()).keep_spares(&args.spares),
+    );
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
