@@ -47,8 +47,11 @@ fi
     e2b-code-interpreter==2.11.5 e2b==2.63.0 pytest==9.2.0
 (cd tests/interpreter/js && npm ci -s >/dev/null)
 
-cargo build --locked -p kiln-interpreter
-export KILN_INTERPRETER_BIN=$PWD/target/debug/kiln-interpreter
+# The profile scripts/test.sh built the workspace with: nothing to rebuild there.
+profile=${KILN_PROFILE:-release}
+cargo build --locked --profile "$profile" -p kiln-interpreter
+dir=$profile; [ "$profile" = dev ] && dir=debug
+export KILN_INTERPRETER_BIN=$PWD/target/$dir/kiln-interpreter
 export JUPYTER_PATH=$jupyter_prefix/share/jupyter
 
 status=0
