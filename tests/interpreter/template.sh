@@ -39,7 +39,18 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 mount -t proc proc "$root/proc" 2>/dev/null || true
 mount --bind /dev "$root/dev"
 mount --bind /dev/pts "$root/dev/pts" # bash_kernel runs bash on a PTY
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; umount "$root/dev/pts" "$root/dev"; umount "$root/proc" 2>/dev/null || true' EXIT
+cleanup() {
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    # Kernels may take a moment to exit after the server.
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        umount "$root/dev/pts" "$root/dev" "$root/proc" 2>/dev/null || true
+        mount | grep -q " $root/" || return 0
+        sleep 0.5
+    done
+    echo "could not unmount everything under $root" >&2
+}
+trap cleanup EXIT
 # The start command, as user `user` in /home/user (loopback only for the test).
 chroot --userspec=1000:1000 "$root" env -i HOME=/home/user LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin \
     sh -c "cd /home/user && exec /usr/local/bin/kiln-interpreter --listen 127.0.0.1:$port --cwd /home/user --preload python" &

@@ -287,13 +287,13 @@ def test_empty_code_is_an_empty_execution(sandbox):
         assert execution.logs.stdout == [] and execution.logs.stderr == []
 
 
-def test_shell_escape_and_execution_count(sandbox, tmp_path):
-    ctx = sandbox.create_code_context(cwd=str(tmp_path))
+def test_shell_escape_and_execution_count(sandbox):
+    ctx = sandbox.create_code_context()
     try:
         first = sandbox.run_code("print('one')", context=ctx)
         second = sandbox.run_code("!pwd", context=ctx)
         assert (first.execution_count, second.execution_count) == (1, 2)
-        assert "".join(second.logs.stdout).strip() == str(tmp_path)
+        assert "".join(second.logs.stdout).strip() == ctx.cwd
     finally:
         sandbox.remove_code_context(ctx)
 

@@ -365,5 +365,16 @@ impl Registry {
         for context in all {
             context.kernel().shutdown().await;
         }
+        let spares: Vec<Kernel> = self
+            .spares
+            .kernels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, k)| k)
+            .collect();
+        for kernel in spares {
+            kernel.shutdown().await;
+        }
     }
 }
