@@ -8,6 +8,7 @@ server directly. The Sandbox object is built with the SDK's own constructor
 because there is no control API in this test.
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -27,31 +28,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server_url(tmp_path_factory):
-    if os.environ.get("KILN_INTERPRETER_URL"):
-        # A server started elsewhere (tests/interpreter/template.sh).
-        url = os.environ["KILN_INTERPRETER_URL"]
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1):
-                    break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield url
-        return
+@contextlib.contextmanager
+def running_server(workdir, extra_args=(), env=None):
+    """A kiln-interpreter on a free loopback port; yields its URL."""
     binary = os.environ.get("KILN_INTERPRETER_BIN", "target/debug/kiln-interpreter")
-    cwd = tmp_path_factory.mktemp("home")
+    cwd = workdir / "home"
+    cwd.mkdir(exist_ok=True)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
+    log = open(workdir / "server.log", "w+")
     proc = subprocess.Popen(
-        [binary, "--listen", f"127.0.0.1:{port}", "--cwd", str(cwd), "--preload", "python"],
+        [binary, "--listen", f"127.0.0.1:{port}", "--cwd", str(cwd), *extra_args],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     try:
         deadline = time.time() + 30
@@ -80,8 +70,27 @@ def server_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def sandbox(server_url) -> Sandbox:
-    config = ConnectionConfig(sandbox_url=server_url, api_key="e2b_" + "0" * 40)
+def server_url(tmp_path_factory):
+    if os.environ.get("KILN_INTERPRETER_URL"):
+        # A server started elsewhere (tests/interpreter/template.sh).
+        url = os.environ["KILN_INTERPRETER_URL"]
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield url
+        return
+    with running_server(tmp_path_factory.mktemp("server"), ["--preload", "python"]) as url:
+        yield url
+
+
+def sdk_sandbox(url: str) -> Sandbox:
+    config = ConnectionConfig(sandbox_url=url, api_key="e2b_" + "0" * 40)
     return Sandbox(
         sandbox_id="kiln-interpreter-test",
         envd_version=Version("0.5.7"),
@@ -89,3 +98,8 @@ def sandbox(server_url) -> Sandbox:
         sandbox_domain=None,
         connection_config=config,
     )
+
+
+@pytest.fixture(scope="session")
+def sandbox(server_url) -> Sandbox:
+    return sdk_sandbox(server_url)

@@ -157,8 +157,12 @@ impl Kernel {
                     status: status.to_string(),
                 });
             }
-            if tokio::net::TcpStream::connect(shell_addr).await.is_ok() {
-                break;
+            if let Ok(probe) = tokio::net::TcpStream::connect(shell_addr).await {
+                // Linux can connect a socket to itself when nothing listens on
+                // a port of the ephemeral range: that is no kernel.
+                if probe.local_addr().ok() != probe.peer_addr().ok() {
+                    break;
+                }
             }
             if started.elapsed() > STARTUP_TIMEOUT {
                 let _ = killpg(pgid, Signal::SIGKILL);
@@ -208,6 +212,12 @@ impl Kernel {
             Ok(Err(source)) => {
                 let _ = killpg(pgid, Signal::SIGKILL);
                 let _ = tokio::fs::remove_file(&connection_file).await;
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(KernelError::ExitedEarly {
+                        kernel: name,
+                        status: status.to_string(),
+                    });
+                }
                 return Err(protocol(source));
             }
             Err(_) => {
