@@ -1,1 +1,3 @@
 //! Wire types: REST models, agent protocol (.proto), OpenAPI; no I/O.
+
+pub mod rest;
