@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Check and prepare the host, then serve the API and proxy until Ctrl-C.
     Up(UpArgs),
+    /// Print the isolation backends this build can run, one per line.
+    Runtimes,
     /// Create, list and revoke API keys.
     Keys {
         #[command(subcommand)]
@@ -81,6 +83,12 @@ fn main() -> anyhow::Result<()> {
             kiln_server::init_logging();
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(commands::up::run(args))
+        }
+        Command::Runtimes => {
+            for r in kiln_server::runtime::AVAILABLE_RUNTIMES {
+                println!("{r}");
+            }
+            Ok(())
         }
         Command::Keys { command, data_dir } => match command {
             KeysCommand::Create { team, name } => commands::keys::create(&data_dir, &team, &name),

@@ -27,6 +27,11 @@ pub enum SetupError {
     NotBuilt(&'static str),
 }
 
+/// The runtimes this build of kilnd can run.
+///
+/// Integration: add "container" when its backend is wired in `build_runtime`.
+pub const AVAILABLE_RUNTIMES: &[&str] = &["fake"];
+
 /// Builds the configured runtime and the matching agent client.
 pub fn build_runtime(
     config: &Config,
