@@ -32,17 +32,21 @@ pub enum SetupError {
 /// Integration: add "container" when its backend is wired in `build_runtime`.
 pub const AVAILABLE_RUNTIMES: &[&str] = &["fake"];
 
+/// A runtime and the client for the agents in its sandboxes.
+pub struct Backend {
+    pub runtime: Arc<dyn Runtime>,
+    pub agent: Arc<dyn AgentClient>,
+}
+
 /// Builds the configured runtime and the matching agent client.
-pub fn build_runtime(
-    config: &Config,
-) -> Result<(Arc<dyn Runtime>, Arc<dyn AgentClient>), SetupError> {
+pub fn build_runtime(config: &Config) -> Result<Backend, SetupError> {
     match config.runtime.as_str() {
-        "fake" => Ok((
-            Arc::new(kiln_runtime::fake::FakeRuntime::new()),
-            Arc::new(NoAgent),
-        )),
+        "fake" => Ok(Backend {
+            runtime: Arc::new(kiln_runtime::fake::FakeRuntime::new()),
+            agent: Arc::new(NoAgent),
+        }),
         // Integration: kiln_runtime's container backend, e.g.
-        //   Ok((Arc::new(ContainerRuntime::new(&config.data_dir)?), Arc::new(HttpAgentClient::new())))
+        //   Ok(Backend { runtime: Arc::new(ContainerRuntime::new(..)?), agent: Arc::new(HttpAgentClient::new()) })
         "container" => {
             let _agent = HttpAgentClient::new;
             Err(SetupError::NotBuilt("container"))

@@ -69,7 +69,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
         new_api_key = Some(key);
     }
 
-    let (runtime, agent) = build_runtime(config)?;
+    let backend = build_runtime(config)?;
     let templates = Arc::new(load_templates(config).await?);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -92,8 +92,8 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
             domain: Some(config.domain()),
         },
         store,
-        runtime,
-        agent,
+        backend.runtime,
+        backend.agent,
         templates,
     );
     let recovery = core.start().await?;
