@@ -1,0 +1,147 @@
+//! Starting a process: pipes or a PTY, a new session, the acting user's
+//! credentials. The only unsafe code of the agent is here: the `pre_exec`
+//! hook that runs between fork and exec.
+#![allow(unsafe_code)]
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use rustix::fs::{Gid, Uid};
+
+/// What to start.
+pub struct SpawnSpec {
+    pub cmd: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// (cols, rows) of a PTY; `None` for pipes.
+    pub pty: Option<(u16, u16)>,
+    /// Keep a stdin pipe (pipes only; a PTY always takes input).
+    pub stdin: bool,
+}
+
+/// The parent's ends of a started process's stdio.
+pub struct Spawned {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+    pub pty_master: Option<OwnedFd>,
+}
+
+/// Starts the process; returns its pid and stdio.
+pub fn spawn(spec: &SpawnSpec) -> io::Result<(u32, Spawned)> {
+    let mut cmd = Command::new(&spec.cmd);
+    cmd.args(&spec.args);
+    cmd.env_clear();
+    cmd.envs(
+        spec.env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+    );
+    cmd.current_dir(&spec.cwd);
+
+    let mut master = None;
+    let mut pty_slave = false;
+    if let Some((cols, rows)) = spec.pty {
+        let (m, slave) = open_pty(cols, rows)?;
+        cmd.stdin(Stdio::from(slave.try_clone()?));
+        cmd.stdout(Stdio::from(slave.try_clone()?));
+        cmd.stderr(Stdio::from(slave));
+        master = Some(m);
+        pty_slave = true;
+    } else {
+        cmd.stdin(if spec.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        cmd.stdout(Stdio::piped());
+        cmd.stderr(Stdio::piped());
+    }
+
+    let switch_user = rustix::process::geteuid().is_root()
+        && (spec.uid != 0 || spec.gid != 0 || !spec.groups.is_empty());
+    let uid = Uid::from_raw(spec.uid);
+    let gid = Gid::from_raw(spec.gid);
+    let groups: Vec<Gid> = spec.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+
+    // SAFETY: the hook runs in the forked child before exec, where only
+    // async-signal-safe work is allowed. It makes raw system calls through
+    // rustix (setsid, ioctl, setgroups, setgid, setuid: no allocation, no
+    // locks) on values prepared before the fork and captured by move.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::setsid()?;
+            if pty_slave {
+                rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
+            }
+            if switch_user {
+                rustix::thread::set_thread_groups(&groups)?;
+                rustix::thread::set_thread_gid(gid)?;
+                rustix::thread::set_thread_uid(uid)?;
+            }
+            Ok(())
+        });
+    }
+
+    let mut child = cmd.spawn()?;
+    // `cmd` holds the parent's copies of the PTY slave: close them now, or
+    // the master never sees the end of the output.
+    drop(cmd);
+    let pid = child.id();
+    let spawned = Spawned {
+        stdin: child.stdin.take().map(OwnedFd::from),
+        stdout: child.stdout.take().map(OwnedFd::from),
+        stderr: child.stderr.take().map(OwnedFd::from),
+        pty_master: master,
+    };
+    // Dropping a `Child` neither waits nor kills: the reaper collects it.
+    drop(child);
+    Ok((pid, spawned))
+}
+
+fn open_pty(cols: u16, rows: u16) -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    resize(slave.as_fd(), cols, rows)?;
+    Ok((master, slave))
+}
+
+/// Sets a PTY's window size (the kernel sends SIGWINCH to its foreground
+/// process group).
+pub fn resize(fd: impl AsFd, cols: u16, rows: u16) -> io::Result<()> {
+    rustix::termios::tcsetwinsize(
+        fd,
+        rustix::termios::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        },
+    )?;
+    Ok(())
+}
+
+/// Registers a PTY master with the runtime, non-blocking.
+pub fn nonblocking_async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    rustix::io::ioctl_fionbio(&fd, true)?;
+    // SAFETY: `register` needs the descriptor to stay open and unshared for
+    // as long as it is registered: it is an `OwnedFd` we just created, moved
+    // into the `AsyncFd`, and closed only when the `AsyncFd` is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}

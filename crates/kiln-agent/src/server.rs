@@ -1,0 +1,295 @@
+//! Routing: the Connect services, the plain HTTP endpoints, the access
+//! token check. HTTP/1.1 and h2c are served on one port.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kiln_api::agent::{Code, InitRequest};
+use tokio::net::TcpListener;
+
+use crate::connect::{self, full, Body};
+use crate::error::RpcError;
+use crate::fs::files::{self, http_error};
+use crate::state::AgentState;
+
+/// Largest header block accepted (HTTP/1.1 and HTTP/2).
+const MAX_HEADERS: usize = 64 * 1024;
+
+/// Accepts connections until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<AgentState>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                eprintln!("kiln-agent: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(state, req).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .max_buf_size(MAX_HEADERS.max(8192))
+                .keep_alive(true);
+            builder
+                .http2()
+                .max_header_list_size(MAX_HEADERS as u32)
+                .initial_stream_window_size(1 << 20)
+                .initial_connection_window_size(2 << 20);
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+pub async fn handle(state: Arc<AgentState>, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().map(str::to_string);
+
+    if path == "/health" {
+        let mut r = Response::new(connect::empty());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        return r;
+    }
+    let signed = path == "/files" && signed_url_ok(&state, &parts.method, query.as_deref());
+    if !signed && !state.authorized(&parts.headers) {
+        let e = RpcError::new(Code::Unauthenticated, "missing or wrong X-Access-Token");
+        return if path.starts_with("/process.") || path.starts_with("/filesystem.") {
+            match connect::framing(&parts.headers) {
+                Ok(connect::Framing::Stream) => connect::stream_error(&e),
+                _ => connect::unary_error(&e),
+            }
+        } else {
+            http_error(401, e.message)
+        };
+    }
+
+    match (&parts.method, path.as_str()) {
+        (&Method::GET, "/files") => files::get(&state, query.as_deref(), &parts.headers).await,
+        (&Method::POST, "/files") => {
+            files::post(&state, query.as_deref(), &parts.headers, body).await
+        }
+        (&Method::GET, "/envs") => {
+            let env = state.settings().env_vars;
+            json_response(&env)
+        }
+        (&Method::POST, "/init") => init(&state, body).await,
+        (&Method::GET, "/metrics") => metrics(),
+        (_, "/files" | "/envs" | "/init" | "/metrics") => {
+            http_error(405, format!("{} is not allowed on {path}", parts.method))
+        }
+        (method, p) => {
+            let Some((service, rpc)) = p
+                .strip_prefix('/')
+                .and_then(|p| p.split_once('/'))
+                .filter(|(s, m)| s.contains('.') && !m.is_empty() && !m.contains('/'))
+            else {
+                return http_error(404, format!("no route for {p}"));
+            };
+            if service != kiln_api::agent::process::SERVICE
+                && service != kiln_api::agent::filesystem::SERVICE
+            {
+                return connect::unary_error(&RpcError::new(
+                    Code::Unimplemented,
+                    format!("unknown service {service}"),
+                ));
+            }
+            if method != Method::POST {
+                let mut r = connect::unary_error(&RpcError::new(
+                    Code::Unimplemented,
+                    "Connect RPCs are POST requests",
+                ));
+                *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                return r;
+            }
+            let framing = match connect::framing(&parts.headers) {
+                Ok(f) => f,
+                Err(e) => {
+                    let mut r = connect::unary_error(&e);
+                    *r.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+                    return r;
+                }
+            };
+            if let Err(e) = connect::check_encoding(&parts.headers, framing) {
+                return match framing {
+                    connect::Framing::Unary => connect::unary_error(&e),
+                    connect::Framing::Stream => connect::stream_error(&e),
+                };
+            }
+            let res = if service == kiln_api::agent::process::SERVICE {
+                crate::process::rpc::call(&state, rpc, &parts.headers, body, framing).await
+            } else {
+                crate::fs::rpc::call(&state, rpc, &parts.headers, body, framing).await
+            };
+            res.unwrap_or_else(|| {
+                let e = RpcError::new(
+                    Code::Unimplemented,
+                    format!("unknown method {service}/{rpc}"),
+                );
+                match framing {
+                    connect::Framing::Unary => connect::unary_error(&e),
+                    connect::Framing::Stream => connect::stream_error(&e),
+                }
+            })
+        }
+    }
+}
+
+/// Whether a `/files` URL carries a valid signature: E2B's v1 scheme,
+/// `v1_` + unpadded base64 of sha256("path:operation:user:token[:expiration]"),
+/// unexpired. Lets a browser download or upload without the token header.
+fn signed_url_ok(state: &AgentState, method: &Method, query: Option<&str>) -> bool {
+    use base64::Engine;
+    use sha2::Digest;
+    let Some(token) = state.settings().access_token else {
+        return false;
+    };
+    let params = files::query_params(query);
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    let Some(sig) = get("signature") else {
+        return false;
+    };
+    let op = match *method {
+        Method::GET => "read",
+        Method::POST => "write",
+        _ => return false,
+    };
+    let path = get("path").unwrap_or_default();
+    let user = get("username").unwrap_or_default();
+    let raw = match get("signature_expiration").filter(|e| !e.is_empty()) {
+        Some(exp) => {
+            let Ok(exp_secs) = exp.parse::<u64>() else {
+                return false;
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(u64::MAX);
+            if exp_secs < now {
+                return false;
+            }
+            format!("{path}:{op}:{user}:{token}:{exp}")
+        }
+        None => format!("{path}:{op}:{user}:{token}"),
+    };
+    let digest = sha2::Sha256::digest(raw.as_bytes());
+    let want = format!(
+        "v1_{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+    );
+    want.len() == sig.len()
+        && want
+            .bytes()
+            .zip(sig.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0
+}
+
+fn json_response<T: serde::Serialize>(v: &T) -> Response<Body> {
+    let mut r = Response::new(full(serde_json::to_vec(v).unwrap_or_default()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn init(state: &Arc<AgentState>, body: Incoming) -> Response<Body> {
+    let bytes = match connect::read_body(body, 1 << 20).await {
+        Ok(b) => b,
+        Err(e) => return http_error(400, e.message),
+    };
+    let req: InitRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        InitRequest::default()
+    } else {
+        match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => return http_error(400, format!("malformed /init body: {e}")),
+        }
+    };
+    if let Some(u) = req.default_user.as_deref().filter(|u| !u.is_empty()) {
+        if let Err(e) = crate::users::lookup(u) {
+            return http_error(400, e.message);
+        }
+    }
+    if let Some(env) = &req.env_vars {
+        if let Some(k) = env
+            .keys()
+            .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+        {
+            return http_error(400, format!("invalid environment variable name {k:?}"));
+        }
+    }
+    if let Some(ts) = req.timestamp.as_deref() {
+        crate::clock::sync(ts);
+    }
+    let mut s = state.settings.write().unwrap_or_else(|p| p.into_inner());
+    if let Some(env) = req.env_vars {
+        s.env_vars.extend(env);
+    }
+    if let Some(t) = req.access_token {
+        s.access_token = if t.is_empty() { None } else { Some(t) };
+    }
+    if let Some(u) = req.default_user.filter(|u| !u.is_empty()) {
+        s.default_user = Some(u);
+    }
+    if let Some(w) = req.default_workdir.filter(|w| !w.is_empty()) {
+        s.default_workdir = Some(w);
+    }
+    drop(s);
+    let mut r = Response::new(connect::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+/// A minimal `/metrics`: the sandbox's clock, CPUs and memory.
+fn metrics() -> Response<Body> {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let (mut total, mut avail) = (0u64, 0u64);
+    if let Ok(m) = std::fs::read_to_string("/proc/meminfo") {
+        for line in m.lines() {
+            let kb = |l: &str| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    * 1024
+            };
+            if line.starts_with("MemTotal:") {
+                total = kb(line);
+            } else if line.starts_with("MemAvailable:") {
+                avail = kb(line);
+            }
+        }
+    }
+    json_response(&serde_json::json!({
+        "ts": ts,
+        "cpu_count": cpus,
+        "mem_total": total,
+        "mem_used": total.saturating_sub(avail),
+    }))
+}
