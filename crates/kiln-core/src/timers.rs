@@ -46,12 +46,9 @@ pub(crate) fn watch_runtime_events(core: &Core) {
     tokio::spawn(async move {
         loop {
             match events.recv().await {
-                Ok(RuntimeEvent::Exited { id, oom_killed, .. }) => {
+                Ok(event) => {
                     let Some(inner) = weak.upgrade() else { return };
-                    if oom_killed {
-                        tracing::info!(sandbox = %id, "sandbox was killed by the OOM killer");
-                    }
-                    Core { inner }.exited(&id).await;
+                    handle_event(&Core { inner }, event).await;
                 }
                 Err(RecvError::Lagged(n)) => {
                     tracing::error!(missed = n, "missed runtime events");
@@ -60,4 +57,17 @@ pub(crate) fn watch_runtime_events(core: &Core) {
             }
         }
     });
+}
+
+async fn handle_event(core: &Core, event: RuntimeEvent) {
+    #[allow(unreachable_patterns)] // runtimes may report more than exits
+    match event {
+        RuntimeEvent::Exited { id, oom_killed, .. } => {
+            if oom_killed {
+                tracing::info!(sandbox = %id, "sandbox was killed by the OOM killer");
+            }
+            core.exited(&id).await;
+        }
+        other => tracing::debug!(event = ?other, "runtime event"),
+    }
 }

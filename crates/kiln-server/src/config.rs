@@ -22,6 +22,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KILN_SANDBOX_VCPUS", "vCPUs of a sandbox (default 2)."),
     ("KILN_SANDBOX_MEMORY_MIB", "Memory limit of a sandbox in MiB (default 1024)."),
     ("KILN_SANDBOX_DISK_MIB", "Disk limit of a sandbox in MiB (default 4096)."),
+    ("KILN_AGENT_BIN", "The static kiln-agent binary put into every sandbox (default: kiln-agent next to this program, or the agent build in target/)."),
+    ("KILN_SPAWN_BIN", "The container runtime's kiln-spawn helper (default: kiln-spawn next to this program)."),
     ("KILN_NODE_NAME", "This node's name, reported as clientID (default kiln)."),
     ("KILN_API_KEY", "An API key kilnd accepts (added to the store at start, team `default`); environment only, never in the file."),
     ("KILN_LOG", "Log filter in tracing's EnvFilter syntax (default info)."),
@@ -41,6 +43,8 @@ pub struct Config {
     pub sandbox_memory_mib: u64,
     pub sandbox_disk_mib: u64,
     pub node_name: String,
+    pub agent_bin: Option<PathBuf>,
+    pub spawn_bin: Option<PathBuf>,
     /// From `KILN_API_KEY` only.
     #[serde(skip)]
     pub api_key: Option<String>,
@@ -60,6 +64,8 @@ impl Default for Config {
             sandbox_memory_mib: 1024,
             sandbox_disk_mib: 4096,
             node_name: "kiln".into(),
+            agent_bin: None,
+            spawn_bin: None,
             api_key: None,
         }
     }
@@ -190,6 +196,12 @@ impl Config {
         if let Some(v) = env("KILN_NODE_NAME") {
             self.node_name = v;
         }
+        if let Some(v) = env("KILN_AGENT_BIN") {
+            self.agent_bin = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("KILN_SPAWN_BIN") {
+            self.spawn_bin = Some(PathBuf::from(v));
+        }
         if let Some(v) = env("KILN_API_KEY") {
             self.api_key = Some(v).filter(|k| !k.is_empty());
         }
@@ -220,6 +232,38 @@ impl Config {
         self.template_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("templates"))
+    }
+
+    /// The agent binary: configured, else next to the running program, else
+    /// the static build in the cargo target directory this program came from.
+    pub fn agent_bin(&self) -> PathBuf {
+        if let Some(p) = &self.agent_bin {
+            return p.clone();
+        }
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let candidates = [
+            exe_dir.join("kiln-agent"),
+            exe_dir.join("../x86_64-unknown-linux-gnu/agent/kiln-agent"),
+        ];
+        candidates
+            .iter()
+            .find(|p| p.exists())
+            .cloned()
+            .unwrap_or_else(|| candidates[0].clone())
+    }
+
+    /// The container runtime's spawn helper: configured, else next to the
+    /// running program.
+    pub fn spawn_bin(&self) -> PathBuf {
+        self.spawn_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.join("kiln-spawn")))
+                .unwrap_or_else(|| PathBuf::from("kiln-spawn"))
+        })
     }
 
     /// The domain the SDKs are told (`<port>-<id>.<domain>`).

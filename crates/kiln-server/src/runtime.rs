@@ -13,8 +13,8 @@ use crate::config::Config;
 
 /// The envd version Kiln's agent implements, reported to the SDKs.
 ///
-/// Integration: becomes `kiln_api::agent::ENVD_VERSION` once the agent lands.
-pub const ENVD_VERSION: &str = "0.5.7";
+/// The agent's own constant, so the two cannot drift apart.
+pub const ENVD_VERSION: &str = kiln_api::agent::ENVD_VERSION;
 
 /// The alias of the default template (the SDKs' default).
 pub const BASE_TEMPLATE: &str = "base";
