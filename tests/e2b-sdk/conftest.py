@@ -5,6 +5,10 @@ Environment:
   KILN_BIN           the `kiln` binary (default target/debug/kiln)
   KILN_E2E_RUNTIME   container (default) or fake; with fake only tests marked
                      `control` run, the others are skipped with the reason.
+                     fake-host-agent: kilnd on the fake runtime, whose every
+                     sandbox is the one real agent the caller runs at
+                     127.0.0.1:49983 (see run-with-host-agent.sh): a check of
+                     the proxy and the SDK paths before the container runtime.
   KILN_TEMPLATE_DIR  template cache shared between runs (default
                      target/kiln-test-templates), so the base image is built once.
 """
@@ -23,6 +27,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RUNTIME = os.environ.get("KILN_E2E_RUNTIME", "container")
+KILND_RUNTIME = "fake" if RUNTIME in ("fake", "fake-host-agent") else RUNTIME
 START_TIMEOUT = float(os.environ.get("KILN_E2E_START_TIMEOUT", "900"))
 
 
@@ -67,7 +72,7 @@ def kilnd(tmp_path_factory) -> Kilnd:
     port = free_port()
     key = "e2b_" + secrets.token_hex(20)
     env = dict(os.environ)
-    env.update(KILN_API_KEY=key, KILN_RUNTIME=RUNTIME, KILN_LOG=env.get("KILN_LOG", "info"))
+    env.update(KILN_API_KEY=key, KILN_RUNTIME=KILND_RUNTIME, KILN_LOG=env.get("KILN_LOG", "info"))
     env.setdefault("KILN_TEMPLATE_DIR", str(ROOT / "target" / "kiln-test-templates"))
     log = data / "kilnd.log"
     url = f"http://127.0.0.1:{port}"
