@@ -174,3 +174,18 @@ def test_is_running_and_kill(kilnd):
     assert sbx.is_running()
     sbx.kill()
     assert not sbx.is_running()
+
+
+def test_signed_file_urls_without_sandbox_headers(kilnd):
+    sbx = Sandbox.create(secure=True)
+    try:
+        up = sbx.upload_url("/home/user/signed.txt", use_signature_expiration=60)
+        r = httpx.post(up, files={"file": ("signed.txt", b"via signed url")})
+        assert r.status_code == 200, r.text
+        down = sbx.download_url("/home/user/signed.txt", use_signature_expiration=60)
+        r = httpx.get(down)
+        assert r.status_code == 200 and r.content == b"via signed url"
+        bad = down.replace("signature=v1_", "signature=v1_x")
+        assert httpx.get(bad).status_code == 401
+    finally:
+        sbx.kill()

@@ -582,6 +582,18 @@ impl Core {
         })
     }
 
+    /// The running sandbox whose access token satisfies `matches` (used to
+    /// route signed file URLs, which carry no sandbox id). Tokens stay in the
+    /// core; the caller only learns the id.
+    pub fn find_running_by_access_token(&self, matches: impl Fn(&str) -> bool) -> Option<String> {
+        let live = self.inner.live.read().unwrap_or_else(|e| e.into_inner());
+        live.values().find_map(|l| {
+            let rec = lock(&l.record);
+            (rec.state == SandboxState::Running && matches(&rec.envd_access_token))
+                .then(|| rec.id.clone())
+        })
+    }
+
     /// Called by a sandbox's timer when its deadline `end` passed.
     pub(crate) async fn expire(&self, id: &str, end: DateTime<Utc>) {
         let Some(live) = self.live_entry(id) else {

@@ -17,10 +17,12 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, Ve
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use base64::Engine;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use crate::state::AppState;
 
@@ -66,6 +68,8 @@ pub enum Target {
     },
     /// Sandbox headers were present but unusable.
     Invalid(String),
+    /// Meant for a sandbox, but refused before any lookup of a target.
+    Rejected(StatusCode, String),
 }
 
 /// Reads the target from the E2B headers or from the Host.
@@ -138,15 +142,75 @@ fn port_not_open(id: &str, port: u16) -> Response {
     )
 }
 
+/// A signed `/files` URL (`Sandbox.download_url` / `upload_url`) arrives
+/// without sandbox headers: find the sandbox whose access token produced the
+/// signature (E2B's v1 scheme: base64 of sha256 over
+/// `path:operation:user:token[:expiration]`). The agent checks it again.
+fn signed_files_target(state: &AppState, method: &axum::http::Method, uri: &Uri) -> Option<Target> {
+    if uri.path() != "/files" {
+        return None;
+    }
+    let mut path = None;
+    let mut user = String::new();
+    let mut signature = None;
+    let mut expiration = None;
+    for (k, v) in form_urlencoded::parse(uri.query()?.as_bytes()) {
+        match &*k {
+            "path" => path = Some(v.into_owned()),
+            "username" => user = v.into_owned(),
+            "signature" => signature = Some(v.into_owned()),
+            "signature_expiration" => expiration = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let signature = signature?;
+    let unknown = || {
+        Some(Target::Rejected(
+            StatusCode::UNAUTHORIZED,
+            "the file URL's signature matches no running sandbox".into(),
+        ))
+    };
+    let Some(digest) = signature.strip_prefix("v1_") else {
+        return unknown();
+    };
+    let path = path.unwrap_or_default();
+    let operation = if method == axum::http::Method::GET {
+        "read"
+    } else {
+        "write"
+    };
+    let id = state.core.find_running_by_access_token(|token| {
+        let raw = match &expiration {
+            Some(exp) => format!("{path}:{operation}:{user}:{token}:{exp}"),
+            None => format!("{path}:{operation}:{user}:{token}"),
+        };
+        let ours =
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(raw.as_bytes()));
+        kiln_core::ids::constant_time_eq(&ours, digest)
+    });
+    let Some(id) = id else {
+        return unknown();
+    };
+    Some(Target::Sandbox {
+        id,
+        port: kiln_runtime::AGENT_PORT,
+    })
+}
+
 /// Middleware in front of the control API: sandbox requests go to the proxy,
 /// everything else on to the router.
 pub async fn dispatch(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match target_of(req.headers(), req.uri()) {
+    let target = target_of(req.headers(), req.uri())
+        .or_else(|| signed_files_target(&state, req.method(), req.uri()));
+    match target {
         None => next.run(req).await,
         Some(Target::Invalid(message)) => error(
             StatusCode::BAD_REQUEST,
             json!({"code": 400, "message": message}),
         ),
+        Some(Target::Rejected(status, message)) => {
+            error(status, json!({"code": status.as_u16(), "message": message}))
+        }
         Some(Target::Sandbox { id, port }) => forward(&state, &id, port, req).await,
     }
 }

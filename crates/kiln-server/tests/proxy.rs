@@ -344,3 +344,35 @@ impl TrafficToken for kiln_core::store::SqliteStore {
             .expect("a private sandbox has a traffic token")
     }
 }
+
+#[tokio::test]
+async fn signed_file_urls_find_their_sandbox() {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let s = setup(json!({"templateID": "base"})).await;
+    let sign = |token: &str| {
+        let raw = format!("/home/user/f:read::{token}:4102444800");
+        let d =
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(raw.as_bytes()));
+        format!("v1_{d}")
+    };
+    let get = |sig: String| {
+        axum::http::Request::get(format!(
+            "http://{}/files?path=%2Fhome%2Fuser%2Ff&signature={}&signature_expiration=4102444800",
+            s.kilnd,
+            sig.replace('+', "%2B").replace('/', "%2F")
+        ))
+        .body(Body::empty())
+        .unwrap()
+    };
+    let (status, body) = send(get(sign("not-the-token"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body.contains("matches no running sandbox"), "{body}");
+    // The right token routes to the sandbox's agent port (whatever answers
+    // there, it is not kilnd's refusal).
+    let (status, body) = send(get(sign(&s.envd_token))).await;
+    assert!(
+        !body.contains("matches no running sandbox") && !body.contains("no such endpoint"),
+        "{status} {body}"
+    );
+}
