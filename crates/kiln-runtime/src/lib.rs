@@ -5,6 +5,7 @@
 
 mod runtime;
 
+pub mod container;
 pub mod fake;
 
 pub use runtime::{

@@ -68,6 +68,9 @@ pub enum RuntimeEvent {
         oom_killed: bool,
         exit_code: Option<i32>,
     },
+    /// The kernel's OOM killer killed a process of the sandbox at its memory
+    /// limit; the sandbox itself may still be running.
+    OutOfMemory { id: String },
 }
 
 #[derive(Debug, thiserror::Error)]

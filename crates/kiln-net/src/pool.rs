@@ -1,0 +1,154 @@
+//! Making and destroying one sandbox namespace, the bridge and the firewall.
+
+use std::path::Path;
+
+use crate::cmd::{run, run_with_input, NetError};
+use crate::{NetConfig, NetLease};
+
+pub(crate) fn make_netns(cfg: &NetConfig, lease: &NetLease) -> Result<(), NetError> {
+    let host = format!(
+        "netns add {ns}\n\
+         link add {veth} type veth peer name eth0 netns {ns}\n\
+         link set {veth} master {br}\n\
+         link set dev {veth} type bridge_slave isolated on\n\
+         link set {veth} up\n",
+        ns = lease.netns,
+        veth = lease.veth,
+        br = cfg.bridge(),
+    );
+    run_with_input("ip", &["-batch", "-"], Some(&host))?;
+    let inside = format!(
+        "link set lo up\n\
+         addr add {ip}/16 dev eth0\n\
+         link set eth0 up\n\
+         route add default via {gw}\n",
+        ip = lease.ip,
+        gw = cfg.gateway(),
+    );
+    run_with_input("ip", &["-n", &lease.netns, "-batch", "-"], Some(&inside))?;
+    Ok(())
+}
+
+pub(crate) fn destroy_netns(lease: &NetLease) -> Result<(), NetError> {
+    // Delete the veth first: it goes at once, while a namespace's devices
+    // are only reaped later by the kernel's cleanup work.
+    if Path::new("/sys/class/net").join(&lease.veth).exists() {
+        run("ip", &["link", "del", &lease.veth])?;
+    }
+    if lease.netns_path.exists() {
+        run("ip", &["netns", "del", &lease.netns])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn setup_bridge(cfg: &NetConfig) -> Result<(), NetError> {
+    let br = cfg.bridge();
+    if !Path::new("/sys/class/net").join(&br).exists() {
+        let script = format!(
+            "link add {br} type bridge\n\
+             addr add {gw}/16 dev {br}\n\
+             link set {br} up\n",
+            gw = cfg.gateway()
+        );
+        run_with_input("ip", &["-batch", "-"], Some(&script))?;
+    }
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| NetError::Io {
+        what: "enable IPv4 forwarding".into(),
+        source,
+    })
+}
+
+pub(crate) fn setup_firewall(cfg: &NetConfig) -> Result<(), NetError> {
+    run_with_input("nft", &["-f", "-"], Some(&ruleset(cfg)))?;
+    Ok(())
+}
+
+/// The nftables ruleset of one network (one table, loaded atomically).
+pub(crate) fn ruleset(cfg: &NetConfig) -> String {
+    let table = cfg.table();
+    let br = cfg.bridge();
+    let subnet = format!("{}/16", cfg.subnet);
+    let denied = cfg.denied.join(", ");
+    let dns = if cfg.dns.is_empty() {
+        String::new()
+    } else {
+        let set = cfg
+            .dns
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "        iifname \"{br}\" ip daddr {{ {set} }} udp dport 53 accept\n        \
+             iifname \"{br}\" ip daddr {{ {set} }} tcp dport 53 accept\n"
+        )
+    };
+    // The first two lines make the load idempotent: create, then delete, then
+    // define afresh, all in one atomic transaction.
+    format!(
+        r#"table inet {table} {{}}
+delete table inet {table}
+table inet {table} {{
+    set offline {{ type ipv4_addr; }}
+    set denied {{ type ipv4_addr; flags interval; elements = {{ {denied} }} }}
+    chain input {{
+        type filter hook input priority -10; policy accept;
+        iifname "{br}" ct state established,related accept
+        iifname "{br}" drop
+    }}
+    chain forward {{
+        type filter hook forward priority -10; policy accept;
+        oifname "{br}" ct state established,related accept
+        oifname "{br}" drop
+        iifname "{br}" meta nfproto ipv6 drop
+        iifname "{br}" ip saddr @offline drop
+{dns}        iifname "{br}" ip daddr @denied drop
+        iifname "{br}" ip saddr {subnet} accept
+        iifname "{br}" drop
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority 100; policy accept;
+        ip saddr {subnet} oifname != "{br}" masquerade
+    }}
+}}
+"#
+    )
+}
+
+pub(crate) fn list_netns(prefix: &str) -> Vec<String> {
+    list_dir("/run/netns", prefix)
+}
+
+pub(crate) fn list_links(prefix: &str) -> Result<Vec<String>, NetError> {
+    Ok(list_dir("/sys/class/net", prefix))
+}
+
+fn list_dir(dir: &str, prefix: &str) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_orders_offline_dns_denied() {
+        let mut cfg = NetConfig::new("x1");
+        cfg.dns = vec!["10.255.255.53".parse().unwrap()];
+        let r = ruleset(&cfg);
+        let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("{s} missing in\n{r}"));
+        assert!(pos("@offline drop") < pos("udp dport 53 accept"));
+        assert!(pos("tcp dport 53 accept") < pos("@denied drop"));
+        assert!(pos("@denied drop") < pos("ip saddr 10.88.0.0/16 accept"));
+        assert!(r.contains("iifname \"kb-x1\" ct state established,related accept"));
+        assert!(r.contains("masquerade"));
+        cfg.dns.clear();
+        assert!(!ruleset(&cfg).contains("dport 53"));
+    }
+}

@@ -1,0 +1,372 @@
+//! `create`: from a spec to an agent that answers.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+use super::cgroup::{Limits, CPU_PERIOD_US};
+use super::spawn::SpawnConfig;
+use super::warm::{self, Warm};
+use super::{blocking, sys, Inner, Record, Sandbox};
+use crate::runtime::{RuntimeError, RuntimeEvent, SandboxHandle, SandboxSpec};
+
+fn validate(spec: &SandboxSpec) -> Result<(), RuntimeError> {
+    let id = &spec.id;
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "sandbox id {id:?} must be 1-63 of [A-Za-z0-9_-], starting with a letter or digit"
+        )));
+    }
+    if spec.vcpus == 0 || spec.memory_mib < 16 || spec.disk_mib < 16 {
+        return Err(RuntimeError::InvalidSpec(
+            "a sandbox needs at least 1 vCPU, 16 MiB of memory and 16 MiB of disk".into(),
+        ));
+    }
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "bad environment variable {k:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A create that failed, with what it had made so far (to clean up).
+type Failed = Box<(RuntimeError, Record)>;
+
+/// Frees the id reservation when create returns, whatever happens.
+struct Reservation<'a>(&'a Inner, String);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0.busy.lock().unwrap().remove(&self.1);
+    }
+}
+
+pub(super) async fn create(
+    inner: &Arc<Inner>,
+    spec: &SandboxSpec,
+) -> Result<SandboxHandle, RuntimeError> {
+    validate(spec)?;
+    {
+        let exists = inner.sandboxes.lock().unwrap().contains_key(&spec.id);
+        if exists || !inner.busy.lock().unwrap().insert(spec.id.clone()) {
+            return Err(RuntimeError::AlreadyExists(spec.id.clone()));
+        }
+    }
+    let _reserved = Reservation(inner, spec.id.clone());
+
+    let pooled = inner.warm.lock().unwrap().pop();
+    let warm = match pooled {
+        Some(w) => w,
+        None => warm::spawn(inner).await?,
+    };
+    warm::refill(inner);
+    let Warm {
+        child,
+        stdin,
+        stdout,
+        ready,
+        lease,
+        cgroup,
+        dir: warm_dir,
+        disk_mib: warm_disk,
+    } = warm;
+    let rec = Record {
+        id: spec.id.clone(),
+        cgroup,
+        pid: 0,
+        start_time: 0,
+        net_index: lease.index,
+        netns: lease.netns.clone(),
+        veth: lease.veth.clone(),
+        ip: lease.ip,
+        internet: true,
+        vcpus: spec.vcpus,
+        memory_bytes: spec.memory_mib << 20,
+        disk_bytes: spec.disk_mib << 20,
+    };
+    let rec_copy = rec.clone();
+    let prepared = {
+        let inner = inner.clone();
+        let spec = spec.clone();
+        let rec = rec.clone();
+        tokio::task::spawn_blocking(move || prepare(&inner, &spec, rec, &warm_dir, warm_disk))
+            .await
+            .unwrap_or_else(|e| {
+                Err(Box::new((
+                    RuntimeError::Other(format!("blocking task failed: {e}")),
+                    rec_copy,
+                )))
+            })
+    };
+    let r = match prepared {
+        Ok((rec, cfg)) => start(inner, rec, &cfg, child, stdin, stdout, ready).await,
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(rec) => {
+            let sb = Arc::new(Sandbox {
+                oom_kills: AtomicU64::new(inner.cgroups.stats(&rec.cgroup).oom_kills),
+                rec,
+                watcher: Mutex::new(None),
+            });
+            let handle = sb.rec.handle();
+            watch(inner, &sb);
+            inner
+                .sandboxes
+                .lock()
+                .unwrap()
+                .insert(sb.rec.id.clone(), sb);
+            tracing::debug!(id = %spec.id, "sandbox created");
+            Ok(handle)
+        }
+        Err(failed) => {
+            let (e, rec) = *failed;
+            let inner2 = inner.clone();
+            let rec2 = rec.clone();
+            if let Err(e2) = blocking(move || super::kill::destroy(&inner2, &rec2, true)).await {
+                tracing::error!(id = %rec.id, error = %e2, "failed to clean up a failed create");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Host-side preparation (blocking): egress, limits, layers, state.
+fn prepare(
+    inner: &Inner,
+    spec: &SandboxSpec,
+    mut rec: Record,
+    warm_dir: &std::path::Path,
+    warm_disk: Option<u64>,
+) -> Result<(Record, SpawnConfig), Failed> {
+    let cfg = &inner.cfg;
+    let lower = &spec.template.rootfs;
+    // From here on the warm helper's directory is the sandbox's (and a
+    // failure's clean-up removes it with the rest).
+    let dir = inner.sandbox_dir(&spec.id);
+    if let Err(source) = std::fs::rename(warm_dir, &dir) {
+        let _ = std::fs::remove_dir_all(warm_dir);
+        let e = RuntimeError::Io {
+            context: format!(
+                "failed to rename {} to {}",
+                warm_dir.display(),
+                dir.display()
+            ),
+            source,
+        };
+        return Err(Box::new((e, rec)));
+    }
+    let r = (|| {
+        let meta = std::fs::metadata(lower).map_err(|source| RuntimeError::Io {
+            context: format!("template rootfs {} is not readable", lower.display()),
+            source,
+        })?;
+        if meta.uid() != cfg.uid_base {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "template rootfs {} is owned by uid {}, not by the sandbox root's host uid {} \
+                 (shift it with kiln_template::shift_ownership)",
+                lower.display(),
+                meta.uid(),
+                cfg.uid_base
+            )));
+        }
+        if !spec.internet {
+            inner.net.set_offline(&rec.lease(), true).map_err(net_err)?;
+            rec.internet = false;
+        }
+        let rootfs = dir.join("rootfs");
+        let layers = dir.join("layers");
+        write_record(inner, &rec)?;
+        inner.cgroups.set_limits(
+            &rec.cgroup,
+            &Limits {
+                memory_bytes: rec.memory_bytes,
+                cpu_quota_us: u64::from(spec.vcpus) * CPU_PERIOD_US,
+                pids_max: cfg.pids_max,
+            },
+        )?;
+        inner.disk.want(spec.disk_mib);
+        let premounted = warm_disk == Some(spec.disk_mib);
+        let disk_image = if premounted {
+            dir.join("disk.img")
+        } else {
+            let image = dir.join(format!("disk-{}.img", spec.disk_mib));
+            inner.disk.take(spec.disk_mib, &image)?;
+            image
+        };
+        Ok(SpawnConfig {
+            id: spec.id.clone(),
+            lower: lower.clone(),
+            disk_image,
+            layers,
+            premounted,
+            rootfs,
+            uid_base: cfg.uid_base,
+            uid_count: cfg.uid_count,
+            agent_bin: cfg.agent_bin.clone(),
+            agent_path: cfg.agent_path.clone(),
+            args: cfg.agent_args.clone(),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            tmp_size_bytes: rec.memory_bytes,
+            log: cfg.agent_log.clone(),
+        })
+    })();
+    match r {
+        Ok(s) => Ok((rec, s)),
+        Err(e) => Err(Box::new((e, rec))),
+    }
+}
+
+pub(super) fn net_err(e: kiln_net::NetError) -> RuntimeError {
+    RuntimeError::Other(format!("network: {e}"))
+}
+
+pub(super) fn write_record(inner: &Inner, rec: &Record) -> Result<(), RuntimeError> {
+    let dir = inner.sandbox_dir(&rec.id);
+    let tmp = dir.join("state.json.tmp");
+    let json = serde_json::to_vec_pretty(rec).expect("a record serializes");
+    std::fs::write(&tmp, json)
+        .and_then(|()| std::fs::rename(&tmp, dir.join("state.json")))
+        .map_err(|source| RuntimeError::Io {
+            context: format!("failed to write the state of {}", rec.id),
+            source,
+        })
+}
+
+/// Sends the config to the warm helper and waits for the agent's ready byte.
+async fn start(
+    inner: &Arc<Inner>,
+    mut rec: Record,
+    spawn_cfg: &SpawnConfig,
+    child: tokio::process::Child,
+    mut stdin: tokio::process::ChildStdin,
+    mut stdout: warm::Stdout,
+    ready: OwnedFd,
+) -> Result<Record, Failed> {
+    let io = |context: &str| {
+        let context = context.to_owned();
+        move |source| RuntimeError::Io { context, source }
+    };
+    let r = async {
+        let mut line = serde_json::to_vec(spawn_cfg).expect("a spawn config serializes");
+        line.push(b'\n');
+        stdin
+            .write_all(&line)
+            .await
+            .map_err(io("failed to send the spawn config"))?;
+        drop(stdin);
+        let mut said = String::new();
+        let _ = stdout.read_line(&mut said).await;
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(io("failed to wait for the spawn helper"))?;
+        if !out.status.success() {
+            return Err(RuntimeError::Other(format!(
+                "failed to start sandbox {}: {}",
+                spawn_cfg.id,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct Started {
+            pid: i32,
+        }
+        let started: Started = serde_json::from_str(&said)
+            .map_err(|e| RuntimeError::Other(format!("spawn helper said {said:?}: {e}")))?;
+        Ok(started.pid)
+    }
+    .await;
+    match r {
+        Ok(pid) => {
+            rec.pid = pid;
+            rec.start_time = sys::start_time(pid).unwrap_or(0);
+        }
+        Err(e) => return Err(Box::new((e, rec))),
+    }
+    if let Err(e) = write_record(inner, &rec) {
+        return Err(Box::new((e, rec)));
+    }
+    let r = async {
+        let mut ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready)
+            .map_err(io("failed to watch the ready pipe"))?;
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(inner.cfg.ready_timeout, ready.read(&mut byte))
+            .await
+            .map_err(|_| {
+                RuntimeError::Other(format!(
+                    "agent of {} did not report ready within {:?}",
+                    spawn_cfg.id, inner.cfg.ready_timeout
+                ))
+            })?
+            .map_err(io("failed to read the ready pipe"))?;
+        if n == 0 {
+            return Err(RuntimeError::Other(format!(
+                "agent of {} exited before it was ready",
+                spawn_cfg.id
+            )));
+        }
+        Ok(())
+    }
+    .await;
+    match r {
+        Ok(()) => Ok(rec),
+        Err(e) => Err(Box::new((e, rec))),
+    }
+}
+
+/// Watches the sandbox's init; when it dies on its own, reaps it and reports
+/// `RuntimeEvent::Exited`.
+pub(super) fn watch(inner: &Arc<Inner>, sb: &Arc<Sandbox>) {
+    let pid = sb.rec.pid;
+    let pidfd = match sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(id = %sb.rec.id, error = %e, "cannot watch the sandbox's init");
+            return;
+        }
+    };
+    let weak = Arc::downgrade(inner);
+    let id = sb.rec.id.clone();
+    let task = tokio::spawn(async move {
+        let Ok(afd) = sys::async_fd(pidfd) else {
+            return;
+        };
+        let _ = afd.readable().await;
+        let exit_code = match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => Some(c),
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => Some(128 + s as i32),
+            _ => None,
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        let sb = inner.sandboxes.lock().unwrap().get(&id).cloned();
+        if let Some(sb) = sb {
+            let n = inner.cgroups.stats(&sb.rec.cgroup).oom_kills;
+            let oom_killed =
+                n > sb.oom_kills.load(Ordering::Acquire) && exit_code == Some(128 + libc::SIGKILL);
+            tracing::info!(id = %id, ?exit_code, oom_killed, "sandbox init exited");
+            let _ = inner.events.send(RuntimeEvent::Exited {
+                id,
+                oom_killed,
+                exit_code,
+            });
+        }
+    });
+    *sb.watcher.lock().unwrap() = Some(task.abort_handle());
+}

@@ -1,0 +1,66 @@
+//! `kill`: destroy a sandbox and everything it used.
+
+use std::sync::Arc;
+
+use super::create::net_err;
+use super::{blocking, Inner, Record};
+use crate::runtime::RuntimeError;
+
+pub(super) async fn kill(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
+    let sb = inner.sandboxes.lock().unwrap().remove(id);
+    let Some(sb) = sb else {
+        return Ok(()); // unknown or already killed
+    };
+    if let Some(w) = sb.watcher.lock().unwrap().take() {
+        w.abort();
+    }
+    let inner2 = inner.clone();
+    let rec = sb.rec.clone();
+    blocking(move || destroy(&inner2, &rec, true)).await?;
+    tracing::debug!(id, "sandbox killed");
+    Ok(())
+}
+
+/// Removes every host object of a sandbox (blocking, idempotent): its
+/// processes (SIGKILL to the init ends the whole pid namespace, then the
+/// cgroup is emptied), cgroups, network namespace and veth, layers, state.
+/// The sandbox's mounts live in its own mount namespace and vanish with its
+/// last process. `release_net` is false at start-up, where the network's own
+/// set-up already removed every namespace not kept (the slot may be reused).
+pub(super) fn destroy(inner: &Inner, rec: &Record, release_net: bool) -> Result<(), RuntimeError> {
+    if rec.pid > 0 && super::sys::start_time(rec.pid) == Some(rec.start_time) {
+        let pid = nix::unistd::Pid::from_raw(rec.pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        // Reap it if it is our child (it is when we are its subreaper).
+        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    }
+    let mut first_err = None;
+    if let Err(e) = inner.cgroups.kill_and_remove(&rec.cgroup) {
+        first_err.get_or_insert(e);
+    }
+    if rec.pid > 0 {
+        // The init is dead now; collect it if it is ours.
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(rec.pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
+    if release_net {
+        if let Err(e) = inner.net.recycle(&rec.lease()).map_err(net_err) {
+            first_err.get_or_insert(e);
+        }
+    }
+    let dir = inner.sandbox_dir(&rec.id);
+    if let Err(source) = std::fs::remove_dir_all(&dir) {
+        if source.kind() != std::io::ErrorKind::NotFound {
+            first_err.get_or_insert(RuntimeError::Io {
+                context: format!("failed to remove {}", dir.display()),
+                source,
+            });
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,734 @@
+//! The body of `kiln-spawn`, the small single-threaded helper that turns a
+//! prepared sandbox (cgroups, network namespace, overlay layers) into a
+//! running one. The runtime never forks itself (it is a multi-threaded tokio
+//! process); it runs this helper with the [`SpawnConfig`] as JSON on stdin and
+//! the agent's ready pipe as fd 3.
+//!
+//! The helper is started ahead of time, in a pool ("warm" helpers): it gets
+//! a [`Prelude`] (one JSON line on stdin) at once and the [`SpawnConfig`]
+//! (a second line) when a sandbox is created. What it does before the
+//! second line is what a create should not wait for: above all joining
+//! cgroups, which on cgroup v1 waits for an RCU grace period (~10 ms here).
+//!
+//! The helper (H), as root on the host:
+//! 1. on the prelude, joins the sandbox's cgroups and network namespace,
+//!    unshares a pid namespace, compiles the seccomp policy and forks the
+//!    init (C), which makes its mount, uts, ipc and cgroup namespaces and
+//!    mounts the prelude's disk image; then H says `warm` on stdout and
+//!    waits for the config, which it passes on to C;
+//! 2. writes C's uid/gid maps once C has made its user namespace;
+//! 3. prints `{"pid": <C's host pid>}` once C has exec'd the agent, and exits.
+//!
+//! C, pid 1 of the new pid namespace, still real root, once it has the
+//! config: the disk (if the prelude's was not the right size); the overlay root; /proc with
+//! the sensitive paths masked or read-only; a minimal /dev; /sys read-only;
+//! a private /tmp; the agent bind-mounted read-only; pivot_root. Only then it
+//! enters a new user namespace (root inside ↦ `uid_base` outside), so the
+//! mount, network and uts namespaces stay owned by the host's user namespace
+//! and root inside can change none of them. Then seccomp, capabilities cut
+//! to Docker's default set, and exec of the agent.
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{BufRead, Read, Write};
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::unistd::{
+    chdir, execve, fork, pipe2, pivot_root, setgroups, sethostname, setresgid, setresuid,
+    ForkResult, Gid, Pid, Uid,
+};
+use serde::{Deserialize, Serialize};
+
+/// What the helper does before it knows the sandbox (first line on stdin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prelude {
+    pub netns: PathBuf,
+    pub cgroup_procs: Vec<PathBuf>,
+    pub seccomp: bool,
+    /// A disk image to mount ahead of time at `layers` (the likeliest
+    /// size); the config says whether the sandbox uses it.
+    pub disk_image: Option<PathBuf>,
+    pub layers: PathBuf,
+}
+
+/// The sandbox (second line on stdin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnConfig {
+    pub id: String,
+    /// Template rootfs (overlay lower layer, read-only).
+    pub lower: PathBuf,
+    /// The sandbox's ext4 image (holds `upper/` and `work/`), and the
+    /// directory it is mounted on inside the sandbox's mount namespace.
+    pub disk_image: PathBuf,
+    pub layers: PathBuf,
+    /// The prelude's image is the sandbox's and is mounted at `layers`
+    /// already (its directory was renamed since: `layers` is the new path).
+    pub premounted: bool,
+    /// Empty directory the overlay is mounted on (in the sandbox's private
+    /// mount namespace only).
+    pub rootfs: PathBuf,
+    pub uid_base: u32,
+    pub uid_count: u32,
+    /// Agent binary on the host, and where it appears inside.
+    pub agent_bin: PathBuf,
+    pub agent_path: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub tmp_size_bytes: u64,
+    /// Host file for the agent's stdout/stderr (debugging); /dev/null if unset.
+    pub log: Option<PathBuf>,
+}
+
+/// The fd the ready pipe arrives on, and the agent's `KILN_READY_FD`.
+pub const READY_FD: RawFd = 3;
+
+/// Docker's default capability set (numbers from linux/capability.h).
+const DEFAULT_CAPS: [u32; 14] = [
+    0,  // CHOWN
+    1,  // DAC_OVERRIDE
+    3,  // FOWNER
+    4,  // FSETID
+    5,  // KILL
+    6,  // SETGID
+    7,  // SETUID
+    8,  // SETPCAP
+    10, // NET_BIND_SERVICE
+    13, // NET_RAW
+    18, // SYS_CHROOT
+    27, // MKNOD
+    29, // AUDIT_WRITE
+    31, // SETFCAP
+];
+
+/// Paths masked with /dev/null (files) or an empty read-only tmpfs (dirs),
+/// and paths made read-only, as runc does.
+const MASKED: [&str; 9] = [
+    "proc/kcore",
+    "proc/keys",
+    "proc/timer_list",
+    "proc/sched_debug",
+    "proc/latency_stats",
+    "proc/acpi",
+    "proc/scsi",
+    "proc/asound",
+    "sys/firmware",
+];
+const READ_ONLY: [&str; 5] = [
+    "proc/sys",
+    "proc/sysrq-trigger",
+    "proc/irq",
+    "proc/bus",
+    "proc/fs",
+];
+
+/// Entry point of the `kiln-spawn` binary. Returns the process exit code.
+pub fn main() -> i32 {
+    let mut stdin = std::io::stdin().lock();
+    let mut line = String::new();
+    let prelude: Prelude = match stdin
+        .read_line(&mut line)
+        .map(|_| serde_json::from_str(&line))
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            eprintln!("kiln-spawn: bad prelude: {e}");
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("kiln-spawn: cannot read the prelude: {e}");
+            return 2;
+        }
+    };
+    let filters = match prepare(&prelude) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    match helper(&prelude, &filters, &mut stdin) {
+        Ok(pid) => {
+            println!("{{\"pid\": {pid}}}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> Result<T, String> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+/// Phase one: cgroups, network namespace, pid namespace, seccomp compile.
+fn prepare(cfg: &Prelude) -> Result<Vec<seccompiler::BpfProgram>, String> {
+    let me = std::process::id().to_string();
+    for f in &cfg.cgroup_procs {
+        ctx(
+            std::fs::write(f, &me),
+            &format!("join cgroup {}", f.display()),
+        )?;
+    }
+    let ns = ctx(File::open(&cfg.netns), "open the network namespace")?;
+    ctx(
+        setns(&ns, CloneFlags::CLONE_NEWNET),
+        "join the network namespace",
+    )?;
+    drop(ns);
+    // The namespace belongs to the host's user namespace, so root inside
+    // has no network capabilities in it: let everyone bind low ports and
+    // open ICMP echo sockets (ping), as in a VM.
+    for (knob, value) in [
+        ("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0"),
+        ("/proc/sys/net/ipv4/ping_group_range", "0 2147483647"),
+    ] {
+        ctx(std::fs::write(knob, value), &format!("set {knob}"))?;
+    }
+    ctx(
+        unshare(CloneFlags::CLONE_NEWPID),
+        "unshare the pid namespace",
+    )?;
+    if cfg.seccomp {
+        super::seccomp::compile()
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// Phase two: fork the init (which prepares what it can), wait for the
+/// config and pass it on, map the init's ids, wait for its exec.
+fn helper(
+    prelude: &Prelude,
+    filters: &[seccompiler::BpfProgram],
+    stdin: &mut impl BufRead,
+) -> Result<i32, String> {
+    let (cfg_r, cfg_w) = ctx(pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
+    let (warm_r, warm_w) = ctx(pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
+    let (to_parent_r, to_parent_w) = ctx(pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
+    let (to_child_r, to_child_w) = ctx(pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
+    let (err_r, err_w) = ctx(pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
+
+    // SAFETY: this helper is single-threaded (a plain main, no runtime, no
+    // threads), so the child may run arbitrary code after fork.
+    match ctx(unsafe { fork() }, "fork")? {
+        ForkResult::Child => {
+            drop((to_parent_r, to_child_w, err_r, cfg_w, warm_r));
+            let e = init(prelude, warm_w, cfg_r, filters, to_parent_w, to_child_r).unwrap_err();
+            let mut w = File::from(err_w);
+            let _ = w.write_all(e.as_bytes());
+            // SAFETY: _exit is always safe; it skips the parent's atexit
+            // handlers and buffers, which belong to the helper.
+            unsafe { libc::_exit(1) }
+        }
+        ForkResult::Parent { child } => {
+            drop((to_parent_w, to_child_r, err_w, cfg_r, warm_w));
+            let r = match warm(warm_r).and_then(|()| pass_config(stdin, cfg_w)) {
+                Ok(cfg) => parent(&cfg, child, to_parent_r, to_child_w, err_r),
+                Err(e) => {
+                    // The init may have failed first and said why.
+                    let mut msg = String::new();
+                    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                    let _ = File::from(err_r).read_to_string(&mut msg);
+                    Err(if msg.is_empty() {
+                        e
+                    } else {
+                        format!("sandbox init failed: {msg}")
+                    })
+                }
+            };
+            if r.is_err() {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(child, None);
+            }
+            r
+        }
+    }
+}
+
+/// Waits for the init to be as ready as it can be without the config, then
+/// says `warm` on stdout (the runtime pools the helper only then).
+fn warm(from_init: OwnedFd) -> Result<(), String> {
+    let mut b = [0u8; 1];
+    if ctx(File::from(from_init).read(&mut b), "wait for the init")? != 1 {
+        return Err("the init died while getting ready".into());
+    }
+    let mut out = std::io::stdout().lock();
+    ctx(
+        out.write_all(b"warm\n").and_then(|()| out.flush()),
+        "say warm",
+    )
+}
+
+/// Reads the config from stdin and hands it to the init. If stdin ends
+/// first (the pool was drained), the helper is not needed: exit quietly.
+fn pass_config(stdin: &mut impl BufRead, to_init: OwnedFd) -> Result<SpawnConfig, String> {
+    let mut line = String::new();
+    if ctx(stdin.read_line(&mut line), "read the config")? == 0 {
+        std::process::exit(0);
+    }
+    let cfg: SpawnConfig = ctx(serde_json::from_str(&line), "bad config")?;
+    ctx(
+        File::from(to_init).write_all(line.as_bytes()),
+        "pass the config on",
+    )?;
+    Ok(cfg)
+}
+
+fn parent(
+    cfg: &SpawnConfig,
+    child: Pid,
+    from_child: OwnedFd,
+    to_child: OwnedFd,
+    err: OwnedFd,
+) -> Result<i32, String> {
+    let mut byte = [0u8; 1];
+    let mut from_child = File::from(from_child);
+    let n = from_child.read(&mut byte).unwrap_or(0);
+    if n == 1 {
+        let map = format!("0 {} {}\n", cfg.uid_base, cfg.uid_count);
+        let proc = PathBuf::from(format!("/proc/{child}"));
+        ctx(std::fs::write(proc.join("uid_map"), &map), "write uid_map")?;
+        ctx(std::fs::write(proc.join("gid_map"), &map), "write gid_map")?;
+        ctx(File::from(to_child).write_all(b"1"), "wake the init")?;
+    } else {
+        drop(to_child);
+    }
+    let mut msg = String::new();
+    let _ = File::from(err).read_to_string(&mut msg);
+    if !msg.is_empty() {
+        return Err(format!("sandbox init failed: {msg}"));
+    }
+    if n != 1 {
+        return Err("sandbox init died before making its user namespace".into());
+    }
+    if let Ok(nix::sys::wait::WaitStatus::Exited(_, code)) =
+        nix::sys::wait::waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+    {
+        return Err(format!("sandbox init exited at once with {code}"));
+    }
+    Ok(child.as_raw())
+}
+
+fn mount_layers(image: &Path, at: &Path) -> Result<(), String> {
+    let (loopdev, loopfd) = super::disk::attach_loop(image)?;
+    do_mount(
+        Some(loopdev.to_str().unwrap_or_default()),
+        at,
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(super::disk::MOUNT_OPTIONS),
+    )?;
+    drop(loopfd);
+    Ok(())
+}
+
+fn cstr(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
+}
+
+fn do_mount(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    mount(src, target, fstype, flags, data)
+        .map_err(|e| format!("mount {:?} on {}: {e}", fstype.or(src), target.display()))
+}
+
+fn mkdirs(p: &Path) -> Result<(), String> {
+    ctx(
+        std::fs::create_dir_all(p),
+        &format!("mkdir {}", p.display()),
+    )
+}
+
+/// The sandbox's init up to exec. Returns only on error.
+fn init(
+    prelude: &Prelude,
+    warm: OwnedFd,
+    config: OwnedFd,
+    filters: &[seccompiler::BpfProgram],
+    to_parent: OwnedFd,
+    from_parent: OwnedFd,
+) -> Result<std::convert::Infallible, String> {
+    let nosdx = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    ctx(
+        unshare(
+            CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWUTS
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWCGROUP,
+        ),
+        "unshare namespaces",
+    )?;
+    do_mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    // The writable layers: the sandbox's own size-limited filesystem,
+    // mounted in this mount namespace only (see disk.rs). Done before the
+    // config comes if the prelude has an image.
+    if let Some(image) = &prelude.disk_image {
+        mount_layers(image, &prelude.layers)?;
+    }
+    ctx(File::from(warm).write_all(b"w"), "report warm")?;
+    let mut line = String::new();
+    ctx(
+        File::from(config).read_to_string(&mut line),
+        "read the config",
+    )?;
+    if line.is_empty() {
+        return Err("no config came".into());
+    }
+    let cfg: SpawnConfig = ctx(serde_json::from_str(&line), "bad config")?;
+    let cfg = &cfg;
+    if !cfg.premounted {
+        if prelude.disk_image.is_some() {
+            ctx(
+                umount2(&cfg.layers, MntFlags::MNT_DETACH),
+                "unmount the unused disk",
+            )?;
+        }
+        mount_layers(&cfg.disk_image, &cfg.layers)?;
+    }
+    ctx(sethostname(&cfg.id), "set the hostname")?;
+
+    let root = &cfg.rootfs;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        cfg.lower.display(),
+        cfg.layers.join("upper").display(),
+        cfg.layers.join("work").display()
+    );
+    do_mount(
+        Some("overlay"),
+        root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(&opts),
+    )?;
+    let owner = format!("uid={0},gid={0}", cfg.uid_base);
+
+    // /proc
+    let proc = root.join("proc");
+    mkdirs(&proc)?;
+    do_mount(Some("proc"), &proc, Some("proc"), nosdx, None)?;
+    for m in MASKED {
+        let p = root.join(m);
+        if p.is_dir() {
+            do_mount(
+                Some("tmpfs"),
+                &p,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | nosdx,
+                Some("size=0"),
+            )?;
+        } else if p.exists() {
+            do_mount(Some("/dev/null"), &p, None, MsFlags::MS_BIND, None)?;
+        }
+    }
+    for r in READ_ONLY {
+        let p = root.join(r);
+        if p.exists() {
+            do_mount(
+                Some(p.to_str().unwrap_or_default()),
+                &p,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            do_mount(
+                None,
+                &p,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosdx,
+                None,
+            )?;
+        }
+    }
+
+    // /dev
+    let dev = root.join("dev");
+    mkdirs(&dev)?;
+    do_mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(&format!("mode=755,size=64k,{owner}")),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let p = dev.join(name);
+        ctx(
+            mknod(
+                &p,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(major, minor),
+            ),
+            &format!("mknod {}", p.display()),
+        )?;
+        // mknod honours the umask; the mode must be exactly 0666.
+        ctx(
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)),
+            "chmod",
+        )?;
+    }
+    let pts = dev.join("pts");
+    mkdirs(&pts)?;
+    do_mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(&format!(
+            "newinstance,ptmxmode=0666,mode=0620,gid={}",
+            cfg.uid_base + 5
+        )),
+    )?;
+    ctx(symlink("pts/ptmx", dev.join("ptmx")), "symlink /dev/ptmx")?;
+    let shm = dev.join("shm");
+    mkdirs(&shm)?;
+    do_mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        nosdx,
+        Some(&format!("mode=1777,size=64m,{owner}")),
+    )?;
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        ctx(symlink(to, dev.join(link)), "symlink in /dev")?;
+    }
+
+    // /sys
+    let sys = root.join("sys");
+    mkdirs(&sys)?;
+    do_mount(
+        Some("sysfs"),
+        &sys,
+        Some("sysfs"),
+        MsFlags::MS_RDONLY | nosdx,
+        None,
+    )?;
+    let fw = sys.join("firmware");
+    if fw.is_dir() {
+        do_mount(
+            Some("tmpfs"),
+            &fw,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | nosdx,
+            Some("size=0"),
+        )?;
+    }
+
+    // /tmp
+    let tmp = root.join("tmp");
+    mkdirs(&tmp)?;
+    do_mount(
+        Some("tmpfs"),
+        &tmp,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&format!("mode=1777,size={},{owner}", cfg.tmp_size_bytes)),
+    )?;
+
+    // The agent, read-only.
+    let agent = root.join(cfg.agent_path.trim_start_matches('/'));
+    if let Some(parent) = agent.parent() {
+        mkdirs(parent)?;
+    }
+    if !agent.exists() {
+        ctx(File::create(&agent), "create the agent's mount point")?;
+    }
+    do_mount(
+        Some(cfg.agent_bin.to_str().unwrap_or_default()),
+        &agent,
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )?;
+    do_mount(
+        None,
+        &agent,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        None,
+    )?;
+
+    // Name resolution of the hostname (sudo asks for it). Appending copies
+    // /etc/hosts up with its owner kept; a new one is given to root inside.
+    let hosts = root.join("etc/hosts");
+    if hosts.is_file() {
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&hosts) {
+            let _ = writeln!(f, "127.0.1.1\t{}", cfg.id);
+        }
+    } else if root.join("etc").is_dir() {
+        let text = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{}\n",
+            cfg.id
+        );
+        if std::fs::write(&hosts, text).is_ok() {
+            let _ = std::os::unix::fs::chown(&hosts, Some(cfg.uid_base), Some(cfg.uid_base));
+        }
+    }
+
+    let log: OwnedFd = match &cfg.log {
+        Some(p) => ctx(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p),
+            "open the agent log",
+        )?
+        .into(),
+        None => ctx(File::open("/dev/null"), "open /dev/null")?.into(),
+    };
+    let null: OwnedFd = ctx(File::open("/dev/null"), "open /dev/null")?.into();
+
+    ctx(chdir(root), "chdir to the new root")?;
+    ctx(pivot_root(".", "."), "pivot_root")?;
+    ctx(umount2(".", MntFlags::MNT_DETACH), "detach the old root")?;
+    ctx(chdir("/"), "chdir /")?;
+
+    // Enter the user namespace; H writes the maps.
+    ctx(
+        unshare(CloneFlags::CLONE_NEWUSER),
+        "unshare the user namespace",
+    )?;
+    let mut tp = File::from(to_parent);
+    ctx(tp.write_all(b"1"), "signal the helper")?;
+    drop(tp);
+    let mut b = [0u8; 1];
+    let n = ctx(File::from(from_parent).read(&mut b), "wait for the helper")?;
+    if n != 1 {
+        return Err("the helper gave up before writing the id maps".into());
+    }
+    let root_gid = Gid::from_raw(0);
+    let root_uid = Uid::from_raw(0);
+    ctx(setresgid(root_gid, root_gid, root_gid), "setresgid")?;
+    ctx(setgroups(&[root_gid]), "setgroups")?;
+    ctx(setresuid(root_uid, root_uid, root_uid), "setresuid")?;
+
+    // Seccomp while CAP_SYS_ADMIN (in this user namespace) is still held.
+    for f in filters {
+        ctx(super::seccomp::install(f), "install the seccomp filter")?;
+    }
+    drop_capabilities()?;
+
+    ctx(nix::unistd::dup2_stdin(&null), "dup2 stdin")?;
+    ctx(nix::unistd::dup2_stdout(&log), "dup2 stdout")?;
+    ctx(nix::unistd::dup2_stderr(&log), "dup2 stderr")?;
+
+    let path = cstr(&cfg.agent_path)?;
+    let mut argv = vec![cstr(
+        Path::new(&cfg.agent_path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("kiln-agent"),
+    )?];
+    for a in &cfg.args {
+        argv.push(cstr(a)?);
+    }
+    let mut env = Vec::new();
+    if !cfg.env.iter().any(|(k, _)| k == "PATH") {
+        env.push(cstr(
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )?);
+    }
+    for (k, v) in &cfg.env {
+        env.push(cstr(&format!("{k}={v}"))?);
+    }
+    env.push(cstr(&format!("KILN_READY_FD={READY_FD}"))?);
+    let e = execve(&path, &argv, &env).unwrap_err();
+    Err(format!("exec {}: {e}", cfg.agent_path))
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Cuts the bounding set and the current sets to `DEFAULT_CAPS`.
+fn drop_capabilities() -> Result<(), String> {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    for cap in 0..=last {
+        if !DEFAULT_CAPS.contains(&cap) {
+            // SAFETY: prctl(PR_CAPBSET_DROP) takes plain integers.
+            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            if rc != 0 {
+                return Err(format!(
+                    "drop capability {cap} from the bounding set: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+    }
+    let mut mask = [0u32; 2];
+    for cap in DEFAULT_CAPS {
+        mask[(cap / 32) as usize] |= 1 << (cap % 32);
+    }
+    let header = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [0, 1].map(|i| CapData {
+        effective: mask[i],
+        permitted: mask[i],
+        inheritable: 0,
+    });
+    // SAFETY: capset reads a v3 header and two data structs, both valid
+    // for the call's duration.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(format!("capset: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: plain integer arguments.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    Ok(())
+}

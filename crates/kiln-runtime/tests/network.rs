@@ -1,0 +1,137 @@
+//! Sandbox networking on the real kernel. Traffic only goes to loopback and
+//! to namespaces this test makes: the "outside" host is a network namespace
+//! at 198.18.<n>.2 (a benchmarking range) reached through the host's NAT.
+
+mod common;
+
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use common::*;
+use kiln_runtime::Runtime;
+
+/// A stand-in for the internet: a namespace with an HTTP server, joined to
+/// the host by a veth pair. Removed on drop.
+struct Outside {
+    ns: String,
+    veth: String,
+    server: Child,
+    addr: String,
+}
+
+impl Outside {
+    fn new(n: u8) -> Self {
+        let ns = format!("kiln-test-out{n}");
+        let veth = format!("kto{n}");
+        let host_ip = format!("198.18.{n}.1");
+        let out_ip = format!("198.18.{n}.2");
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        let _ = Command::new("ip").args(["link", "del", &veth]).status();
+        let run = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        run(&["netns", "add", &ns]);
+        run(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        run(&["addr", "add", &format!("{host_ip}/24"), "dev", &veth]);
+        run(&["link", "set", &veth, "up"]);
+        run(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{out_ip}/24"),
+            "dev",
+            "eth0",
+        ]);
+        run(&["-n", &ns, "link", "set", "eth0", "up"]);
+        run(&["-n", &ns, "link", "set", "lo", "up"]);
+        let server = Command::new("ip")
+            .args(["netns", "exec", &ns, "busybox", "httpd", "-f", "-p"])
+            .arg(format!("{out_ip}:8080"))
+            .args(["-h", "/"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        Self {
+            ns,
+            veth,
+            server,
+            addr: format!("{out_ip}:8080"),
+        }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_nat_and_isolation() {
+    if !is_root() {
+        return;
+    }
+    let outside = Outside::new(3);
+    // A host service on every address and one on loopback.
+    let any = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let any_port = any.local_addr().unwrap().port();
+    let lo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lo_port = lo.local_addr().unwrap().port();
+
+    let cfg = config(3);
+    let gateway = cfg.net.gateway();
+    let t = TestRuntime::new(cfg).await;
+    let rt = &t.rt;
+    let a = rt.create(&spec("net-a")).await.unwrap();
+    let b = rt.create(&spec("net-b")).await.unwrap();
+    let mut off = spec("net-off");
+    off.internet = false;
+    let c = rt.create(&off).await.unwrap();
+
+    // The host reaches every sandbox, offline ones too.
+    for h in [&a, &b, &c] {
+        assert_eq!(ask(h.ip, "ping").await, "pong");
+    }
+    // Egress through NAT to the outside host.
+    let r = ask(a.ip, &format!("connect {}", outside.addr)).await;
+    assert_eq!(r, "ok", "online sandbox cannot reach the outside host");
+    // Offline: no egress.
+    let r = ask(c.ip, &format!("connect {}", outside.addr)).await;
+    assert!(r.starts_with("err"), "offline sandbox reached outside: {r}");
+    // Host services: not through the bridge address, and the sandbox's
+    // loopback is its own.
+    for target in [
+        format!("{gateway}:{any_port}"),
+        format!("{gateway}:22"),
+        format!("127.0.0.1:{lo_port}"),
+        format!("127.0.0.1:{any_port}"),
+    ] {
+        let r = ask(a.ip, &format!("connect {target}")).await;
+        assert!(r.starts_with("err"), "sandbox reached host {target}: {r}");
+    }
+    // Other sandboxes: unreachable, online or not.
+    for other in [&b, &c] {
+        let r = ask(a.ip, &format!("connect {}:49983", other.ip)).await;
+        assert!(r.starts_with("err"), "a reached {}: {r}", other.ip);
+    }
+    let r = ask(c.ip, &format!("connect {}:49983", a.ip)).await;
+    assert!(r.starts_with("err"), "c reached a: {r}");
+    // Nothing reached the host's listener.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), any.accept())
+            .await
+            .is_err(),
+        "the host service got a connection from a sandbox"
+    );
+    t.finish().await;
+    drop(outside);
+}
