@@ -12,12 +12,17 @@ cd "$(dirname "$0")/../.."
 kiln_ensure_cargo
 
 profile=${KILN_PROFILE:-release}
-cargo build --locked --profile "$profile" -p kiln-cli
+# kiln, the container runtime's kiln-spawn helper, and the static agent.
+cargo build --locked --profile "$profile" -p kiln-cli -p kiln-runtime --bins
+kiln_build_agent
 case $profile in
     dev | test) dir=debug ;;
     *) dir=$profile ;;
 esac
 export KILN_BIN="$PWD/target/$dir/kiln"
+
+# Reuse the base template the runtime's phase built (same recipe, same hash).
+export KILN_TEMPLATE_DIR=${KILN_TEMPLATE_DIR:-${KILN_DATA_DIR:-/var/lib/kiln}}
 
 venv=.venv/e2b-sdk
 if [ ! -x "$venv/bin/python" ]; then

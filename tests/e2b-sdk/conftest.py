@@ -10,7 +10,8 @@ Environment:
                      127.0.0.1:49983 (see run-with-host-agent.sh): a check of
                      the proxy and the SDK paths before the container runtime.
   KILN_TEMPLATE_DIR  template cache shared between runs (default
-                     target/kiln-test-templates), so the base image is built once.
+                     target/kiln-test-templates; the phase script points it at
+                     the data dir the runtime's phase already built it in).
 """
 
 import os
@@ -66,17 +67,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
-def kilnd(tmp_path_factory) -> Kilnd:
-    data = tmp_path_factory.mktemp("kiln-data")
-    port = free_port()
-    key = "e2b_" + secrets.token_hex(20)
+def start_kilnd(data: pathlib.Path, port: int, key: str, **extra_env) -> subprocess.Popen:
+    """Starts `kiln up` on data/port and waits until it answers."""
     env = dict(os.environ)
     env.update(KILN_API_KEY=key, KILN_RUNTIME=KILND_RUNTIME, KILN_LOG=env.get("KILN_LOG", "info"))
     env.setdefault("KILN_TEMPLATE_DIR", str(ROOT / "target" / "kiln-test-templates"))
+    # Host objects of their own, apart from any other kilnd and from the
+    # runtime's tests (t1..t9, 10.200+n.0.0/16).
+    env.setdefault("KILN_RUNTIME_TAG", "e2e")
+    env.setdefault("KILN_SUBNET", "10.199.0.0")
+    env.update(extra_env)
     log = data / "kilnd.log"
     url = f"http://127.0.0.1:{port}"
-    with open(log, "w") as out:
+    with open(log, "a") as out:
         proc = subprocess.Popen(
             [kiln_bin(), "up", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", "--no-install"],
             env=env,
@@ -89,20 +92,17 @@ def kilnd(tmp_path_factory) -> Kilnd:
             pytest.fail(f"kilnd exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
+                return proc
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"kilnd did not start in {START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
         time.sleep(0.1)
-    other = subprocess.check_output(
-        [kiln_bin(), "keys", "create", "--team", "other-team", "--data-dir", str(data)], text=True
-    ).strip()
-    os.environ.update(E2B_API_URL=url, E2B_SANDBOX_URL=url, E2B_API_KEY=key)
-    os.environ.pop("E2B_DOMAIN", None)
-    os.environ.pop("E2B_DEBUG", None)
-    yield Kilnd(url, key, other, data, log, proc)
+
+
+def stop_kilnd(proc: subprocess.Popen, log: pathlib.Path):
+    """Ctrl-C, as a person would; kilnd must exit 0 promptly."""
     proc.send_signal(signal.SIGINT)
     try:
         code = proc.wait(timeout=20)
@@ -110,6 +110,23 @@ def kilnd(tmp_path_factory) -> Kilnd:
         proc.kill()
         pytest.fail("kilnd did not stop within 20 s of SIGINT")
     assert code == 0, f"kilnd exited with {code} on SIGINT:\n{log.read_text()[-4000:]}"
+
+
+@pytest.fixture(scope="session")
+def kilnd(tmp_path_factory) -> Kilnd:
+    data = tmp_path_factory.mktemp("kiln-data")
+    port = free_port()
+    key = "e2b_" + secrets.token_hex(20)
+    proc = start_kilnd(data, port, key)
+    url = f"http://127.0.0.1:{port}"
+    other = subprocess.check_output(
+        [kiln_bin(), "keys", "create", "--team", "other-team", "--data-dir", str(data)], text=True
+    ).strip()
+    os.environ.update(E2B_API_URL=url, E2B_SANDBOX_URL=url, E2B_API_KEY=key)
+    os.environ.pop("E2B_DOMAIN", None)
+    os.environ.pop("E2B_DEBUG", None)
+    yield Kilnd(url, key, other, data, data / "kilnd.log", proc)
+    stop_kilnd(proc, data / "kilnd.log")
 
 
 @pytest.fixture

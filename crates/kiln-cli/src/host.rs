@@ -5,9 +5,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-/// Debian packages the container runtime and template builder need.
-/// Integration: keep in sync with scripts/deps/*.txt of those crates.
-pub const HOST_PACKAGES: &[&str] = &["mmdebstrap", "iproute2", "nftables", "uidmap"];
+/// Debian packages the container runtime and the template builder need at
+/// run time (scripts/deps/runtime.txt lists them with what each is for).
+pub const HOST_PACKAGES: &[&str] = &["iproute2", "nftables", "e2fsprogs", "mmdebstrap"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CgroupVersion {

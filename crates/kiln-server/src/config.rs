@@ -16,7 +16,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KILN_LISTEN", "Address of the control API and proxy (default 127.0.0.1:3000)."),
     ("KILN_DOMAIN", "Domain reported to the SDKs: `<port>-<id>.<domain>` reaches a sandbox port (default: localhost:<listen port>)."),
     ("KILN_RUNTIME", "Isolation backend: container (default) or fake (no isolation; tests only)."),
-    ("KILN_TEMPLATE_DIR", "Where templates are built and cached (default <data_dir>/templates)."),
+    ("KILN_TEMPLATE_DIR", "Directory whose templates/ holds the built templates, reused across restarts (default: the data dir)."),
     ("KILN_DEFAULT_TIMEOUT", "Sandbox timeout in seconds when the caller gives none (default 300)."),
     ("KILN_MAX_TIMEOUT", "Largest sandbox timeout in seconds a caller may ask for (default 86400)."),
     ("KILN_SANDBOX_VCPUS", "vCPUs of a sandbox (default 2)."),
@@ -24,6 +24,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KILN_SANDBOX_DISK_MIB", "Disk limit of a sandbox in MiB (default 4096)."),
     ("KILN_AGENT_BIN", "The static kiln-agent binary put into every sandbox (default: kiln-agent next to this program, or the agent build in target/)."),
     ("KILN_SPAWN_BIN", "The container runtime's kiln-spawn helper (default: kiln-spawn next to this program)."),
+    ("KILN_RUNTIME_TAG", "Tag naming the container runtime's host objects (cgroups, bridge, namespaces, firewall table), 1-4 of [a-z0-9]; two kilnds on one host need different tags (default k0)."),
+    ("KILN_SUBNET", "The sandbox bridge's private /16, given by its first address (default 10.88.0.0); distinct per tag."),
     ("KILN_NODE_NAME", "This node's name, reported as clientID (default kiln)."),
     ("KILN_API_KEY", "An API key kilnd accepts (added to the store at start, team `default`); environment only, never in the file."),
     ("KILN_LOG", "Log filter in tracing's EnvFilter syntax (default info)."),
@@ -45,6 +47,8 @@ pub struct Config {
     pub node_name: String,
     pub agent_bin: Option<PathBuf>,
     pub spawn_bin: Option<PathBuf>,
+    pub runtime_tag: String,
+    pub subnet: std::net::Ipv4Addr,
     /// From `KILN_API_KEY` only.
     #[serde(skip)]
     pub api_key: Option<String>,
@@ -66,6 +70,8 @@ impl Default for Config {
             node_name: "kiln".into(),
             agent_bin: None,
             spawn_bin: None,
+            runtime_tag: "k0".into(),
+            subnet: std::net::Ipv4Addr::new(10, 88, 0, 0),
             api_key: None,
         }
     }
@@ -202,6 +208,12 @@ impl Config {
         if let Some(v) = env("KILN_SPAWN_BIN") {
             self.spawn_bin = Some(PathBuf::from(v));
         }
+        if let Some(v) = env("KILN_RUNTIME_TAG") {
+            self.runtime_tag = v;
+        }
+        if let Some(v) = env("KILN_SUBNET") {
+            self.subnet = parse("KILN_SUBNET", v)?;
+        }
         if let Some(v) = env("KILN_API_KEY") {
             self.api_key = Some(v).filter(|k| !k.is_empty());
         }
@@ -220,6 +232,17 @@ impl Config {
                 self.max_timeout_secs
             )));
         }
+        let tag_ok = (1..=4).contains(&self.runtime_tag.len())
+            && self
+                .runtime_tag
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !tag_ok {
+            return Err(ConfigError::Invalid(format!(
+                "runtime_tag {:?} must be 1-4 of [a-z0-9]",
+                self.runtime_tag
+            )));
+        }
         if self.sandbox_vcpus == 0 || self.sandbox_memory_mib == 0 || self.sandbox_disk_mib == 0 {
             return Err(ConfigError::Invalid(
                 "sandbox vCPUs, memory and disk must be positive".into(),
@@ -228,10 +251,11 @@ impl Config {
         Ok(())
     }
 
+    /// The template cache's parent directory (templates are in its `templates/`).
     pub fn template_dir(&self) -> PathBuf {
         self.template_dir
             .clone()
-            .unwrap_or_else(|| self.data_dir.join("templates"))
+            .unwrap_or_else(|| self.data_dir.clone())
     }
 
     /// The agent binary: configured, else next to the running program, else

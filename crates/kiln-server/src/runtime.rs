@@ -1,12 +1,14 @@
 //! The one place that turns configuration into a runtime, an agent client
-//! and the template catalog. Integration points of the other crates live here.
+//! and the template catalog.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use chrono::Utc;
 use kiln_core::templates::{TemplateCatalog, TemplateInfo};
 use kiln_core::{AgentClient, NoAgent};
-use kiln_runtime::{Runtime, TemplateRef};
+use kiln_runtime::container::{ContainerConfig, ContainerRuntime, DEFAULT_UID_BASE};
+use kiln_runtime::{Runtime, RuntimeError, TemplateRef};
 
 use crate::agent_client::HttpAgentClient;
 use crate::config::Config;
@@ -19,56 +21,151 @@ pub const ENVD_VERSION: &str = kiln_api::agent::ENVD_VERSION;
 /// The alias of the default template (the SDKs' default).
 pub const BASE_TEMPLATE: &str = "base";
 
+/// The runtimes this build of kilnd can run.
+pub const AVAILABLE_RUNTIMES: &[&str] = &["container", "fake"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("unknown runtime {0:?}: use container or fake")]
     UnknownRuntime(String),
-    #[error("the {0} runtime is not available in this build of kilnd yet")]
-    NotBuilt(&'static str),
+    #[error("{what} not found at {path}: build it ({hint}) or set {var}")]
+    MissingBinary {
+        what: &'static str,
+        path: String,
+        hint: &'static str,
+        var: &'static str,
+    },
+    #[error("the container runtime could not start")]
+    Runtime(#[source] RuntimeError),
+    #[error("building the base template failed")]
+    Template(#[source] kiln_template::TemplateError),
+    #[error("the template build task failed: {0}")]
+    TemplateTask(String),
 }
-
-/// The runtimes this build of kilnd can run.
-///
-/// Integration: add "container" when its backend is wired in `build_runtime`.
-pub const AVAILABLE_RUNTIMES: &[&str] = &["fake"];
 
 /// A runtime and the client for the agents in its sandboxes.
 pub struct Backend {
     pub runtime: Arc<dyn Runtime>,
     pub agent: Arc<dyn AgentClient>,
+    /// Set for the container runtime, which has pools to release at stop.
+    pub container: Option<Arc<ContainerRuntime>>,
 }
 
-/// Builds the configured runtime and the matching agent client.
-pub fn build_runtime(config: &Config) -> Result<Backend, SetupError> {
+impl Backend {
+    /// Releases the runtime's pools; sandboxes keep running.
+    pub async fn shutdown(&self) {
+        if let Some(c) = &self.container {
+            if let Err(e) = c.shutdown().await {
+                tracing::error!(error = %e, "releasing the container runtime's pools failed");
+            }
+        }
+    }
+}
+
+fn require(
+    path: &Path,
+    what: &'static str,
+    hint: &'static str,
+    var: &'static str,
+) -> Result<(), SetupError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(SetupError::MissingBinary {
+            what,
+            path: path.display().to_string(),
+            hint,
+            var,
+        })
+    }
+}
+
+/// Builds the configured runtime and the matching agent client. The
+/// container runtime re-attaches the sandboxes of a previous run here.
+pub async fn build_runtime(config: &Config) -> Result<Backend, SetupError> {
     match config.runtime.as_str() {
         "fake" => Ok(Backend {
             runtime: Arc::new(kiln_runtime::fake::FakeRuntime::new()),
             agent: Arc::new(NoAgent),
+            container: None,
         }),
-        // Integration: kiln_runtime's container backend, e.g.
-        //   Ok(Backend { runtime: Arc::new(ContainerRuntime::new(..)?), agent: Arc::new(HttpAgentClient::new()) })
         "container" => {
-            let _agent = HttpAgentClient::new;
-            Err(SetupError::NotBuilt("container"))
+            let agent_bin = config.agent_bin();
+            let spawn_bin = config.spawn_bin();
+            require(
+                &agent_bin,
+                "the kiln-agent binary",
+                "scripts/lib.sh kiln_build_agent",
+                "KILN_AGENT_BIN",
+            )?;
+            require(
+                &spawn_bin,
+                "the kiln-spawn helper",
+                "cargo build -p kiln-runtime --bins",
+                "KILN_SPAWN_BIN",
+            )?;
+            let mut cfg =
+                ContainerConfig::new(config.data_dir.join("container"), agent_bin, spawn_bin);
+            cfg.tag = config.runtime_tag.clone();
+            cfg.net.tag = config.runtime_tag.clone();
+            cfg.net.subnet = config.subnet;
+            let rt = Arc::new(
+                ContainerRuntime::new(cfg)
+                    .await
+                    .map_err(SetupError::Runtime)?,
+            );
+            Ok(Backend {
+                runtime: rt.clone(),
+                agent: Arc::new(HttpAgentClient::new()),
+                container: Some(rt),
+            })
         }
         other => Err(SetupError::UnknownRuntime(other.to_owned())),
     }
 }
 
-/// The templates sandboxes can start from. For the fake runtime a
-/// placeholder; for real runtimes the base template built by kiln-template.
+/// Prints template build phases on stderr (the first build takes a minute
+/// or two; later starts find the cached one).
+struct StderrProgress;
+
+impl kiln_template::Progress for StderrProgress {
+    fn phase(&self, message: &str) {
+        eprintln!("template: {message}");
+    }
+}
+
+/// The templates sandboxes can start from: for the container runtime the
+/// base template built (once, then cached) by kiln-template; for the fake
+/// runtime a placeholder.
 pub async fn load_templates(config: &Config) -> Result<TemplateCatalog, SetupError> {
     let catalog = TemplateCatalog::new();
-    // Integration: for real runtimes, build or reuse the base image here:
-    //   let base = kiln_template::ensure_base(&config.template_dir(), &progress).await?;
-    // and add it with its own id and the alias "base".
-    let rootfs = config.template_dir().join(BASE_TEMPLATE).join("rootfs");
+    let (template, aliases) = if config.runtime == "container" {
+        let dir = config.template_dir();
+        let built = tokio::task::spawn_blocking(move || {
+            kiln_template::ensure_base(&dir, DEFAULT_UID_BASE, &StderrProgress)
+        })
+        .await
+        .map_err(|e| SetupError::TemplateTask(e.to_string()))?
+        .map_err(SetupError::Template)?;
+        (
+            TemplateRef {
+                id: built.id,
+                rootfs: built.rootfs,
+            },
+            vec![BASE_TEMPLATE.to_owned()],
+        )
+    } else {
+        (
+            TemplateRef {
+                id: BASE_TEMPLATE.into(),
+                rootfs: config.template_dir().join("templates").join(BASE_TEMPLATE),
+            },
+            vec![],
+        )
+    };
     catalog.add(TemplateInfo {
-        template: TemplateRef {
-            id: BASE_TEMPLATE.into(),
-            rootfs,
-        },
-        aliases: vec![],
+        template,
+        aliases,
         vcpus: config.sandbox_vcpus,
         memory_mib: config.sandbox_memory_mib,
         disk_mib: config.sandbox_disk_mib,

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::app::app;
 use crate::config::Config;
-use crate::runtime::{build_runtime, load_templates, SetupError, ENVD_VERSION};
+use crate::runtime::{build_runtime, load_templates, Backend, SetupError, ENVD_VERSION};
 use crate::state::AppState;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,7 @@ pub struct Prepared {
     /// A key created because the store had none: print it once.
     pub new_api_key: Option<String>,
     pub recovery: RecoveryReport,
+    pub backend: Backend,
 }
 
 /// Opens the store, makes sure an API key exists, builds the runtime,
@@ -69,8 +70,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
         new_api_key = Some(key);
     }
 
-    let backend = build_runtime(config)?;
-    let templates = Arc::new(load_templates(config).await?);
+    // Bind first: a taken port should fail before any slow setup.
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -81,6 +81,8 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
         addr: config.listen,
         source,
     })?;
+    let templates = Arc::new(load_templates(config).await?);
+    let backend = build_runtime(config).await?;
     let mut config = config.clone();
     config.listen = addr;
     let core = Core::new(
@@ -92,8 +94,8 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
             domain: Some(config.domain()),
         },
         store,
-        backend.runtime,
-        backend.agent,
+        backend.runtime.clone(),
+        backend.agent.clone(),
         templates,
     );
     let recovery = core.start().await?;
@@ -103,6 +105,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
         addr,
         new_api_key,
         recovery,
+        backend,
     })
 }
 
@@ -119,19 +122,22 @@ pub async fn run(
         let _ = tx.send(true);
     });
     let mut graceful_rx = rx.clone();
+    let backend = prepared.backend;
     let server =
         axum::serve(prepared.listener, app(prepared.state)).with_graceful_shutdown(async move {
             let _ = graceful_rx.wait_for(|v| *v).await;
         });
     let mut deadline_rx = rx;
-    tokio::select! {
+    let result = tokio::select! {
         r = server => r.map_err(ServeError::Serve),
         () = async move {
             let _ = deadline_rx.wait_for(|v| *v).await;
             // Long streams (command output, watches) would hold shutdown open.
             tokio::time::sleep(Duration::from_secs(5)).await;
         } => Ok(()),
-    }
+    };
+    backend.shutdown().await;
+    result
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
