@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -72,7 +72,7 @@ fn detail_body(state: &AppState, r: &SandboxRecord, with_secrets: bool) -> Sandb
 pub async fn create_v1(
     state: State<AppState>,
     auth: Auth,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
     create(state, auth, body).await
 }
@@ -89,9 +89,9 @@ pub async fn create_v1(
 pub async fn create(
     State(state): State<AppState>,
     Auth(team): Auth,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
-    let req: NewSandbox = required_json_body(&body)?;
+    let req: NewSandbox = required_json_body(&body?)?;
     if req.template_id.is_empty() {
         return Err(ApiError::bad_request("templateID must not be empty"));
     }
@@ -270,9 +270,9 @@ pub async fn set_timeout(
     State(state): State<AppState>,
     Auth(team): Auth,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let req: SandboxTimeoutRequest = required_json_body(&body)?;
+    let req: SandboxTimeoutRequest = required_json_body(&body?)?;
     state.core.set_timeout(&team, &id, req.timeout)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -285,9 +285,9 @@ pub async fn refresh(
     State(state): State<AppState>,
     Auth(team): Auth,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let req: SandboxRefreshRequest = json_body(&body)?;
+    let req: SandboxRefreshRequest = json_body(&body?)?;
     state.core.refresh(&team, &id, req.duration)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -302,7 +302,7 @@ pub async fn connect_v1(
     state: State<AppState>,
     auth: Auth,
     id: Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
     connect(state, auth, id, body).await
 }
@@ -317,9 +317,9 @@ pub async fn connect(
     State(state): State<AppState>,
     Auth(team): Auth,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
-    let req: ConnectSandbox = json_body(&body)?;
+    let req: ConnectSandbox = json_body(&body?)?;
     let (rec, resumed) = state.core.connect(&team, &id, req.timeout).await?;
     let status = if resumed {
         StatusCode::CREATED
@@ -350,9 +350,9 @@ pub async fn resume(
     State(state): State<AppState>,
     Auth(team): Auth,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
-    let req: ConnectSandbox = json_body(&body)?;
+    let req: ConnectSandbox = json_body(&body?)?;
     let rec = state
         .core
         .resume(&team, &id, req.timeout, req.auto_pause)
