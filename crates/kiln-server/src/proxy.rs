@@ -229,6 +229,8 @@ const STRIPPED: &[&str] = &[
     SANDBOX_ID_HEADER,
     SANDBOX_PORT_HEADER,
     TRAFFIC_TOKEN_HEADER,
+    // Never hand the team's API key to code in a sandbox.
+    crate::auth::API_KEY_HEADER,
 ];
 
 fn is_upgrade(headers: &HeaderMap) -> bool {

@@ -42,6 +42,18 @@ async fn upstream(release: Arc<Notify>) -> SocketAddr {
             }),
         )
         .route(
+            "/headers",
+            get(|req: Request| async move {
+                let mut names: Vec<String> = req
+                    .headers()
+                    .keys()
+                    .map(|k| k.as_str().to_owned())
+                    .collect();
+                names.sort();
+                names.join(",")
+            }),
+        )
+        .route(
             "/echo",
             post(|req: Request| async move { Body::new(req.into_body()) }),
         )
@@ -153,6 +165,30 @@ async fn proxies_by_headers_and_by_host() {
         .body(Body::empty())
         .unwrap();
     assert_eq!(send(req).await, (StatusCode::OK, "hi HTTP/1.1 ".into()));
+
+    // Routing headers, the traffic token and the API key stay outside.
+    let req = axum::http::Request::get(format!("http://{}/headers", s.kilnd))
+        .header("E2b-Sandbox-Id", &s.sandbox)
+        .header("E2b-Sandbox-Port", up.port().to_string())
+        .header("X-API-KEY", &s.env.key_a)
+        .header("e2b-traffic-access-token", "t")
+        .header("X-Access-Token", "kept")
+        .body(Body::empty())
+        .unwrap();
+    let (status, names) = send(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(names.contains("x-access-token"), "{names}");
+    for gone in [
+        "e2b-sandbox-id",
+        "e2b-sandbox-port",
+        "x-api-key",
+        "e2b-traffic-access-token",
+    ] {
+        assert!(
+            !names.split(',').any(|n| n == gone),
+            "{gone} forwarded: {names}"
+        );
+    }
 
     // Without sandbox headers the same listener is the control API.
     let req = axum::http::Request::get(format!("http://{}/v2/sandboxes", s.kilnd))
