@@ -239,22 +239,28 @@ async fn streams_bodies_both_ways_without_buffering() {
 }
 
 #[tokio::test]
-async fn h2c_is_proxied_as_h2c() {
+async fn h2c_goes_on_as_h2c_for_grpc_and_as_http1_otherwise() {
     let s = setup(json!({"templateID": "base"})).await;
     let up = upstream(Arc::new(Notify::new())).await;
     let h2 = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http::<Body>();
-    let req = axum::http::Request::get(format!("http://{}/hello", s.kilnd))
-        .version(Version::HTTP_2)
-        .header("E2b-Sandbox-Id", &s.sandbox)
-        .header("E2b-Sandbox-Port", up.port().to_string())
-        .body(Body::empty())
-        .unwrap();
-    let resp = h2.request(req).await.unwrap();
-    assert_eq!(resp.version(), Version::HTTP_2);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body.as_ref(), b"hi HTTP/2.0 ");
+    for (content_type, expected) in [
+        ("application/grpc", &b"hi HTTP/2.0 "[..]),
+        ("text/plain", &b"hi HTTP/1.1 "[..]),
+    ] {
+        let req = axum::http::Request::get(format!("http://{}/hello", s.kilnd))
+            .version(Version::HTTP_2)
+            .header("E2b-Sandbox-Id", &s.sandbox)
+            .header("E2b-Sandbox-Port", up.port().to_string())
+            .header("content-type", content_type)
+            .body(Body::empty())
+            .unwrap();
+        let resp = h2.request(req).await.unwrap();
+        assert_eq!(resp.version(), Version::HTTP_2, "kilnd itself speaks h2c");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.as_ref(), expected, "{content_type}");
+    }
 }
 
 #[tokio::test]
