@@ -101,6 +101,18 @@ def start_kilnd(data: pathlib.Path, port: int, key: str, **extra_env) -> subproc
         time.sleep(0.1)
 
 
+def kill_all(url: str, *keys: str):
+    """Kills every sandbox the keys' teams have, so that a failed test leaves
+    nothing running on the host after kilnd stops."""
+    for key in keys:
+        headers = {"X-API-KEY": key}
+        try:
+            for s in httpx.get(f"{url}/v2/sandboxes", headers=headers, timeout=10).json():
+                httpx.delete(f"{url}/sandboxes/{s['sandboxID']}", headers=headers, timeout=30)
+        except httpx.HTTPError:
+            pass
+
+
 def stop_kilnd(proc: subprocess.Popen, log: pathlib.Path):
     """Ctrl-C, as a person would; kilnd must exit 0 promptly."""
     proc.send_signal(signal.SIGINT)
@@ -126,6 +138,7 @@ def kilnd(tmp_path_factory) -> Kilnd:
     os.environ.pop("E2B_DOMAIN", None)
     os.environ.pop("E2B_DEBUG", None)
     yield Kilnd(url, key, other, data, data / "kilnd.log", proc)
+    kill_all(url, key, other)
     stop_kilnd(proc, data / "kilnd.log")
 
 

@@ -7,7 +7,7 @@ import secrets
 import httpx
 from e2b import Sandbox
 
-from conftest import free_port, start_kilnd, stop_kilnd
+from conftest import free_port, kill_all, start_kilnd, stop_kilnd
 
 
 def test_restart_reattaches_running_sandboxes(tmp_path, kilnd):
@@ -35,4 +35,5 @@ def test_restart_reattaches_running_sandboxes(tmp_path, kilnd):
         assert again.commands.run("echo alive").stdout == "alive\n"
         again.kill()
     finally:
+        kill_all(url, key)
         stop_kilnd(proc, tmp_path / "kilnd.log")
