@@ -220,6 +220,24 @@ async fn list_filters_by_metadata_and_state_and_pages() {
     }
     assert_eq!(seen, ids, "every sandbox once, in creation order");
 
+    let mut newest = Vec::new();
+    let mut filter = ListFilter {
+        limit: Some(2),
+        newest_first: true,
+        ..ListFilter::default()
+    };
+    loop {
+        let page = core.list(&t, &filter).unwrap();
+        newest.extend(page.items.into_iter().map(|r| r.id));
+        match page.next_token {
+            Some(tok) => filter.next_token = Some(tok),
+            None => break,
+        }
+    }
+    let mut reversed = ids.clone();
+    reversed.reverse();
+    assert_eq!(newest, reversed, "newest first, every sandbox once");
+
     let even = core
         .list(
             &t,

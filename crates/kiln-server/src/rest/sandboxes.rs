@@ -130,6 +130,8 @@ pub struct ListQuery {
     pub limit: Option<usize>,
     /// Token from the `x-next-token` header of the previous page.
     pub next_token: Option<String>,
+    /// `asc` (oldest first, the default) or `desc`.
+    pub order: Option<String>,
 }
 
 /// The SDK double-encodes: `urlencode({quote(k): quote(v)})`.
@@ -185,6 +187,15 @@ pub async fn list_v2(
         states: parse_states(q.state.as_deref())?,
         limit: q.limit,
         next_token: q.next_token.filter(|t| !t.is_empty()),
+        newest_first: match q.order.as_deref() {
+            None | Some("") | Some("asc") => false,
+            Some("desc") => true,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown order {other:?}: use asc or desc"
+                )))
+            }
+        },
     };
     let page = state.core.list(&team, &filter)?;
     let body: Vec<SandboxDetail> = page
@@ -223,6 +234,7 @@ pub async fn list_v1(
         states: vec![SandboxState::Running],
         limit: Some(1000),
         next_token: None,
+        newest_first: false,
     };
     let mut out = Vec::new();
     loop {
