@@ -449,7 +449,7 @@ impl Core {
         if !lock(&live.record).state.is_live() {
             return Err(CoreError::sandbox_not_found(id));
         }
-        self.finish_kill(&live).await;
+        self.finish_kill(live).await;
         tracing::info!(sandbox = %id, "sandbox killed");
         Ok(())
     }
