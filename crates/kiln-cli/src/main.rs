@@ -1,1 +1,99 @@
-fn main() {}
+//! `kiln`: set up and serve (`kiln up`), manage API keys (`kiln keys`).
+
+mod commands;
+mod host;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Self-hosted sandboxes for AI agents, E2B-compatible"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check and prepare the host, then serve the API and proxy until Ctrl-C.
+    Up(UpArgs),
+    /// Print the isolation backends this build can run, one per line.
+    Runtimes,
+    /// Create, list and revoke API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        /// Data directory holding the store.
+        #[arg(
+            long,
+            env = "KILN_DATA_DIR",
+            default_value = "/var/lib/kiln",
+            global = true
+        )]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Directory for the store, templates and sandboxes.
+    #[arg(long, env = "KILN_DATA_DIR", default_value = "/var/lib/kiln")]
+    pub data_dir: PathBuf,
+    /// Address of the control API and sandbox proxy.
+    #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// Config file (default: <data-dir>/kiln.toml if it exists).
+    #[arg(long, env = "KILN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Isolation backend: container, or fake (no isolation, tests only).
+    #[arg(long, env = "KILN_RUNTIME")]
+    pub runtime: Option<String>,
+    /// Do not install missing Debian packages.
+    #[arg(long)]
+    pub no_install: bool,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (once: only its hash is kept).
+    Create {
+        /// Team the key acts for; sandboxes are visible only within a team.
+        #[arg(long, default_value = kiln_core::keys::DEFAULT_TEAM)]
+        team: String,
+        /// A note for people.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke a key by its id (from `kiln keys list`).
+    Revoke { id: String },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up(args) => {
+            kiln_server::init_logging();
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(commands::up::run(args))
+        }
+        Command::Runtimes => {
+            for r in kiln_server::runtime::AVAILABLE_RUNTIMES {
+                println!("{r}");
+            }
+            Ok(())
+        }
+        Command::Keys { command, data_dir } => match command {
+            KeysCommand::Create { team, name } => commands::keys::create(&data_dir, &team, &name),
+            KeysCommand::List => commands::keys::list(&data_dir),
+            KeysCommand::Revoke { id } => commands::keys::revoke(&data_dir, &id),
+        },
+    }
+}

@@ -1,1 +1,22 @@
 //! Sandbox lifecycle state machine, store, timers; no HTTP.
+//!
+//! kilnd's handlers turn requests into calls on [`Core`]; the core drives a
+//! [`kiln_runtime::Runtime`], keeps records in a [`store::Store`] and kills
+//! (or pauses) sandboxes whose timeout expired.
+
+pub mod agent;
+pub mod error;
+pub mod ids;
+pub mod keys;
+pub mod lifecycle;
+pub mod sandbox;
+pub mod store;
+pub mod templates;
+
+pub mod recovery;
+mod timers;
+
+pub use agent::{AgentClient, AgentInit, NoAgent};
+pub use error::CoreError;
+pub use lifecycle::{Core, CoreConfig};
+pub use sandbox::{CreateSandbox, ListFilter, Page, SandboxRecord, SandboxState, Team};

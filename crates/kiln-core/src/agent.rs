@@ -1,0 +1,34 @@
+//! The one call the core makes to a sandbox's agent: `POST /init` after a
+//! create or a resume. The HTTP client lives in kilnd; the core sees a trait.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use kiln_runtime::SandboxHandle;
+
+/// What the agent is told at start (E2B envd's `POST /init` body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInit {
+    pub env_vars: BTreeMap<String, String>,
+    pub access_token: String,
+    pub timestamp: DateTime<Utc>,
+    pub default_user: String,
+    pub default_workdir: String,
+}
+
+#[async_trait::async_trait]
+pub trait AgentClient: Send + Sync + 'static {
+    /// Sends `init` to the agent of the sandbox at `handle`. The error is a
+    /// sentence saying what failed.
+    async fn init(&self, handle: &SandboxHandle, init: &AgentInit) -> Result<(), String>;
+}
+
+/// For runtimes without an agent (the fake runtime in tests).
+pub struct NoAgent;
+
+#[async_trait::async_trait]
+impl AgentClient for NoAgent {
+    async fn init(&self, _handle: &SandboxHandle, _init: &AgentInit) -> Result<(), String> {
+        Ok(())
+    }
+}

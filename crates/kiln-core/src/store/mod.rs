@@ -1,0 +1,69 @@
+//! Persistent records: API keys and sandboxes.
+//!
+//! [`Store`] is what the core needs; [`sqlite::SqliteStore`] is the embedded
+//! backend. Queries stay in portable SQL (no SQLite-only syntax, timestamps as
+//! integer milliseconds, JSON as text) so a PostgreSQL backend can implement
+//! the same trait with the same statements.
+
+pub mod sqlite;
+
+use chrono::{DateTime, Utc};
+
+use crate::sandbox::{SandboxRecord, SandboxState};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error in {context}")]
+    Db {
+        context: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the data directory {path}")]
+    Dir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt record in the store: {0}")]
+    Corrupt(String),
+}
+
+/// An API key as stored: only its hash, never the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: String,
+    pub team_id: String,
+    pub name: String,
+    /// SHA-256 of the key, hex.
+    pub hash: String,
+    /// The first characters of the key, for people to recognise it.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// The persistence the core needs. Every method is a short query: callers
+/// may hold no lock across them and may call them from async code.
+pub trait Store: Send + Sync + 'static {
+    fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// The unrevoked key with this hash.
+    fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError>;
+    fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Revokes the key with this id; false if there is no such unrevoked key.
+    fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    fn insert_sandbox(&self, sandbox: &SandboxRecord) -> Result<(), StoreError>;
+    /// Overwrites the mutable fields (state, end_at, killed_at, auto_pause).
+    fn update_sandbox(&self, sandbox: &SandboxRecord) -> Result<(), StoreError>;
+    fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError>;
+    /// Sandboxes in any of `states` (of one team, or of all with `None`),
+    /// oldest first, ties broken by id.
+    fn list_sandboxes(
+        &self,
+        team_id: Option<&str>,
+        states: &[SandboxState],
+    ) -> Result<Vec<SandboxRecord>, StoreError>;
+}

@@ -1,0 +1,473 @@
+//! The embedded SQLite store (one file in the data directory).
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{KeyRecord, Store, StoreError};
+use crate::sandbox::{SandboxRecord, SandboxState};
+
+/// Schema changes, applied in order, each once. Append; never edit.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        team_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT
+    );
+    CREATE TABLE sandboxes (
+        id TEXT PRIMARY KEY,
+        team_id TEXT NOT NULL,
+        template_id TEXT NOT NULL,
+        alias TEXT,
+        state TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        end_at BIGINT NOT NULL,
+        killed_at BIGINT,
+        vcpus INTEGER NOT NULL,
+        memory_mib BIGINT NOT NULL,
+        disk_mib BIGINT NOT NULL,
+        metadata TEXT NOT NULL,
+        env_vars TEXT NOT NULL,
+        envd_access_token TEXT NOT NULL,
+        traffic_access_token TEXT,
+        auto_pause BOOLEAN NOT NULL,
+        internet BOOLEAN NOT NULL,
+        envd_version TEXT NOT NULL
+    );
+    CREATE INDEX sandboxes_team_state ON sandboxes (team_id, state);",
+)];
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Db { context, source }
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(v).ok_or_else(|| StoreError::Corrupt(format!("timestamp {v}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<dir>/kiln.db` and applies pending migrations.
+    pub fn open_in(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let conn = Connection::open(dir.join("kiln.db")).map_err(db("opening kiln.db"))?;
+        // WAL lets `kiln keys` write while kilnd reads; NORMAL sync is safe with WAL.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db("setting journal mode"))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db("setting synchronous"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db("setting busy timeout"))?;
+        Self::with_connection(conn)
+    }
+
+    /// An in-memory store, for tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::with_connection(Connection::open_in_memory().map_err(db("opening memory db"))?)
+    }
+
+    fn with_connection(mut conn: Connection) -> Result<Self, StoreError> {
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)",
+            [],
+        )
+        .map_err(db("creating schema_migrations"))?;
+        for (version, sql) in MIGRATIONS {
+            let tx = conn.transaction().map_err(db("starting migration"))?;
+            let done: Option<i64> = tx
+                .query_row(
+                    "SELECT version FROM schema_migrations WHERE version = ?1",
+                    [version],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db("reading schema_migrations"))?;
+            if done.is_none() {
+                tx.execute_batch(sql).map_err(db("applying a migration"))?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version) VALUES (?1)",
+                    [version],
+                )
+                .map_err(db("recording a migration"))?;
+            }
+            tx.commit().map_err(db("committing a migration"))?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn key_from_row(r: &Row<'_>) -> rusqlite::Result<(KeyRecord, i64, Option<i64>)> {
+    Ok((
+        KeyRecord {
+            id: r.get(0)?,
+            team_id: r.get(1)?,
+            name: r.get(2)?,
+            hash: r.get(3)?,
+            prefix: r.get(4)?,
+            created_at: DateTime::UNIX_EPOCH,
+            revoked_at: None,
+        },
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+fn finish_key(
+    (mut k, created, revoked): (KeyRecord, i64, Option<i64>),
+) -> Result<KeyRecord, StoreError> {
+    k.created_at = from_ms(created)?;
+    k.revoked_at = revoked.map(from_ms).transpose()?;
+    Ok(k)
+}
+
+const KEY_COLUMNS: &str = "id, team_id, name, hash, prefix, created_at, revoked_at";
+const SANDBOX_COLUMNS: &str = "id, team_id, template_id, alias, state, started_at, end_at, \
+    killed_at, vcpus, memory_mib, disk_mib, metadata, env_vars, envd_access_token, \
+    traffic_access_token, auto_pause, internet, envd_version";
+
+/// The raw columns of a sandbox row, converted outside rusqlite's closure so
+/// conversion errors keep their meaning.
+struct RawSandbox {
+    id: String,
+    team_id: String,
+    template_id: String,
+    alias: Option<String>,
+    state: String,
+    started_at: i64,
+    end_at: i64,
+    killed_at: Option<i64>,
+    vcpus: u32,
+    memory_mib: i64,
+    disk_mib: i64,
+    metadata: String,
+    env_vars: String,
+    envd_access_token: String,
+    traffic_access_token: Option<String>,
+    auto_pause: bool,
+    internet: bool,
+    envd_version: String,
+}
+
+fn raw_sandbox(r: &Row<'_>) -> rusqlite::Result<RawSandbox> {
+    Ok(RawSandbox {
+        id: r.get(0)?,
+        team_id: r.get(1)?,
+        template_id: r.get(2)?,
+        alias: r.get(3)?,
+        state: r.get(4)?,
+        started_at: r.get(5)?,
+        end_at: r.get(6)?,
+        killed_at: r.get(7)?,
+        vcpus: r.get(8)?,
+        memory_mib: r.get(9)?,
+        disk_mib: r.get(10)?,
+        metadata: r.get(11)?,
+        env_vars: r.get(12)?,
+        envd_access_token: r.get(13)?,
+        traffic_access_token: r.get(14)?,
+        auto_pause: r.get(15)?,
+        internet: r.get(16)?,
+        envd_version: r.get(17)?,
+    })
+}
+
+impl TryFrom<RawSandbox> for SandboxRecord {
+    type Error = StoreError;
+    fn try_from(r: RawSandbox) -> Result<Self, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("{what} of sandbox {}", r.id));
+        Ok(SandboxRecord {
+            state: r.state.parse().map_err(|_| corrupt("state"))?,
+            started_at: from_ms(r.started_at)?,
+            end_at: from_ms(r.end_at)?,
+            killed_at: r.killed_at.map(from_ms).transpose()?,
+            memory_mib: u64::try_from(r.memory_mib).map_err(|_| corrupt("memory"))?,
+            disk_mib: u64::try_from(r.disk_mib).map_err(|_| corrupt("disk"))?,
+            metadata: serde_json::from_str(&r.metadata).map_err(|_| corrupt("metadata"))?,
+            env_vars: serde_json::from_str(&r.env_vars).map_err(|_| corrupt("env vars"))?,
+            id: r.id,
+            team_id: r.team_id,
+            template_id: r.template_id,
+            alias: r.alias,
+            vcpus: r.vcpus,
+            envd_access_token: r.envd_access_token,
+            traffic_access_token: r.traffic_access_token,
+            auto_pause: r.auto_pause,
+            internet: r.internet,
+            envd_version: r.envd_version,
+        })
+    }
+}
+
+fn to_json(map: &std::collections::BTreeMap<String, String>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
+}
+
+impl Store for SqliteStore {
+    fn insert_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                &format!(
+                    "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                ),
+                params![
+                    k.id,
+                    k.team_id,
+                    k.name,
+                    k.hash,
+                    k.prefix,
+                    ms(k.created_at),
+                    k.revoked_at.map(ms)
+                ],
+            )
+            .map_err(db("inserting an API key"))?;
+        Ok(())
+    }
+
+    fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let raw = self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL"
+                ),
+                [hash],
+                key_from_row,
+            )
+            .optional()
+            .map_err(db("looking up an API key"))?;
+        raw.map(finish_key).transpose()
+    }
+
+    fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+            ))
+            .map_err(db("listing API keys"))?;
+        let rows = stmt
+            .query_map([], key_from_row)
+            .map_err(db("listing API keys"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db("listing API keys"))?;
+        rows.into_iter().map(finish_key).collect()
+    }
+
+    fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+                params![ms(at), id],
+            )
+            .map_err(db("revoking an API key"))?;
+        Ok(n > 0)
+    }
+
+    fn insert_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                &format!(
+                    "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+                ),
+                params![
+                    s.id,
+                    s.team_id,
+                    s.template_id,
+                    s.alias,
+                    s.state.as_str(),
+                    ms(s.started_at),
+                    ms(s.end_at),
+                    s.killed_at.map(ms),
+                    s.vcpus,
+                    s.memory_mib as i64,
+                    s.disk_mib as i64,
+                    to_json(&s.metadata),
+                    to_json(&s.env_vars),
+                    s.envd_access_token,
+                    s.traffic_access_token,
+                    s.auto_pause,
+                    s.internet,
+                    s.envd_version,
+                ],
+            )
+            .map_err(db("inserting a sandbox"))?;
+        Ok(())
+    }
+
+    fn update_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE sandboxes SET state = ?1, end_at = ?2, killed_at = ?3, auto_pause = ?4 \
+                 WHERE id = ?5",
+                params![
+                    s.state.as_str(),
+                    ms(s.end_at),
+                    s.killed_at.map(ms),
+                    s.auto_pause,
+                    s.id
+                ],
+            )
+            .map_err(db("updating a sandbox"))?;
+        Ok(())
+    }
+
+    fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
+        let raw = self
+            .conn()
+            .query_row(
+                &format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = ?1"),
+                [id],
+                raw_sandbox,
+            )
+            .optional()
+            .map_err(db("reading a sandbox"))?;
+        raw.map(SandboxRecord::try_from).transpose()
+    }
+
+    fn list_sandboxes(
+        &self,
+        team_id: Option<&str>,
+        states: &[SandboxState],
+    ) -> Result<Vec<SandboxRecord>, StoreError> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Placeholders ?2.. for the states; ?1 is the team (NULL = any team).
+        let placeholders: Vec<String> = (0..states.len()).map(|i| format!("?{}", i + 2)).collect();
+        let sql = format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes \
+             WHERE (?1 IS NULL OR team_id = ?1) AND state IN ({}) \
+             ORDER BY started_at, id",
+            placeholders.join(", ")
+        );
+        let mut values: Vec<Option<String>> = vec![team_id.map(str::to_owned)];
+        values.extend(states.iter().map(|s| Some(s.as_str().to_owned())));
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&sql).map_err(db("listing sandboxes"))?;
+        let raws = stmt
+            .query_map(rusqlite::params_from_iter(values.iter()), raw_sandbox)
+            .map_err(db("listing sandboxes"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db("listing sandboxes"))?;
+        raws.into_iter().map(SandboxRecord::try_from).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn record(id: &str, team: &str, started_ms: i64) -> SandboxRecord {
+        SandboxRecord {
+            id: id.into(),
+            team_id: team.into(),
+            template_id: "base".into(),
+            alias: Some("base".into()),
+            state: SandboxState::Running,
+            started_at: from_ms(started_ms).unwrap(),
+            end_at: from_ms(started_ms + 300_000).unwrap(),
+            killed_at: None,
+            vcpus: 2,
+            memory_mib: 1024,
+            disk_mib: 4096,
+            metadata: BTreeMap::from([("k".to_string(), "v".to_string())]),
+            env_vars: BTreeMap::new(),
+            envd_access_token: "tok".into(),
+            traffic_access_token: None,
+            auto_pause: false,
+            internet: true,
+            envd_version: "0.5.7".into(),
+        }
+    }
+
+    #[test]
+    fn sandboxes_round_trip_and_filter_by_team_and_state() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.insert_sandbox(&record("b", "t1", 2)).unwrap();
+        s.insert_sandbox(&record("a", "t1", 1)).unwrap();
+        s.insert_sandbox(&record("c", "t2", 1)).unwrap();
+        let mut killed = record("d", "t1", 3);
+        killed.state = SandboxState::Killed;
+        s.insert_sandbox(&killed).unwrap();
+
+        assert_eq!(s.get_sandbox("a").unwrap().unwrap(), record("a", "t1", 1));
+        let ids = |v: Vec<SandboxRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let live = [SandboxState::Running, SandboxState::Paused];
+        assert_eq!(
+            ids(s.list_sandboxes(Some("t1"), &live).unwrap()),
+            ["a", "b"]
+        );
+        assert_eq!(ids(s.list_sandboxes(None, &live).unwrap()), ["a", "c", "b"]);
+        assert_eq!(
+            ids(s.list_sandboxes(None, &[SandboxState::Killed]).unwrap()),
+            ["d"]
+        );
+
+        let mut a = s.get_sandbox("a").unwrap().unwrap();
+        a.state = SandboxState::Paused;
+        a.end_at = from_ms(99_000).unwrap();
+        s.update_sandbox(&a).unwrap();
+        assert_eq!(s.get_sandbox("a").unwrap().unwrap(), a);
+    }
+
+    #[test]
+    fn keys_are_found_by_hash_until_revoked() {
+        let s = SqliteStore::in_memory().unwrap();
+        let k = KeyRecord {
+            id: "k1".into(),
+            team_id: "default".into(),
+            name: "first".into(),
+            hash: "h".into(),
+            prefix: "e2b_12".into(),
+            created_at: from_ms(5).unwrap(),
+            revoked_at: None,
+        };
+        s.insert_key(&k).unwrap();
+        assert_eq!(s.key_by_hash("h").unwrap(), Some(k.clone()));
+        assert!(s.revoke_key("k1", from_ms(6).unwrap()).unwrap());
+        assert!(!s.revoke_key("k1", from_ms(7).unwrap()).unwrap());
+        assert_eq!(s.key_by_hash("h").unwrap(), None);
+        assert_eq!(
+            s.list_keys().unwrap()[0].revoked_at,
+            Some(from_ms(6).unwrap())
+        );
+    }
+
+    #[test]
+    fn migrations_apply_once_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        SqliteStore::open_in(dir.path())
+            .unwrap()
+            .insert_sandbox(&record("a", "t", 1))
+            .unwrap();
+        let again = SqliteStore::open_in(dir.path()).unwrap();
+        assert!(again.get_sandbox("a").unwrap().is_some());
+    }
+}

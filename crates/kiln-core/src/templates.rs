@@ -1,0 +1,79 @@
+//! The templates sandboxes are created from, by id or alias.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use chrono::{DateTime, Utc};
+use kiln_runtime::TemplateRef;
+
+/// A template ready to start sandboxes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateInfo {
+    pub template: TemplateRef,
+    pub aliases: Vec<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_mib: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The templates kilnd knows, looked up by id or alias.
+#[derive(Default)]
+pub struct TemplateCatalog {
+    by_id: RwLock<BTreeMap<String, TemplateInfo>>,
+}
+
+impl TemplateCatalog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) a template.
+    pub fn add(&self, info: TemplateInfo) {
+        self.by_id
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(info.template.id.clone(), info);
+    }
+
+    /// The template with this id or alias.
+    pub fn resolve(&self, name: &str) -> Option<TemplateInfo> {
+        let map = self.by_id.read().unwrap_or_else(|e| e.into_inner());
+        map.get(name)
+            .or_else(|| map.values().find(|t| t.aliases.iter().any(|a| a == name)))
+            .cloned()
+    }
+
+    pub fn list(&self) -> Vec<TemplateInfo> {
+        self.by_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_by_id_and_alias() {
+        let c = TemplateCatalog::new();
+        c.add(TemplateInfo {
+            template: TemplateRef {
+                id: "t1".into(),
+                rootfs: "/nonexistent".into(),
+            },
+            aliases: vec!["base".into()],
+            vcpus: 2,
+            memory_mib: 1024,
+            disk_mib: 4096,
+            created_at: Utc::now(),
+        });
+        assert_eq!(c.resolve("t1").unwrap().template.id, "t1");
+        assert_eq!(c.resolve("base").unwrap().template.id, "t1");
+        assert!(c.resolve("nope").is_none());
+    }
+}

@@ -1,0 +1,577 @@
+//! The core against the fake runtime: lifecycle, isolation, listing, timers,
+//! recovery after a restart.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use kiln_core::store::{SqliteStore, Store};
+use kiln_core::templates::{TemplateCatalog, TemplateInfo};
+use kiln_core::{Core, CoreConfig};
+use kiln_core::{CoreError, CreateSandbox, ListFilter, NoAgent, SandboxState, Team};
+use kiln_runtime::fake::{FakeRuntime, FakeState};
+use kiln_runtime::{
+    Runtime, RuntimeError, RuntimeEvent, SandboxHandle, SandboxSpec, SandboxStats, TemplateRef,
+};
+
+fn catalog() -> Arc<TemplateCatalog> {
+    let c = TemplateCatalog::new();
+    c.add(TemplateInfo {
+        template: TemplateRef {
+            id: "base-v1".into(),
+            rootfs: "/nonexistent".into(),
+        },
+        aliases: vec!["base".into()],
+        vcpus: 2,
+        memory_mib: 1024,
+        disk_mib: 4096,
+        created_at: Utc::now(),
+    });
+    Arc::new(c)
+}
+
+fn core_with(store: Arc<dyn Store>, runtime: Arc<dyn Runtime>) -> Core {
+    Core::new(
+        CoreConfig {
+            max_timeout_secs: 3600,
+            ..CoreConfig::default()
+        },
+        store,
+        runtime,
+        Arc::new(NoAgent),
+        catalog(),
+    )
+}
+
+fn setup() -> (Core, Arc<FakeRuntime>, Arc<SqliteStore>) {
+    let rt = Arc::new(FakeRuntime::new());
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    (core_with(store.clone(), rt.clone()), rt, store)
+}
+
+/// Polls `cond` for up to 10 s (timers fire late on a loaded machine).
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn team(id: &str) -> Team {
+    Team { id: id.into() }
+}
+
+fn req() -> CreateSandbox {
+    CreateSandbox {
+        template: "base".into(),
+        internet: true,
+        ..CreateSandbox::default()
+    }
+}
+
+#[tokio::test]
+async fn create_get_kill() {
+    let (core, rt, store) = setup();
+    let t = team("a");
+    let rec = core.create(&t, req()).await.unwrap();
+    assert_eq!(rec.state, SandboxState::Running);
+    assert_eq!(rec.template_id, "base-v1");
+    assert_eq!(rec.alias.as_deref(), Some("base"));
+    assert_eq!(rt.state(&rec.id), Some(FakeState::Running));
+    let secs = (rec.end_at - rec.started_at).num_seconds();
+    assert!((299..=301).contains(&secs), "default timeout, got {secs}");
+    assert_eq!(core.get(&t, &rec.id).unwrap().id, rec.id);
+    assert!(core.route(&rec.id).is_some());
+
+    core.kill(&t, &rec.id).await.unwrap();
+    assert_eq!(rt.count(), 0);
+    assert!(matches!(core.get(&t, &rec.id), Err(CoreError::NotFound(_))));
+    assert!(matches!(
+        core.kill(&t, &rec.id).await,
+        Err(CoreError::NotFound(_))
+    ));
+    assert!(core.route(&rec.id).is_none());
+    let stored = store.get_sandbox(&rec.id).unwrap().unwrap();
+    assert_eq!(stored.state, SandboxState::Killed);
+    assert!(stored.killed_at.is_some());
+}
+
+#[tokio::test]
+async fn bad_requests_leave_nothing_behind() {
+    let (core, rt, store) = setup();
+    let t = team("a");
+    let unknown = core
+        .create(
+            &t,
+            CreateSandbox {
+                template: "nope".into(),
+                ..req()
+            },
+        )
+        .await;
+    assert!(matches!(unknown, Err(CoreError::NotFound(m)) if m.contains("nope")));
+    for timeout in [-1, 0, 3601] {
+        let r = core
+            .create(
+                &t,
+                CreateSandbox {
+                    timeout_secs: Some(timeout),
+                    ..req()
+                },
+            )
+            .await;
+        assert!(matches!(r, Err(CoreError::InvalidArgument(_))), "{timeout}");
+    }
+    let bad_env = core
+        .create(
+            &t,
+            CreateSandbox {
+                env_vars: BTreeMap::from([("A=B".into(), "x".into())]),
+                ..req()
+            },
+        )
+        .await;
+    assert!(matches!(bad_env, Err(CoreError::InvalidArgument(_))));
+
+    rt.fail_next_create("no space left");
+    assert!(matches!(
+        core.create(&t, req()).await,
+        Err(CoreError::Runtime(_))
+    ));
+
+    assert_eq!(rt.count(), 0);
+    let live = store
+        .list_sandboxes(None, &[SandboxState::Creating, SandboxState::Running])
+        .unwrap();
+    assert!(live.is_empty(), "{live:?}");
+    assert!(core
+        .list(&t, &ListFilter::default())
+        .unwrap()
+        .items
+        .is_empty());
+}
+
+#[tokio::test]
+async fn teams_do_not_see_each_other() {
+    let (core, rt, _) = setup();
+    let rec = core.create(&team("a"), req()).await.unwrap();
+    let b = team("b");
+    assert!(matches!(core.get(&b, &rec.id), Err(CoreError::NotFound(_))));
+    assert!(matches!(
+        core.kill(&b, &rec.id).await,
+        Err(CoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        core.set_timeout(&b, &rec.id, 60),
+        Err(CoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        core.connect(&b, &rec.id, None).await,
+        Err(CoreError::NotFound(_))
+    ));
+    assert!(core
+        .list(&b, &ListFilter::default())
+        .unwrap()
+        .items
+        .is_empty());
+    assert_eq!(rt.count(), 1);
+}
+
+#[tokio::test]
+async fn list_filters_by_metadata_and_state_and_pages() {
+    let (core, _, _) = setup();
+    let t = team("a");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let r = core
+            .create(
+                &t,
+                CreateSandbox {
+                    metadata: BTreeMap::from([
+                        ("n".into(), i.to_string()),
+                        ("even".into(), (i % 2 == 0).to_string()),
+                    ]),
+                    ..req()
+                },
+            )
+            .await
+            .unwrap();
+        ids.push(r.id);
+    }
+    core.create(&team("other"), req()).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut filter = ListFilter {
+        limit: Some(2),
+        ..ListFilter::default()
+    };
+    loop {
+        let page = core.list(&t, &filter).unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.into_iter().map(|r| r.id));
+        match page.next_token {
+            Some(tok) => filter.next_token = Some(tok),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every sandbox once, in creation order");
+
+    let mut newest = Vec::new();
+    let mut filter = ListFilter {
+        limit: Some(2),
+        newest_first: true,
+        ..ListFilter::default()
+    };
+    loop {
+        let page = core.list(&t, &filter).unwrap();
+        newest.extend(page.items.into_iter().map(|r| r.id));
+        match page.next_token {
+            Some(tok) => filter.next_token = Some(tok),
+            None => break,
+        }
+    }
+    let mut reversed = ids.clone();
+    reversed.reverse();
+    assert_eq!(newest, reversed, "newest first, every sandbox once");
+
+    let even = core
+        .list(
+            &t,
+            &ListFilter {
+                metadata: BTreeMap::from([("even".into(), "true".into())]),
+                ..ListFilter::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(even.items.len(), 3);
+
+    core.pause(&t, &ids[1]).await.unwrap();
+    let paused = core
+        .list(
+            &t,
+            &ListFilter {
+                states: vec![SandboxState::Paused],
+                ..ListFilter::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(paused.items.len(), 1);
+    assert_eq!(paused.items[0].id, ids[1]);
+
+    let bad = core.list(
+        &t,
+        &ListFilter {
+            next_token: Some("garbage".into()),
+            ..ListFilter::default()
+        },
+    );
+    assert!(matches!(bad, Err(CoreError::InvalidArgument(_))));
+}
+
+#[tokio::test]
+async fn timeout_kills_and_set_timeout_extends() {
+    let (core, rt, store) = setup();
+    let t = team("a");
+    let short = core
+        .create(
+            &t,
+            CreateSandbox {
+                timeout_secs: Some(1),
+                ..req()
+            },
+        )
+        .await
+        .unwrap();
+    let extended = core
+        .create(
+            &t,
+            CreateSandbox {
+                timeout_secs: Some(1),
+                ..req()
+            },
+        )
+        .await
+        .unwrap();
+    core.set_timeout(&t, &extended.id, 30).unwrap();
+    eventually("the expired sandbox is killed", || {
+        rt.state(&short.id).is_none()
+    })
+    .await;
+    assert_eq!(
+        store.get_sandbox(&short.id).unwrap().unwrap().state,
+        SandboxState::Killed
+    );
+    assert_eq!(rt.state(&extended.id), Some(FakeState::Running));
+    let end = core.get(&t, &extended.id).unwrap().end_at;
+    assert!((end - Utc::now()).num_seconds() >= 27);
+
+    // Shortening works too.
+    core.set_timeout(&t, &extended.id, 1).unwrap();
+    eventually("the shortened sandbox is killed", || {
+        rt.state(&extended.id).is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn auto_pause_pauses_on_timeout_and_connect_resumes() {
+    let (core, rt, _) = setup();
+    let t = team("a");
+    let rec = core
+        .create(
+            &t,
+            CreateSandbox {
+                timeout_secs: Some(1),
+                auto_pause: true,
+                ..req()
+            },
+        )
+        .await
+        .unwrap();
+    eventually("the sandbox is paused", || {
+        rt.state(&rec.id) == Some(FakeState::Frozen)
+    })
+    .await;
+    assert_eq!(core.get(&t, &rec.id).unwrap().state, SandboxState::Paused);
+    assert!(
+        core.route(&rec.id).is_none(),
+        "a paused sandbox is not routable"
+    );
+
+    let (resumed, was_paused) = core.connect(&t, &rec.id, Some(60)).await.unwrap();
+    assert!(was_paused);
+    assert_eq!(resumed.state, SandboxState::Running);
+    assert_eq!(rt.state(&rec.id), Some(FakeState::Running));
+    let (_, was_paused) = core.connect(&t, &rec.id, Some(60)).await.unwrap();
+    assert!(!was_paused);
+    assert!(matches!(
+        core.resume(&t, &rec.id, None, None).await,
+        Err(CoreError::Conflict(_))
+    ));
+}
+
+#[tokio::test]
+async fn crashed_sandbox_is_marked_killed() {
+    let (core, rt, store) = setup();
+    let t = team("a");
+    core.start().await.unwrap();
+    let rec = core.create(&t, req()).await.unwrap();
+    rt.crash(&rec.id, true);
+    eventually("the crashed sandbox is gone", || {
+        core.get(&t, &rec.id).is_err()
+    })
+    .await;
+    assert_eq!(
+        store.get_sandbox(&rec.id).unwrap().unwrap().state,
+        SandboxState::Killed
+    );
+}
+
+#[tokio::test]
+async fn restart_reattaches_running_and_cleans_up_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(FakeRuntime::new());
+    let t = team("a");
+    let (kept, lost) = {
+        let store = Arc::new(SqliteStore::open_in(dir.path()).unwrap());
+        let core = core_with(store, rt.clone());
+        core.start().await.unwrap();
+        let kept = core.create(&t, req()).await.unwrap();
+        let lost = core.create(&t, req()).await.unwrap();
+        (kept, lost)
+        // kilnd "crashes": the core is dropped, the runtime keeps its sandboxes.
+    };
+    rt.kill(&lost.id).await.unwrap(); // died while kilnd was down
+    let orphan = SandboxSpec {
+        id: "orphan0000000000000".into(),
+        template: TemplateRef {
+            id: "base-v1".into(),
+            rootfs: "/nonexistent".into(),
+        },
+        vcpus: 1,
+        memory_mib: 64,
+        disk_mib: 64,
+        env: BTreeMap::new(),
+        internet: false,
+    };
+    rt.create(&orphan).await.unwrap();
+
+    let store = Arc::new(SqliteStore::open_in(dir.path()).unwrap());
+    let core = core_with(store.clone(), rt.clone());
+    let report = core.start().await.unwrap();
+    assert_eq!(report.reattached, 1);
+    assert_eq!(report.cleaned, 1);
+    assert_eq!(report.orphans_killed, 1);
+    assert_eq!(core.get(&t, &kept.id).unwrap().end_at, kept.end_at_ms());
+    assert!(core.route(&kept.id).is_some());
+    assert!(core.get(&t, &lost.id).is_err());
+    assert_eq!(
+        store.get_sandbox(&lost.id).unwrap().unwrap().state,
+        SandboxState::Killed
+    );
+    assert_eq!(rt.state(&orphan.id), None);
+    // The re-attached sandbox's timer works.
+    core.set_timeout(&t, &kept.id, 1).unwrap();
+    eventually("the re-attached sandbox times out", || rt.count() == 0).await;
+}
+
+trait EndAtMs {
+    fn end_at_ms(&self) -> chrono::DateTime<Utc>;
+}
+
+impl EndAtMs for kiln_core::SandboxRecord {
+    /// The store keeps millisecond precision.
+    fn end_at_ms(&self) -> chrono::DateTime<Utc> {
+        chrono::DateTime::from_timestamp_millis(self.end_at.timestamp_millis()).unwrap()
+    }
+}
+
+/// A runtime whose creates only finish once `n` of them are in flight at once:
+/// if the core serialised creates, this would never finish.
+struct BarrierRuntime {
+    inner: FakeRuntime,
+    barrier: tokio::sync::Barrier,
+}
+
+#[async_trait::async_trait]
+impl Runtime for BarrierRuntime {
+    fn name(&self) -> &'static str {
+        "barrier"
+    }
+    async fn create(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+        self.barrier.wait().await;
+        self.inner.create(spec).await
+    }
+    async fn freeze(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.freeze(id).await
+    }
+    async fn thaw(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.thaw(id).await
+    }
+    async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.kill(id).await
+    }
+    async fn stats(&self, id: &str) -> Result<SandboxStats, RuntimeError> {
+        self.inner.stats(id).await
+    }
+    async fn list(&self) -> Result<Vec<SandboxHandle>, RuntimeError> {
+        self.inner.list().await
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent> {
+        self.inner.subscribe()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_run_in_parallel() {
+    const N: usize = 8;
+    let rt = Arc::new(BarrierRuntime {
+        inner: FakeRuntime::new(),
+        barrier: tokio::sync::Barrier::new(N),
+    });
+    let core = core_with(Arc::new(SqliteStore::in_memory().unwrap()), rt.clone());
+    let t = team("a");
+    let tasks: Vec<_> = (0..N)
+        .map(|_| {
+            let (core, t) = (core.clone(), t.clone());
+            tokio::spawn(async move { core.create(&t, req()).await })
+        })
+        .collect();
+    let all = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut out = Vec::new();
+        for task in tasks {
+            out.push(task.await.unwrap().unwrap());
+        }
+        out
+    })
+    .await
+    .expect("creates serialised: the barrier was never reached by all of them");
+    assert_eq!(all.len(), N);
+    assert_eq!(rt.inner.count(), N);
+}
+
+/// A runtime whose creates wait until the test opens the gate.
+struct GateRuntime {
+    inner: FakeRuntime,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl Runtime for GateRuntime {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+    async fn create(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+        let _permit = self.gate.acquire().await.unwrap();
+        self.inner.create(spec).await
+    }
+    async fn freeze(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.freeze(id).await
+    }
+    async fn thaw(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.thaw(id).await
+    }
+    async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.kill(id).await
+    }
+    async fn stats(&self, id: &str) -> Result<SandboxStats, RuntimeError> {
+        self.inner.stats(id).await
+    }
+    async fn list(&self) -> Result<Vec<SandboxHandle>, RuntimeError> {
+        self.inner.list().await
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent> {
+        self.inner.subscribe()
+    }
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_does_not_leave_a_half_created_sandbox() {
+    let rt = Arc::new(GateRuntime {
+        inner: FakeRuntime::new(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let core = core_with(store.clone(), rt.clone());
+    let t = team("a");
+    let caller = {
+        let (core, t) = (core.clone(), t.clone());
+        tokio::spawn(async move { core.create(&t, req()).await })
+    };
+    eventually_async(|| async {
+        !store
+            .list_sandboxes(None, &[SandboxState::Creating])
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    caller.abort(); // the HTTP client disconnected
+    rt.gate.add_permits(1);
+    eventually("the create finished anyway", || {
+        core.list(&t, &ListFilter::default()).unwrap().items.len() == 1
+    })
+    .await;
+    assert!(store
+        .list_sandboxes(None, &[SandboxState::Creating])
+        .unwrap()
+        .is_empty());
+    assert_eq!(rt.inner.count(), 1);
+}
+
+async fn eventually_async<F, Fut>(cond: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition never held");
+}

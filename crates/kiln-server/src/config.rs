@@ -1,0 +1,361 @@
+//! kilnd's configuration: one struct, read from a TOML file, then environment
+//! variables, then command-line flags (each overriding the previous).
+//!
+//! [`ENV_VARS`] is the one documented list of every variable Kiln reads.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Every environment variable Kiln reads, with what it sets. The config file
+/// takes the same settings under the names of [`Config`]'s fields.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("KILN_CONFIG", "Path of the TOML config file (default: <data_dir>/kiln.toml, if it exists)."),
+    ("KILN_DATA_DIR", "Directory of the store, templates and sandboxes (default /var/lib/kiln)."),
+    ("KILN_LISTEN", "Address of the control API and proxy (default 127.0.0.1:3000)."),
+    ("KILN_DOMAIN", "Domain reported to the SDKs: `<port>-<id>.<domain>` reaches a sandbox port (default: localhost:<listen port>)."),
+    ("KILN_RUNTIME", "Isolation backend: container (default) or fake (no isolation; tests only)."),
+    ("KILN_TEMPLATE_DIR", "Directory whose templates/ holds the built templates, reused across restarts (default: the data dir)."),
+    ("KILN_DEFAULT_TIMEOUT", "Sandbox timeout in seconds when the caller gives none (default 300)."),
+    ("KILN_MAX_TIMEOUT", "Largest sandbox timeout in seconds a caller may ask for (default 86400)."),
+    ("KILN_SANDBOX_VCPUS", "vCPUs of a sandbox (default 2)."),
+    ("KILN_SANDBOX_MEMORY_MIB", "Memory limit of a sandbox in MiB (default 1024)."),
+    ("KILN_SANDBOX_DISK_MIB", "Disk limit of a sandbox in MiB (default 4096)."),
+    ("KILN_AGENT_BIN", "The static kiln-agent binary put into every sandbox (default: kiln-agent next to this program, or the agent build in target/)."),
+    ("KILN_SPAWN_BIN", "The container runtime's kiln-spawn helper (default: kiln-spawn next to this program)."),
+    ("KILN_RUNTIME_TAG", "Tag naming the container runtime's host objects (cgroups, bridge, namespaces, firewall table), 1-4 of [a-z0-9]; two kilnds on one host need different tags (default k0)."),
+    ("KILN_SUBNET", "The sandbox bridge's private /16, given by its first address (default 10.88.0.0); distinct per tag."),
+    ("KILN_NODE_NAME", "This node's name, reported as clientID (default kiln)."),
+    ("KILN_API_KEY", "An API key kilnd accepts (added to the store at start, team `default`); environment only, never in the file."),
+    ("KILN_LOG", "Log filter in tracing's EnvFilter syntax (default info)."),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub domain: Option<String>,
+    pub runtime: String,
+    pub template_dir: Option<PathBuf>,
+    pub default_timeout_secs: i64,
+    pub max_timeout_secs: i64,
+    pub sandbox_vcpus: u32,
+    pub sandbox_memory_mib: u64,
+    pub sandbox_disk_mib: u64,
+    pub node_name: String,
+    pub agent_bin: Option<PathBuf>,
+    pub spawn_bin: Option<PathBuf>,
+    pub runtime_tag: String,
+    pub subnet: std::net::Ipv4Addr,
+    /// From `KILN_API_KEY` only.
+    #[serde(skip)]
+    pub api_key: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/kiln"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            domain: None,
+            runtime: "container".into(),
+            template_dir: None,
+            default_timeout_secs: 300,
+            max_timeout_secs: 24 * 3600,
+            sandbox_vcpus: 2,
+            sandbox_memory_mib: 1024,
+            sandbox_disk_mib: 4096,
+            node_name: "kiln".into(),
+            agent_bin: None,
+            spawn_bin: None,
+            runtime_tag: "k0".into(),
+            subnet: std::net::Ipv4Addr::new(10, 88, 0, 0),
+            api_key: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid value {value:?} of {name}: {message}")]
+    Env {
+        name: &'static str,
+        value: String,
+        message: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Settings given on the command line; they override everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub runtime: Option<String>,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment (and the config
+    /// file it points to), then applies `overrides`.
+    pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_with(overrides, |name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::load`], with the environment given as a function.
+    pub fn load_with(
+        overrides: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or_else(|| env("KILN_DATA_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| Config::default().data_dir);
+        let file = overrides
+            .config_file
+            .clone()
+            .or_else(|| env("KILN_CONFIG").map(PathBuf::from));
+        let mut config = match file {
+            Some(path) => Self::from_file(&path)?,
+            None => {
+                let default = data_dir.join("kiln.toml");
+                if default.exists() {
+                    Self::from_file(&default)?
+                } else {
+                    Config::default()
+                }
+            }
+        };
+        config.apply_env(&env)?;
+        config.data_dir = data_dir;
+        if let Some(l) = overrides.listen {
+            config.listen = l;
+        }
+        if let Some(r) = &overrides.runtime {
+            config.runtime = r.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(name: &'static str, value: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.parse().map_err(|e: T::Err| ConfigError::Env {
+                name,
+                value,
+                message: e.to_string(),
+            })
+        }
+        if let Some(v) = env("KILN_LISTEN") {
+            self.listen = parse("KILN_LISTEN", v)?;
+        }
+        if let Some(v) = env("KILN_DOMAIN") {
+            self.domain = Some(v).filter(|d| !d.is_empty());
+        }
+        if let Some(v) = env("KILN_RUNTIME") {
+            self.runtime = v;
+        }
+        if let Some(v) = env("KILN_TEMPLATE_DIR") {
+            self.template_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("KILN_DEFAULT_TIMEOUT") {
+            self.default_timeout_secs = parse("KILN_DEFAULT_TIMEOUT", v)?;
+        }
+        if let Some(v) = env("KILN_MAX_TIMEOUT") {
+            self.max_timeout_secs = parse("KILN_MAX_TIMEOUT", v)?;
+        }
+        if let Some(v) = env("KILN_SANDBOX_VCPUS") {
+            self.sandbox_vcpus = parse("KILN_SANDBOX_VCPUS", v)?;
+        }
+        if let Some(v) = env("KILN_SANDBOX_MEMORY_MIB") {
+            self.sandbox_memory_mib = parse("KILN_SANDBOX_MEMORY_MIB", v)?;
+        }
+        if let Some(v) = env("KILN_SANDBOX_DISK_MIB") {
+            self.sandbox_disk_mib = parse("KILN_SANDBOX_DISK_MIB", v)?;
+        }
+        if let Some(v) = env("KILN_NODE_NAME") {
+            self.node_name = v;
+        }
+        if let Some(v) = env("KILN_AGENT_BIN") {
+            self.agent_bin = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("KILN_SPAWN_BIN") {
+            self.spawn_bin = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("KILN_RUNTIME_TAG") {
+            self.runtime_tag = v;
+        }
+        if let Some(v) = env("KILN_SUBNET") {
+            self.subnet = parse("KILN_SUBNET", v)?;
+        }
+        if let Some(v) = env("KILN_API_KEY") {
+            self.api_key = Some(v).filter(|k| !k.is_empty());
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_timeout_secs < 1 {
+            return Err(ConfigError::Invalid(
+                "max_timeout_secs must be at least 1".into(),
+            ));
+        }
+        if !(1..=self.max_timeout_secs).contains(&self.default_timeout_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "default_timeout_secs must be between 1 and max_timeout_secs ({})",
+                self.max_timeout_secs
+            )));
+        }
+        let tag_ok = (1..=4).contains(&self.runtime_tag.len())
+            && self
+                .runtime_tag
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !tag_ok {
+            return Err(ConfigError::Invalid(format!(
+                "runtime_tag {:?} must be 1-4 of [a-z0-9]",
+                self.runtime_tag
+            )));
+        }
+        if self.sandbox_vcpus == 0 || self.sandbox_memory_mib == 0 || self.sandbox_disk_mib == 0 {
+            return Err(ConfigError::Invalid(
+                "sandbox vCPUs, memory and disk must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The template cache's parent directory (templates are in its `templates/`).
+    pub fn template_dir(&self) -> PathBuf {
+        self.template_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.clone())
+    }
+
+    /// The agent binary: configured, else next to the running program, else
+    /// the static build in the cargo target directory this program came from.
+    pub fn agent_bin(&self) -> PathBuf {
+        if let Some(p) = &self.agent_bin {
+            return p.clone();
+        }
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let candidates = [
+            exe_dir.join("kiln-agent"),
+            exe_dir.join("../x86_64-unknown-linux-gnu/agent/kiln-agent"),
+        ];
+        candidates
+            .iter()
+            .find(|p| p.exists())
+            .cloned()
+            .unwrap_or_else(|| candidates[0].clone())
+    }
+
+    /// The container runtime's spawn helper: configured, else next to the
+    /// running program.
+    pub fn spawn_bin(&self) -> PathBuf {
+        self.spawn_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.join("kiln-spawn")))
+                .unwrap_or_else(|| PathBuf::from("kiln-spawn"))
+        })
+    }
+
+    /// The domain the SDKs are told (`<port>-<id>.<domain>`).
+    pub fn domain(&self) -> String {
+        self.domain
+            .clone()
+            .unwrap_or_else(|| format!("localhost:{}", self.listen.port()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("kiln.toml"),
+            "listen = \"127.0.0.1:4000\"\nmax_timeout_secs = 600\nruntime = \"fake\"\n",
+        )
+        .unwrap();
+        let env: HashMap<&str, String> = HashMap::from([
+            ("KILN_DATA_DIR", dir.path().display().to_string()),
+            ("KILN_MAX_TIMEOUT", "900".into()),
+            ("KILN_API_KEY", "e2b_00112233445566778899".into()),
+        ]);
+        let get = |k: &str| env.get(k).cloned();
+        let c = Config::load_with(&Overrides::default(), get).unwrap();
+        assert_eq!(c.listen.port(), 4000);
+        assert_eq!(c.max_timeout_secs, 900);
+        assert_eq!(c.runtime, "fake");
+        assert_eq!(c.api_key.as_deref(), Some("e2b_00112233445566778899"));
+        assert_eq!(c.domain(), "localhost:4000");
+
+        let flags = Overrides {
+            listen: Some("127.0.0.1:5000".parse().unwrap()),
+            ..Overrides::default()
+        };
+        assert_eq!(Config::load_with(&flags, get).unwrap().listen.port(), 5000);
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let env = |k: &str| (k == "KILN_MAX_TIMEOUT").then(|| "soon".to_string());
+        let e = Config::load_with(&Overrides::default(), env).unwrap_err();
+        assert!(e.to_string().contains("KILN_MAX_TIMEOUT"), "{e}");
+        let env = |k: &str| (k == "KILN_DEFAULT_TIMEOUT").then(|| "0".to_string());
+        assert!(Config::load_with(&Overrides::default(), env).is_err());
+    }
+
+    #[test]
+    fn every_env_var_is_documented_once() {
+        let names: Vec<_> = ENV_VARS.iter().map(|(n, _)| *n).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len());
+        let src = include_str!("config.rs");
+        for n in names {
+            if n != "KILN_LOG" && n != "KILN_CONFIG" && n != "KILN_DATA_DIR" {
+                assert!(
+                    src.contains(&format!("env(\"{n}\")")),
+                    "{n} documented but not read"
+                );
+            }
+        }
+    }
+}

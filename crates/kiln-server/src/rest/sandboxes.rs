@@ -1,0 +1,396 @@
+//! `/sandboxes` and `/v2/sandboxes`.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kiln_api::rest::{
+    ConnectSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxMetric, SandboxRefreshRequest,
+    SandboxState as WireState, SandboxTimeoutRequest,
+};
+use kiln_core::{CreateSandbox, ListFilter, SandboxRecord, SandboxState};
+use percent_encoding::percent_decode_str;
+use serde::Deserialize;
+
+use super::{json_body, required_json_body};
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub const NEXT_TOKEN_HEADER: &str = "x-next-token";
+
+fn sandbox_body(state: &AppState, r: &SandboxRecord) -> Sandbox {
+    Sandbox {
+        template_id: r.template_id.clone(),
+        sandbox_id: r.id.clone(),
+        client_id: state.core.config().client_id.clone(),
+        envd_version: r.envd_version.clone(),
+        alias: r.alias.clone(),
+        envd_access_token: r.envd_access_token.clone(),
+        traffic_access_token: r.traffic_access_token.clone(),
+        domain: Some(state.domain.clone()),
+    }
+}
+
+fn detail_body(state: &AppState, r: &SandboxRecord, with_secrets: bool) -> SandboxDetail {
+    SandboxDetail {
+        template_id: r.template_id.clone(),
+        sandbox_id: r.id.clone(),
+        client_id: state.core.config().client_id.clone(),
+        alias: r.alias.clone(),
+        started_at: r.started_at,
+        end_at: r.end_at,
+        state: if r.state == SandboxState::Paused {
+            WireState::Paused
+        } else {
+            WireState::Running
+        },
+        cpu_count: r.vcpus,
+        memory_mb: r.memory_mib,
+        disk_size_mb: r.disk_mib,
+        envd_version: r.envd_version.clone(),
+        metadata: r.metadata.clone(),
+        envd_access_token: with_secrets.then(|| r.envd_access_token.clone()),
+        allow_internet_access: with_secrets.then_some(r.internet),
+        domain: with_secrets.then(|| state.domain.clone()),
+    }
+}
+
+/// Create a sandbox (SDK 2.45 and earlier).
+#[utoipa::path(post, path = "/sandboxes", tag = "sandboxes",
+    request_body = NewSandbox,
+    responses(
+        (status = 201, body = Sandbox),
+        (status = 400, body = kiln_api::rest::Error),
+        (status = 401, body = kiln_api::rest::Error),
+        (status = 404, description = "Unknown template", body = kiln_api::rest::Error),
+    ))]
+pub async fn create_v1(
+    state: State<AppState>,
+    auth: Auth,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
+    create(state, auth, body).await
+}
+
+/// Create a sandbox.
+#[utoipa::path(post, path = "/v2/sandboxes", tag = "sandboxes",
+    request_body = NewSandbox,
+    responses(
+        (status = 201, body = Sandbox),
+        (status = 400, body = kiln_api::rest::Error),
+        (status = 401, body = kiln_api::rest::Error),
+        (status = 404, description = "Unknown template", body = kiln_api::rest::Error),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    Auth(team): Auth,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
+    let req: NewSandbox = required_json_body(&body?)?;
+    if req.template_id.is_empty() {
+        return Err(ApiError::bad_request("templateID must not be empty"));
+    }
+    let private = req
+        .network
+        .as_ref()
+        .and_then(|n| n.allow_public_traffic)
+        .is_some_and(|public| !public);
+    let rec = state
+        .core
+        .create(
+            &team,
+            CreateSandbox {
+                template: req.template_id,
+                timeout_secs: req.timeout,
+                auto_pause: req.auto_pause.unwrap_or(false),
+                internet: req.allow_internet_access.unwrap_or(true),
+                private_traffic: private,
+                metadata: req.metadata.unwrap_or_default(),
+                env_vars: req.env_vars.unwrap_or_default(),
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(sandbox_body(&state, &rec))))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Metadata filter, URL-encoded `key=value&key2=value2`.
+    pub metadata: Option<String>,
+    /// Comma-separated states: `running`, `paused`.
+    pub state: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<usize>,
+    /// Token from the `x-next-token` header of the previous page.
+    pub next_token: Option<String>,
+    /// `asc` (oldest first, the default) or `desc`.
+    pub order: Option<String>,
+}
+
+/// The SDK double-encodes: `urlencode({quote(k): quote(v)})`.
+fn parse_metadata_filter(raw: Option<&str>) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut out = BTreeMap::new();
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Ok(out);
+    };
+    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+        let decode = |s: &str| {
+            percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| ApiError::bad_request("metadata filter is not valid UTF-8"))
+        };
+        out.insert(decode(&k)?, decode(&v)?);
+    }
+    Ok(out)
+}
+
+fn parse_states(raw: Option<&str>) -> Result<Vec<SandboxState>, ApiError> {
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    raw.split(',')
+        .map(|s| match s.trim() {
+            "running" => Ok(SandboxState::Running),
+            "paused" => Ok(SandboxState::Paused),
+            other => Err(ApiError::bad_request(format!(
+                "unknown state {other:?}: use running or paused"
+            ))),
+        })
+        .collect()
+}
+
+/// List the team's sandboxes, paginated (`x-next-token` header).
+#[utoipa::path(get, path = "/v2/sandboxes", tag = "sandboxes",
+    params(ListQuery),
+    responses(
+        (status = 200, body = Vec<SandboxDetail>,
+            headers(("x-next-token" = String, description = "Token of the next page, absent on the last"))),
+        (status = 400, body = kiln_api::rest::Error),
+        (status = 401, body = kiln_api::rest::Error),
+    ))]
+pub async fn list_v2(
+    State(state): State<AppState>,
+    Auth(team): Auth,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query?;
+    let filter = ListFilter {
+        metadata: parse_metadata_filter(q.metadata.as_deref())?,
+        states: parse_states(q.state.as_deref())?,
+        limit: q.limit,
+        next_token: q.next_token.filter(|t| !t.is_empty()),
+        newest_first: match q.order.as_deref() {
+            None | Some("") | Some("asc") => false,
+            Some("desc") => true,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown order {other:?}: use asc or desc"
+                )))
+            }
+        },
+    };
+    let page = state.core.list(&team, &filter)?;
+    let body: Vec<SandboxDetail> = page
+        .items
+        .iter()
+        .map(|r| detail_body(&state, r, false))
+        .collect();
+    let mut headers = HeaderMap::new();
+    if let Some(tok) = page.next_token {
+        if let Ok(v) = HeaderValue::from_str(&tok) {
+            headers.insert(NEXT_TOKEN_HEADER, v);
+        }
+    }
+    Ok((headers, Json(body)).into_response())
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListV1Query {
+    /// Metadata filter, URL-encoded `key=value&key2=value2`.
+    pub metadata: Option<String>,
+}
+
+/// List the team's running sandboxes (v1, unpaginated).
+#[utoipa::path(get, path = "/sandboxes", tag = "sandboxes",
+    params(ListV1Query),
+    responses((status = 200, body = Vec<SandboxDetail>), (status = 401, body = kiln_api::rest::Error)))]
+pub async fn list_v1(
+    State(state): State<AppState>,
+    Auth(team): Auth,
+    query: Result<Query<ListV1Query>, QueryRejection>,
+) -> Result<Json<Vec<SandboxDetail>>, ApiError> {
+    let Query(q) = query?;
+    let mut filter = ListFilter {
+        metadata: parse_metadata_filter(q.metadata.as_deref())?,
+        states: vec![SandboxState::Running],
+        limit: Some(1000),
+        next_token: None,
+        newest_first: false,
+    };
+    let mut out = Vec::new();
+    loop {
+        let page = state.core.list(&team, &filter)?;
+        out.extend(page.items.iter().map(|r| detail_body(&state, r, false)));
+        match page.next_token {
+            Some(t) => filter.next_token = Some(t),
+            None => break,
+        }
+    }
+    Ok(Json(out))
+}
+
+/// One sandbox.
+#[utoipa::path(get, path = "/sandboxes/{sandboxID}", tag = "sandboxes",
+    params(("sandboxID" = String, Path)),
+    responses((status = 200, body = SandboxDetail), (status = 404, body = kiln_api::rest::Error)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Auth(team): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxDetail>, ApiError> {
+    let rec = state.core.get(&team, &id)?;
+    Ok(Json(detail_body(&state, &rec, true)))
+}
+
+/// Kill a sandbox.
+#[utoipa::path(delete, path = "/sandboxes/{sandboxID}", tag = "sandboxes",
+    params(("sandboxID" = String, Path)),
+    responses((status = 204), (status = 404, body = kiln_api::rest::Error)))]
+pub async fn kill(
+    State(state): State<AppState>,
+    Auth(team): Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.core.kill(&team, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Set the sandbox to end `timeout` seconds from now.
+#[utoipa::path(post, path = "/sandboxes/{sandboxID}/timeout", tag = "sandboxes",
+    params(("sandboxID" = String, Path)), request_body = SandboxTimeoutRequest,
+    responses((status = 204), (status = 400, body = kiln_api::rest::Error), (status = 404, body = kiln_api::rest::Error)))]
+pub async fn set_timeout(
+    State(state): State<AppState>,
+    Auth(team): Auth,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let req: SandboxTimeoutRequest = required_json_body(&body?)?;
+    state.core.set_timeout(&team, &id, req.timeout)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Keep the sandbox alive at least `duration` more seconds.
+#[utoipa::path(post, path = "/sandboxes/{sandboxID}/refreshes", tag = "sandboxes",
+    params(("sandboxID" = String, Path)), request_body = SandboxRefreshRequest,
+    responses((status = 204), (status = 404, body = kiln_api::rest::Error)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    Auth(team): Auth,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let req: SandboxRefreshRequest = json_body(&body?)?;
+    state.core.refresh(&team, &id, req.duration)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Connect to a sandbox (SDK 2.45 and earlier); resumes a paused one.
+#[utoipa::path(post, path = "/sandboxes/{sandboxID}/connect", tag = "sandboxes",
+    params(("sandboxID" = String, Path)), request_body = ConnectSandbox,
+    responses((status = 200, description = "Running", body = Sandbox),
+              (status = 201, description = "Resumed", body = Sandbox),
+              (status = 404, body = kiln_api::rest::Error)))]
+pub async fn connect_v1(
+    state: State<AppState>,
+    auth: Auth,
+    id: Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
+    connect(state, auth, id, body).await
+}
+
+/// Connect to a sandbox; resumes a paused one.
+#[utoipa::path(post, path = "/v2/sandboxes/{sandboxID}/connect", tag = "sandboxes",
+    params(("sandboxID" = String, Path)), request_body = ConnectSandbox,
+    responses((status = 200, description = "Running", body = Sandbox),
+              (status = 201, description = "Resumed", body = Sandbox),
+              (status = 404, body = kiln_api::rest::Error)))]
+pub async fn connect(
+    State(state): State<AppState>,
+    Auth(team): Auth,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
+    let req: ConnectSandbox = json_body(&body?)?;
+    let (rec, resumed) = state.core.connect(&team, &id, req.timeout).await?;
+    let status = if resumed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(sandbox_body(&state, &rec))))
+}
+
+/// Pause a sandbox (its processes are frozen; its timeout stops).
+#[utoipa::path(post, path = "/sandboxes/{sandboxID}/pause", tag = "sandboxes",
+    params(("sandboxID" = String, Path)),
+    responses((status = 204), (status = 404, body = kiln_api::rest::Error), (status = 409, body = kiln_api::rest::Error)))]
+pub async fn pause(
+    State(state): State<AppState>,
+    Auth(team): Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.core.pause(&team, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Resume a paused sandbox (deprecated in E2B in favour of connect).
+#[utoipa::path(post, path = "/sandboxes/{sandboxID}/resume", tag = "sandboxes",
+    params(("sandboxID" = String, Path)), request_body = ConnectSandbox,
+    responses((status = 201, body = Sandbox), (status = 404, body = kiln_api::rest::Error), (status = 409, body = kiln_api::rest::Error)))]
+pub async fn resume(
+    State(state): State<AppState>,
+    Auth(team): Auth,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
+    let req: ConnectSandbox = json_body(&body?)?;
+    let rec = state
+        .core
+        .resume(&team, &id, req.timeout, req.auto_pause)
+        .await?;
+    Ok((StatusCode::CREATED, Json(sandbox_body(&state, &rec))))
+}
+
+/// Current resource use (one sample, from cgroups).
+#[utoipa::path(get, path = "/sandboxes/{sandboxID}/metrics", tag = "sandboxes",
+    params(("sandboxID" = String, Path)),
+    responses((status = 200, body = Vec<SandboxMetric>), (status = 404, body = kiln_api::rest::Error)))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    Auth(team): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<SandboxMetric>>, ApiError> {
+    let m = state.core.metrics(&team, &id).await?;
+    Ok(Json(vec![SandboxMetric {
+        timestamp: m.at,
+        timestamp_unix: m.at.timestamp(),
+        cpu_count: m.stats.cpu_count,
+        cpu_used_pct: (m.cpu_used_pct * 100.0).round() / 100.0,
+        mem_used: m.stats.memory_used_bytes,
+        mem_total: m.stats.memory_limit_bytes,
+        mem_cache: 0,
+        disk_used: m.stats.disk_used_bytes,
+        disk_total: m.stats.disk_limit_bytes,
+    }]))
+}

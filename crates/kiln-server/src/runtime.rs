@@ -1,0 +1,243 @@
+//! The one place that turns configuration into a runtime, an agent client
+//! and the template catalog.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::Utc;
+use kiln_core::templates::{TemplateCatalog, TemplateInfo};
+use kiln_core::{AgentClient, NoAgent};
+use kiln_runtime::container::{ContainerConfig, ContainerRuntime, DEFAULT_UID_BASE};
+use kiln_runtime::{Runtime, RuntimeError, TemplateRef};
+
+use crate::agent_client::HttpAgentClient;
+use crate::config::Config;
+
+/// The envd version Kiln's agent implements, reported to the SDKs.
+///
+/// The agent's own constant, so the two cannot drift apart.
+pub const ENVD_VERSION: &str = kiln_api::agent::ENVD_VERSION;
+
+/// The alias of the default template (the SDKs' default).
+pub const BASE_TEMPLATE: &str = "base";
+
+/// The runtimes this build of kilnd can run.
+pub const AVAILABLE_RUNTIMES: &[&str] = &["container", "fake"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("unknown runtime {0:?}: use container or fake")]
+    UnknownRuntime(String),
+    #[error("{what} not found at {path}: build it ({hint}) or set {var}")]
+    MissingBinary {
+        what: &'static str,
+        path: String,
+        hint: &'static str,
+        var: &'static str,
+    },
+    #[error("the sandbox subnet {subnet}/16 is already routed on the host through {iface}: set KILN_SUBNET to a free private /16")]
+    SubnetInUse {
+        subnet: std::net::Ipv4Addr,
+        iface: String,
+    },
+    #[error("the container runtime could not start")]
+    Runtime(#[source] RuntimeError),
+    #[error("building the base template failed")]
+    Template(#[source] kiln_template::TemplateError),
+    #[error("the template build task failed: {0}")]
+    TemplateTask(String),
+}
+
+/// A runtime and the client for the agents in its sandboxes.
+pub struct Backend {
+    pub runtime: Arc<dyn Runtime>,
+    pub agent: Arc<dyn AgentClient>,
+    /// Set for the container runtime, which has pools to release at stop.
+    pub container: Option<Arc<ContainerRuntime>>,
+}
+
+impl Backend {
+    /// Releases the runtime's pools; sandboxes keep running.
+    pub async fn shutdown(&self) {
+        if let Some(c) = &self.container {
+            if let Err(e) = c.shutdown().await {
+                tracing::error!(error = %e, "releasing the container runtime's pools failed");
+            }
+        }
+    }
+}
+
+fn require(
+    path: &Path,
+    what: &'static str,
+    hint: &'static str,
+    var: &'static str,
+) -> Result<(), SetupError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(SetupError::MissingBinary {
+            what,
+            path: path.display().to_string(),
+            hint,
+            var,
+        })
+    }
+}
+
+/// Builds the configured runtime and the matching agent client. The
+/// container runtime re-attaches the sandboxes of a previous run here.
+pub async fn build_runtime(config: &Config) -> Result<Backend, SetupError> {
+    match config.runtime.as_str() {
+        "fake" => Ok(Backend {
+            runtime: Arc::new(kiln_runtime::fake::FakeRuntime::new()),
+            agent: Arc::new(NoAgent),
+            container: None,
+        }),
+        "container" => {
+            let agent_bin = config.agent_bin();
+            let spawn_bin = config.spawn_bin();
+            require(
+                &agent_bin,
+                "the kiln-agent binary",
+                "scripts/lib.sh kiln_build_agent",
+                "KILN_AGENT_BIN",
+            )?;
+            require(
+                &spawn_bin,
+                "the kiln-spawn helper",
+                "cargo build -p kiln-runtime --bins",
+                "KILN_SPAWN_BIN",
+            )?;
+            check_subnet_free(config)?;
+            let mut cfg =
+                ContainerConfig::new(config.data_dir.join("container"), agent_bin, spawn_bin);
+            cfg.tag = config.runtime_tag.clone();
+            cfg.net.tag = config.runtime_tag.clone();
+            cfg.net.subnet = config.subnet;
+            let rt = Arc::new(
+                ContainerRuntime::new(cfg)
+                    .await
+                    .map_err(SetupError::Runtime)?,
+            );
+            Ok(Backend {
+                runtime: rt.clone(),
+                agent: Arc::new(HttpAgentClient::new()),
+                container: Some(rt),
+            })
+        }
+        other => Err(SetupError::UnknownRuntime(other.to_owned())),
+    }
+}
+
+/// Refuses a subnet that another interface (another kilnd's bridge, a VPN,
+/// the LAN) already routes: sandboxes there would be unreachable.
+fn check_subnet_free(config: &Config) -> Result<(), SetupError> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/route") else {
+        return Ok(()); // not Linux procfs: nothing to check against
+    };
+    let ours = u32::from(config.subnet);
+    let our_mask = 0xffff_0000u32;
+    let own_bridge = format!("kb-{}", config.runtime_tag);
+    for (iface, dest, mask) in parse_routes(&table) {
+        if mask == 0 || iface == own_bridge {
+            continue; // the default route, or our own bridge from a previous run
+        }
+        let common = mask & our_mask;
+        if dest & common == ours & common {
+            return Err(SetupError::SubnetInUse {
+                subnet: config.subnet,
+                iface,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// (interface, destination, mask) of each line of /proc/net/route, whose
+/// addresses are network-order words printed as host-order hex.
+fn parse_routes(table: &str) -> Vec<(String, u32, u32)> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let hex = |s: &str| {
+                u32::from_str_radix(s, 16)
+                    .ok()
+                    .map(|v| u32::from_be_bytes(v.to_ne_bytes()))
+            };
+            Some((f.first()?.to_string(), hex(f.get(1)?)?, hex(f.get(7)?)?))
+        })
+        .collect()
+}
+
+/// Prints template build phases on stderr (the first build takes a minute
+/// or two; later starts find the cached one).
+struct StderrProgress;
+
+impl kiln_template::Progress for StderrProgress {
+    fn phase(&self, message: &str) {
+        eprintln!("template: {message}");
+    }
+}
+
+/// The templates sandboxes can start from: for the container runtime the
+/// base template built (once, then cached) by kiln-template; for the fake
+/// runtime a placeholder.
+pub async fn load_templates(config: &Config) -> Result<TemplateCatalog, SetupError> {
+    let catalog = TemplateCatalog::new();
+    let (template, aliases) = if config.runtime == "container" {
+        let dir = config.template_dir();
+        let built = tokio::task::spawn_blocking(move || {
+            kiln_template::ensure_base(&dir, DEFAULT_UID_BASE, &StderrProgress)
+        })
+        .await
+        .map_err(|e| SetupError::TemplateTask(e.to_string()))?
+        .map_err(SetupError::Template)?;
+        (
+            TemplateRef {
+                id: built.id,
+                rootfs: built.rootfs,
+            },
+            vec![BASE_TEMPLATE.to_owned()],
+        )
+    } else {
+        (
+            TemplateRef {
+                id: BASE_TEMPLATE.into(),
+                rootfs: config.template_dir().join("templates").join(BASE_TEMPLATE),
+            },
+            vec![],
+        )
+    };
+    catalog.add(TemplateInfo {
+        template,
+        aliases,
+        vcpus: config.sandbox_vcpus,
+        memory_mib: config.sandbox_memory_mib,
+        disk_mib: config.sandbox_disk_mib,
+        created_at: Utc::now(),
+    });
+    Ok(catalog)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_in_host_order() {
+        let table =
+            "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n\
+                     kb-cli\t0000C60A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+        let routes = parse_routes(table);
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].0, "kb-cli");
+        assert_eq!(
+            std::net::Ipv4Addr::from(routes[0].1),
+            std::net::Ipv4Addr::new(10, 198, 0, 0)
+        );
+        assert_eq!(routes[0].2, 0xffff_0000);
+    }
+}

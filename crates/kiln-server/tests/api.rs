@@ -1,0 +1,440 @@
+//! The control API through the router (no socket), over the fake runtime.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::json;
+
+use common::env;
+
+fn is_error_body(v: &serde_json::Value, code: u16) -> bool {
+    v["code"] == code && v["message"].as_str().is_some_and(|m| !m.is_empty())
+}
+
+#[tokio::test]
+async fn create_get_list_kill() {
+    let e = env();
+    let created = e
+        .create(
+            &e.key_a,
+            json!({"templateID": "base", "timeout": 120, "metadata": {"app": "x"}, "envVars": {"A": "1"}}),
+        )
+        .await;
+    for field in [
+        "sandboxID",
+        "templateID",
+        "clientID",
+        "envdVersion",
+        "envdAccessToken",
+        "domain",
+    ] {
+        assert!(
+            created[field].as_str().is_some_and(|s| !s.is_empty()),
+            "{field}: {created}"
+        );
+    }
+    assert!(created["trafficAccessToken"].is_null(), "public by default");
+    assert_eq!(created["templateID"], "base");
+    let id = created["sandboxID"].as_str().unwrap().to_owned();
+    assert_eq!(e.runtime.count(), 1);
+
+    let (status, _, detail) = e
+        .json("GET", &format!("/sandboxes/{id}"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(detail["sandboxID"], id.as_str());
+    assert_eq!(detail["state"], "running");
+    assert_eq!(detail["cpuCount"], 2);
+    assert_eq!(detail["memoryMB"], 512);
+    assert_eq!(detail["diskSizeMB"], 1024);
+    assert_eq!(detail["metadata"]["app"], "x");
+    assert_eq!(detail["envdAccessToken"], created["envdAccessToken"]);
+    let started =
+        chrono::DateTime::parse_from_rfc3339(detail["startedAt"].as_str().unwrap()).unwrap();
+    let end = chrono::DateTime::parse_from_rfc3339(detail["endAt"].as_str().unwrap()).unwrap();
+    assert!(((end - started).num_seconds() - 120).abs() <= 1);
+
+    let (status, _, list) = e.json("GET", "/v2/sandboxes", &e.key_a, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (_, _, list_v1) = e.json("GET", "/sandboxes", &e.key_a, None).await;
+    assert_eq!(list_v1[0]["sandboxID"], id.as_str());
+
+    let (status, _, _) = e
+        .json("DELETE", &format!("/sandboxes/{id}"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(e.runtime.count(), 0);
+    let (status, _, body) = e
+        .json("GET", &format!("/sandboxes/{id}"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(is_error_body(&body, 404), "{body}");
+    let (status, _, _) = e
+        .json("DELETE", &format!("/sandboxes/{id}"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn v1_create_and_templates() {
+    let e = env();
+    let (status, _, created) = e
+        .json(
+            "POST",
+            "/sandboxes",
+            &e.key_a,
+            Some(json!({"templateID": "default", "secure": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["templateID"], "base");
+    assert_eq!(created["alias"], "default");
+    let (status, _, templates) = e.json("GET", "/templates", &e.key_a, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(templates[0]["templateID"], "base");
+    assert_eq!(templates[0]["aliases"][0], "default");
+}
+
+#[tokio::test]
+async fn auth_is_required() {
+    let e = env();
+    let (status, _, body) = e
+        .json("GET", "/v2/sandboxes", "e2b_0123456789abcdef", None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(is_error_body(&body, 401), "{body}");
+    let req = Request::get("/v2/sandboxes").body(Body::empty()).unwrap();
+    let (status, _, _) = e.call(req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = e
+        .json(
+            "POST",
+            "/v2/sandboxes",
+            "wrong",
+            Some(json!({"templateID": "base"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(e.runtime.count(), 0);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_clear_4xx_and_leaves_nothing() {
+    let e = env();
+    let cases = [
+        (json!({"templateID": "nope"}), StatusCode::NOT_FOUND, "nope"),
+        (
+            json!({"templateID": "base", "timeout": -5}),
+            StatusCode::BAD_REQUEST,
+            "timeout",
+        ),
+        (
+            json!({"templateID": "base", "timeout": 3601}),
+            StatusCode::BAD_REQUEST,
+            "timeout",
+        ),
+        (
+            json!({"templateID": "base", "metadata": {"k": 1}}),
+            StatusCode::BAD_REQUEST,
+            "invalid request body",
+        ),
+        (
+            json!({"timeout": 10}),
+            StatusCode::BAD_REQUEST,
+            "templateID",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let (got, _, resp) = e
+            .json("POST", "/v2/sandboxes", &e.key_a, Some(body.clone()))
+            .await;
+        assert_eq!(got, status, "{body} -> {resp}");
+        assert!(is_error_body(&resp, status.as_u16()), "{resp}");
+        assert!(resp["message"].as_str().unwrap().contains(needle), "{resp}");
+    }
+    let req = Request::post("/v2/sandboxes")
+        .header("x-api-key", &e.key_a)
+        .header("content-type", "application/json")
+        .body(Body::from("{\"templateID\": "))
+        .unwrap();
+    let (status, _, body) = e.call(req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(is_error_body(&body, 400), "{body}");
+
+    let huge = format!(
+        "{{\"templateID\": \"base\", \"metadata\": {{\"k\": \"{}\"}}}}",
+        "x".repeat(3 << 20)
+    );
+    let req = Request::post("/v2/sandboxes")
+        .header("x-api-key", &e.key_a)
+        .header("content-type", "application/json")
+        .body(Body::from(huge))
+        .unwrap();
+    let (status, _, body) = e.call(req).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(is_error_body(&body, 413), "{body}");
+
+    e.runtime.fail_next_create("disk full");
+    let (status, _, body) = e
+        .json(
+            "POST",
+            "/v2/sandboxes",
+            &e.key_a,
+            Some(json!({"templateID": "base"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        !body["message"].as_str().unwrap().contains("disk full"),
+        "internals leak: {body}"
+    );
+
+    assert_eq!(e.runtime.count(), 0);
+    let (_, _, list) = e.json("GET", "/v2/sandboxes", &e.key_a, None).await;
+    assert_eq!(list, json!([]));
+
+    let (status, _, body) = e.json("GET", "/no/such/thing", &e.key_a, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(is_error_body(&body, 404));
+    let (status, _, body) = e.json("PUT", "/v2/sandboxes", &e.key_a, None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(is_error_body(&body, 405));
+}
+
+#[tokio::test]
+async fn other_teams_sandboxes_are_not_found() {
+    let e = env();
+    let id = e.create(&e.key_a, json!({"templateID": "base"})).await["sandboxID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (method, path, body) in [
+        ("GET", format!("/sandboxes/{id}"), None),
+        ("DELETE", format!("/sandboxes/{id}"), None),
+        (
+            "POST",
+            format!("/sandboxes/{id}/timeout"),
+            Some(json!({"timeout": 60})),
+        ),
+        (
+            "POST",
+            format!("/sandboxes/{id}/refreshes"),
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            format!("/v2/sandboxes/{id}/connect"),
+            Some(json!({"timeout": 60})),
+        ),
+        ("POST", format!("/sandboxes/{id}/pause"), None),
+        ("GET", format!("/sandboxes/{id}/metrics"), None),
+    ] {
+        let (status, _, resp) = e.json(method, &path, &e.key_b, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {resp}");
+    }
+    let (_, _, list) = e.json("GET", "/v2/sandboxes", &e.key_b, None).await;
+    assert_eq!(list, json!([]));
+    assert_eq!(e.runtime.count(), 1);
+}
+
+#[tokio::test]
+async fn list_pages_with_next_token_and_filters_metadata() {
+    let e = env();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let c = e
+            .create(
+                &e.key_a,
+                json!({"templateID": "base", "metadata": {"n": i.to_string(), "who": "a b&c=d"}}),
+            )
+            .await;
+        ids.push(c["sandboxID"].as_str().unwrap().to_owned());
+    }
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let path = match &token {
+            Some(t) => format!("/v2/sandboxes?limit=2&nextToken={t}"),
+            None => "/v2/sandboxes?limit=2".into(),
+        };
+        let (status, headers, page) = e.json("GET", &path, &e.key_a, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        seen.extend(
+            page.as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["sandboxID"].as_str().unwrap().to_owned()),
+        );
+        token = headers
+            .get("x-next-token")
+            .map(|v| v.to_str().unwrap().to_owned());
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, ids);
+
+    // As the Python SDK encodes it: urlencode({quote(k): quote(v)}), then
+    // the whole string as one query value.
+    let inner = "n=3&who=a%2520b%2526c%253Dd";
+    let path = format!(
+        "/v2/sandboxes?metadata={}",
+        percent_encoding::utf8_percent_encode(inner, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let (status, _, page) = e.json("GET", &path, &e.key_a, None).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let page = page.as_array().unwrap();
+    assert_eq!(page.len(), 1, "{page:?}");
+    assert_eq!(page[0]["sandboxID"], ids[3].as_str());
+
+    let (status, _, _) = e
+        .json("GET", "/v2/sandboxes?state=dead", &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = e.json("GET", "/v2/sandboxes?limit=0", &e.key_a, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = e.json("GET", "/v2/sandboxes?limit=x", &e.key_a, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = e
+        .json("GET", "/v2/sandboxes?nextToken=zz", &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn timeout_refresh_connect_pause_resume_metrics() {
+    let e = env();
+    let id = e
+        .create(&e.key_a, json!({"templateID": "base", "timeout": 60}))
+        .await["sandboxID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let end_at = |d: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(d["endAt"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let (status, _, _) = e
+        .json(
+            "POST",
+            &format!("/sandboxes/{id}/timeout"),
+            &e.key_a,
+            Some(json!({"timeout": 600})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, _, d) = e
+        .json("GET", &format!("/sandboxes/{id}"), &e.key_a, None)
+        .await;
+    let remaining = (end_at(&d) - chrono::Utc::now()).num_seconds();
+    assert!((595..=600).contains(&remaining), "{remaining}");
+
+    for bad in [
+        json!({"timeout": -1}),
+        json!({"timeout": 999_999}),
+        json!({}),
+    ] {
+        let (status, _, body) = e
+            .json(
+                "POST",
+                &format!("/sandboxes/{id}/timeout"),
+                &e.key_a,
+                Some(bad.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad} -> {body}");
+    }
+
+    let (status, _, _) = e
+        .json(
+            "POST",
+            &format!("/sandboxes/{id}/refreshes"),
+            &e.key_a,
+            Some(json!({"duration": 10})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, _, d2) = e
+        .json("GET", &format!("/sandboxes/{id}"), &e.key_a, None)
+        .await;
+    assert_eq!(end_at(&d2), end_at(&d), "refresh never shortens");
+
+    let (status, _, c) = e
+        .json(
+            "POST",
+            &format!("/v2/sandboxes/{id}/connect"),
+            &e.key_a,
+            Some(json!({"timeout": 60})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    assert_eq!(c["sandboxID"], id.as_str());
+
+    let (status, _, m) = e
+        .json("GET", &format!("/sandboxes/{id}/metrics"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(m[0]["cpuCount"], 2);
+    assert_eq!(m[0]["memTotal"], 512 * 1024 * 1024);
+
+    let (status, _, _) = e
+        .json("POST", &format!("/sandboxes/{id}/pause"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, body) = e
+        .json("POST", &format!("/sandboxes/{id}/pause"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (_, _, paused) = e
+        .json("GET", "/v2/sandboxes?state=paused", &e.key_a, None)
+        .await;
+    assert_eq!(paused[0]["state"], "paused");
+    let (status, _, c) = e
+        .json(
+            "POST",
+            &format!("/sandboxes/{id}/connect"),
+            &e.key_a,
+            Some(json!({"timeout": 60})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "resumed: {c}");
+    let (status, _, _) = e
+        .json(
+            "POST",
+            &format!("/sandboxes/{id}/resume"),
+            &e.key_a,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn openapi_is_served() {
+    let e = env();
+    let req = Request::get("/openapi.json").body(Body::empty()).unwrap();
+    let (status, _, doc) = e.call(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["paths"]["/v2/sandboxes"]["post"].is_object());
+    assert!(doc["components"]["schemas"]["SandboxDetail"].is_object());
+}
+
+/// docs/openapi.json must match what the code generates. Regenerate with
+/// `KILN_UPDATE_OPENAPI=1 cargo test -p kiln-server --test api openapi`.
+#[test]
+fn openapi_document_in_docs_is_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+    let generated = kiln_server::rest::openapi::document();
+    if std::env::var_os("KILN_UPDATE_OPENAPI").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "docs/openapi.json is stale: run KILN_UPDATE_OPENAPI=1 cargo test -p kiln-server --test api openapi"
+    );
+}

@@ -1,0 +1,186 @@
+"""Starts a real kilnd (`kiln up`) on a temp data dir and a loopback port, and
+points the unmodified e2b SDK at it through E2B_API_URL / E2B_SANDBOX_URL.
+
+Environment:
+  KILN_BIN           the `kiln` binary (default target/debug/kiln)
+  KILN_E2E_RUNTIME   container (default) or fake; with fake only tests marked
+                     `control` run, the others are skipped with the reason.
+                     fake-host-agent: kilnd on the fake runtime, whose every
+                     sandbox is the one real agent the caller runs at
+                     127.0.0.1:49983 (see run-with-host-agent.sh): a check of
+                     the proxy and the SDK paths before the container runtime.
+  KILN_TEMPLATE_DIR  template cache shared between runs (default
+                     target/kiln-test-templates; the phase script points it at
+                     the data dir the runtime's phase already built it in).
+"""
+
+import os
+import pathlib
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+RUNTIME = os.environ.get("KILN_E2E_RUNTIME", "container")
+KILND_RUNTIME = "fake" if RUNTIME in ("fake", "fake-host-agent") else RUNTIME
+START_TIMEOUT = float(os.environ.get("KILN_E2E_START_TIMEOUT", "900"))
+
+
+def kiln_bin() -> str:
+    if os.environ.get("KILN_BIN"):
+        return os.environ["KILN_BIN"]
+    for profile in ("debug", "release"):
+        p = ROOT / "target" / profile / "kiln"
+        if p.exists():
+            return str(p)
+    raise RuntimeError("kiln binary not found: build it (cargo build -p kiln-cli) or set KILN_BIN")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_subnet(avoid=()) -> str:
+    """A private /16 (10.150-189.0.0) that no interface routes yet, for a
+    test kilnd's bridge (other kilnds on the host use their own)."""
+    taken = set(avoid)
+    try:
+        with open("/proc/net/route") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                dest = bytes.fromhex(fields[1])[::-1]  # host-order hex of a network-order word
+                if int(fields[7], 16) != 0:
+                    taken.add(f"{dest[0]}.{dest[1]}.0.0")
+    except OSError:
+        pass
+    for second in range(150, 190):
+        subnet = f"10.{second}.0.0"
+        if subnet not in taken:
+            return subnet
+    raise RuntimeError("no free 10.x.0.0/16 for the test kilnd")
+
+
+@dataclass
+class Kilnd:
+    url: str
+    key: str
+    other_team_key: str
+    data_dir: pathlib.Path
+    log: pathlib.Path
+    proc: subprocess.Popen
+
+
+def pytest_collection_modifyitems(config, items):
+    if RUNTIME != "fake":
+        return
+    skip = pytest.mark.skip(reason="needs a real sandbox (agent + runtime); KILN_E2E_RUNTIME=fake")
+    for item in items:
+        if "control" not in item.keywords:
+            item.add_marker(skip)
+
+
+def start_kilnd(data: pathlib.Path, port: int, key: str, **extra_env) -> subprocess.Popen:
+    """Starts `kiln up` on data/port and waits until it answers."""
+    env = dict(os.environ)
+    env.update(KILN_API_KEY=key, KILN_RUNTIME=KILND_RUNTIME, KILN_LOG=env.get("KILN_LOG", "info"))
+    env.setdefault("KILN_TEMPLATE_DIR", str(ROOT / "target" / "kiln-test-templates"))
+    # Host objects of their own, apart from any other kilnd and from the
+    # runtime's tests (t1..t9, 10.200+n.0.0/16).
+    env.setdefault("KILN_RUNTIME_TAG", "e2e")
+    env.setdefault("KILN_SUBNET", free_subnet())
+    env.update(extra_env)
+    log = data / "kilnd.log"
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "a") as out:
+        proc = subprocess.Popen(
+            [kiln_bin(), "up", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", "--no-install"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"kilnd exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"kilnd did not start in {START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
+        time.sleep(0.1)
+
+
+def kill_all(url: str, *keys: str):
+    """Kills every sandbox the keys' teams have, so that a failed test leaves
+    nothing running on the host after kilnd stops."""
+    for key in keys:
+        headers = {"X-API-KEY": key}
+        try:
+            for s in httpx.get(f"{url}/v2/sandboxes", headers=headers, timeout=10).json():
+                httpx.delete(f"{url}/sandboxes/{s['sandboxID']}", headers=headers, timeout=30)
+        except httpx.HTTPError:
+            pass
+
+
+def stop_kilnd(proc: subprocess.Popen, log: pathlib.Path):
+    """Ctrl-C, as a person would; kilnd must exit 0 promptly."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("kilnd did not stop within 20 s of SIGINT")
+    assert code == 0, f"kilnd exited with {code} on SIGINT:\n{log.read_text()[-4000:]}"
+
+
+@pytest.fixture(scope="session")
+def kilnd(tmp_path_factory) -> Kilnd:
+    data = tmp_path_factory.mktemp("kiln-data")
+    port = free_port()
+    key = "e2b_" + secrets.token_hex(20)
+    proc = start_kilnd(data, port, key)
+    url = f"http://127.0.0.1:{port}"
+    other = subprocess.check_output(
+        [kiln_bin(), "keys", "create", "--team", "other-team", "--data-dir", str(data)], text=True
+    ).strip()
+    os.environ.update(E2B_API_URL=url, E2B_SANDBOX_URL=url, E2B_API_KEY=key)
+    os.environ.pop("E2B_DOMAIN", None)
+    os.environ.pop("E2B_DEBUG", None)
+    yield Kilnd(url, key, other, data, data / "kilnd.log", proc)
+    kill_all(url, key, other)
+    stop_kilnd(proc, data / "kilnd.log")
+
+
+@pytest.fixture
+def sandbox(kilnd):
+    from e2b import Sandbox
+
+    sbx = Sandbox.create(timeout=300)
+    yield sbx
+    try:
+        sbx.kill()
+    except Exception:
+        pass
+
+
+@pytest.fixture
+async def async_sandbox(kilnd):
+    from e2b import AsyncSandbox
+
+    sbx = await AsyncSandbox.create(timeout=300)
+    yield sbx
+    try:
+        await sbx.kill()
+    except Exception:
+        pass
