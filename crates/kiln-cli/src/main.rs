@@ -17,6 +17,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    client: commands::connection::ClientArgs,
 }
 
 #[derive(Subcommand)]
@@ -38,6 +40,14 @@ enum Command {
         )]
         data_dir: PathBuf,
     },
+    /// Create, list, inspect, kill sandboxes and set their timeout.
+    #[command(alias = "sandboxes", alias = "sbx")]
+    Sandbox {
+        #[command(subcommand)]
+        command: commands::sandbox::SandboxCommand,
+    },
+    /// Run a command in a sandbox; exits with its exit code.
+    Exec(commands::exec::ExecArgs),
 }
 
 #[derive(clap::Args)]
@@ -76,8 +86,14 @@ enum KeysCommand {
     Revoke { id: String },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => {
             kiln_server::init_logging();
@@ -95,5 +111,18 @@ fn main() -> anyhow::Result<()> {
             KeysCommand::List => commands::keys::list(&data_dir),
             KeysCommand::Revoke { id } => commands::keys::revoke(&data_dir, &id),
         },
+        Command::Sandbox { command } => block_on(commands::sandbox::run(command, &cli.client)),
+        Command::Exec(args) => {
+            let code = block_on(commands::exec::run(args, &cli.client))?;
+            std::process::exit(code)
+        }
     }
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
 }

@@ -1,2 +1,5 @@
+pub mod connection;
+pub mod exec;
 pub mod keys;
+pub mod sandbox;
 pub mod up;
