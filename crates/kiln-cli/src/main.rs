@@ -48,6 +48,8 @@ enum Command {
     },
     /// Run a command in a sandbox; exits with its exit code.
     Exec(commands::exec::ExecArgs),
+    /// Open an interactive shell (a PTY) in a sandbox.
+    Shell(commands::shell::ShellArgs),
 }
 
 #[derive(clap::Args)]
@@ -116,13 +118,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let code = block_on(commands::exec::run(args, &cli.client))?;
             std::process::exit(code)
         }
+        Command::Shell(args) => {
+            let code = block_on(commands::shell::run(args, &cli.client))?;
+            std::process::exit(code)
+        }
     }
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?
-        .block_on(f)
+        .build()?;
+    let result = rt.block_on(f);
+    // Do not wait for a blocked read of stdin.
+    rt.shutdown_background();
+    result
 }

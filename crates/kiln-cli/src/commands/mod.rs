@@ -2,4 +2,5 @@ pub mod connection;
 pub mod exec;
 pub mod keys;
 pub mod sandbox;
+pub mod shell;
 pub mod up;
