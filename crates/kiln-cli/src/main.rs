@@ -50,6 +50,8 @@ enum Command {
     Exec(commands::exec::ExecArgs),
     /// Open an interactive shell (a PTY) in a sandbox.
     Shell(commands::shell::ShellArgs),
+    /// Copy files and directories between here and a sandbox (<id>:<path>).
+    Cp(commands::cp::CpArgs),
 }
 
 #[derive(clap::Args)]
@@ -118,6 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let code = block_on(commands::exec::run(args, &cli.client))?;
             std::process::exit(code)
         }
+        Command::Cp(args) => block_on(commands::cp::run(args, &cli.client)),
         Command::Shell(args) => {
             let code = block_on(commands::shell::run(args, &cli.client))?;
             std::process::exit(code)

@@ -1,4 +1,5 @@
 pub mod connection;
+pub mod cp;
 pub mod exec;
 pub mod keys;
 pub mod sandbox;
