@@ -52,6 +52,8 @@ enum Command {
     Shell(commands::shell::ShellArgs),
     /// Copy files and directories between here and a sandbox (<id>:<path>).
     Cp(commands::cp::CpArgs),
+    /// Serve the MCP tools (sandboxes, commands, code, files) on stdio or HTTP.
+    Mcp(commands::mcp::McpArgs),
 }
 
 #[derive(clap::Args)]
@@ -120,12 +122,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let code = block_on(commands::exec::run(args, &cli.client))?;
             std::process::exit(code)
         }
+        Command::Mcp(args) => {
+            init_mcp_logging();
+            block_on(commands::mcp::run(args, &cli.client))
+        }
         Command::Cp(args) => block_on(commands::cp::run(args, &cli.client)),
         Command::Shell(args) => {
             let code = block_on(commands::shell::run(args, &cli.client))?;
             std::process::exit(code)
         }
     }
+}
+
+/// Logs go to stderr: stdout is the MCP transport.
+fn init_mcp_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
