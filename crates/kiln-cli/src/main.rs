@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Check and prepare the host, then serve the API and proxy until Ctrl-C.
     Up(UpArgs),
+    /// Check the host and the server; say how to fix what is missing.
+    Doctor,
     /// Print the isolation backends this build can run, one per line.
     Runtimes,
     /// Create, list and revoke API keys.
@@ -52,6 +54,12 @@ enum Command {
     Shell(commands::shell::ShellArgs),
     /// Copy files and directories between here and a sandbox (<id>:<path>).
     Cp(commands::cp::CpArgs),
+    /// List templates, or build one.
+    #[command(alias = "templates")]
+    Template {
+        #[command(subcommand)]
+        command: commands::template::TemplateCommand,
+    },
     /// Serve the MCP tools (sandboxes, commands, code, files) on stdio or HTTP.
     Mcp(commands::mcp::McpArgs),
 }
@@ -120,6 +128,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sandbox { command } => block_on(commands::sandbox::run(command, &cli.client)),
         Command::Exec(args) => {
             let code = block_on(commands::exec::run(args, &cli.client))?;
+            std::process::exit(code)
+        }
+        Command::Template { command } => block_on(commands::template::run(command, &cli.client)),
+        Command::Doctor => {
+            let code = block_on(commands::doctor::run(&cli.client))?;
             std::process::exit(code)
         }
         Command::Mcp(args) => {
