@@ -189,3 +189,21 @@ def test_signed_file_urls_without_sandbox_headers(kilnd):
         assert httpx.get(bad).status_code == 401
     finally:
         sbx.kill()
+
+
+def test_pause_and_connect_resumes(kilnd):
+    sbx = Sandbox.create(timeout=120)
+    try:
+        sbx.files.write("/home/user/p.txt", "before pause")
+        sleeper = sbx.commands.run("sleep 1000", background=True)
+        assert sbx.pause() is True
+        assert sbx.pause() is False  # already paused: 409
+        assert not sbx.is_running()
+        info = Sandbox.get_info(sbx.sandbox_id)
+        assert info.state.value == "paused"
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=120)
+        assert resumed.is_running()
+        assert resumed.files.read("/home/user/p.txt") == "before pause"
+        assert any(p.pid == sleeper.pid for p in resumed.commands.list())
+    finally:
+        sbx.kill()

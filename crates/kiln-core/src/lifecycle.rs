@@ -394,13 +394,14 @@ impl Core {
                     .all(|(k, v)| r.metadata.get(k) == Some(v))
             })
             .collect();
-        all.sort_by(|a, b| {
-            (a.started_at.timestamp_micros(), &a.id).cmp(&(b.started_at.timestamp_micros(), &b.id))
-        });
-        let start = match &after {
-            Some((t, id)) => {
-                all.partition_point(|r| (r.started_at.timestamp_micros(), &r.id) <= (*t, id))
-            }
+        let key = |r: &SandboxRecord| (r.started_at.timestamp_micros(), r.id.clone());
+        all.sort_by_key(key);
+        if filter.newest_first {
+            all.reverse();
+        }
+        let start = match after {
+            Some(after) if filter.newest_first => all.partition_point(|r| key(r) >= after),
+            Some(after) => all.partition_point(|r| key(r) <= after),
             None => 0,
         };
         let rest = &all[start..];
