@@ -35,6 +35,26 @@ def kiln_bin() -> str:
     raise RuntimeError("kiln binary not found: build it (cargo build -p kiln-cli) or set KILN_BIN")
 
 
+def free_subnet() -> str:
+    """A private /16 (10.190-199.0.0, apart from the e2b-sdk tests' range)
+    that no interface routes yet, for the test kilnd's bridge."""
+    taken = set()
+    try:
+        with open("/proc/net/route") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                dest = bytes.fromhex(fields[1])[::-1]
+                if int(fields[7], 16) != 0 and fields[0] != "kb-cli":
+                    taken.add(f"{dest[0]}.{dest[1]}.0.0")
+    except OSError:
+        pass
+    for second in range(190, 200):
+        subnet = f"10.{second}.0.0"
+        if subnet not in taken:
+            return subnet
+    raise RuntimeError("no free 10.x.0.0/16 for the test kilnd")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,7 +95,7 @@ def kilnd(tmp_path_factory):
     env.setdefault("KILN_TEMPLATE_DIR", "/var/lib/kiln")
     # Host objects of their own, apart from other kilnds and the runtime's tests.
     env["KILN_RUNTIME_TAG"] = "cli"
-    env["KILN_SUBNET"] = "10.197.0.0"
+    env["KILN_SUBNET"] = free_subnet()
     log = data / "kilnd.log"
     url = f"http://127.0.0.1:{port}"
     with open(log, "a") as out:
