@@ -159,17 +159,28 @@ def test_streamable_http(kilnd, kiln):
                 async with ClientSession(r, w) as s:
                     await s.initialize()
                     assert {t.name for t in (await s.list_tools()).tools} == TOOLS
-                    res = await s.call_tool("create_sandbox", {})
-                    seen["id"] = re.search(r"Created sandbox (\w+)", text(res)).group(1)
+                    # The session's sandbox is made on first use and reused.
                     res = await s.call_tool("run_command", {"command": "hostname"})
-                    assert seen["id"] in text(res)
+                    seen["session"] = re.search(r"stdout:\n(\w+)", text(res)).group(1)
+                    res = await s.call_tool("run_command", {"command": "hostname"})
+                    assert seen["session"] in text(res)
+                    # kill_sandbox kills the current one.
+                    res = await s.call_tool("create_sandbox", {})
+                    seen["other"] = re.search(r"Created sandbox (\w+)", text(res)).group(1)
                     res = await s.call_tool("kill_sandbox", {})
                     assert not res.is_error, text(res)
+                    assert not sandbox_exists(kiln, seen["other"])
+                    res = await s.call_tool("kill_sandbox", {})
+                    assert res.is_error and "no current sandbox" in text(res)
 
         asyncio.run(session())
-        assert not sandbox_exists(kiln, seen["id"])
+        # Closing the MCP session kills its sandbox.
+        deadline = time.monotonic() + 10
+        while sandbox_exists(kiln, seen["session"]):
+            assert time.monotonic() < deadline, "the HTTP session's sandbox outlived the session"
+            time.sleep(0.2)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        if "id" in seen:
-            kiln("sandbox", "kill", seen["id"])
+        for sid in seen.values():
+            kiln("sandbox", "kill", sid)

@@ -47,6 +47,11 @@ pub fn shell_quote(w: &str) -> String {
     }
 }
 
+async fn write<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> std::io::Result<()> {
+    w.write_all(b).await?;
+    w.flush().await
+}
+
 /// Runs the command; returns its exit code.
 pub async fn run(args: ExecArgs, client_args: &ClientArgs) -> anyhow::Result<i32> {
     let mut envs = BTreeMap::new();
@@ -98,23 +103,27 @@ pub async fn run(args: ExecArgs, client_args: &ClientArgs) -> anyhow::Result<i32
     let mut out = tokio::io::stdout();
     let mut err = tokio::io::stderr();
     let code = loop {
-        match stream.next().await? {
-            Some(ProcessEvent::Stdout(b)) | Some(ProcessEvent::Pty(b)) => {
-                out.write_all(&b).await?;
-                out.flush().await?;
-            }
-            Some(ProcessEvent::Stderr(b)) => {
-                err.write_all(&b).await?;
-                err.flush().await?;
-            }
+        let written = match stream.next().await? {
+            Some(ProcessEvent::Stdout(b)) | Some(ProcessEvent::Pty(b)) => write(&mut out, &b).await,
+            Some(ProcessEvent::Stderr(b)) => write(&mut err, &b).await,
             Some(ProcessEvent::Exited(x)) => {
                 if let Some(e) = x.error {
                     eprintln!("kiln: {e}");
                 }
                 break x.code;
             }
-            Some(ProcessEvent::Started { .. }) => {}
+            Some(ProcessEvent::Started { .. }) => Ok(()),
             None => bail!("the connection to the sandbox ended before the command did"),
+        };
+        match written {
+            Ok(()) => {}
+            // Our reader went away (`kiln exec … | head`): stop the command
+            // and exit as a shell would after SIGPIPE.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                let _ = sbx.signal(pid, true).await;
+                break 141;
+            }
+            Err(e) => return Err(e.into()),
         }
     };
     if let Some(f) = feeder {

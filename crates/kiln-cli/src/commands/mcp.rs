@@ -192,6 +192,25 @@ fn explain(e: &ClientError) -> String {
     }
 }
 
+/// Most bytes of one stream put into a tool result (the model's context is
+/// precious); the rest is summarised.
+const MAX_OUTPUT: usize = 64 << 10;
+
+fn clip(b: &[u8]) -> String {
+    if b.len() <= MAX_OUTPUT {
+        return String::from_utf8_lossy(b).into_owned();
+    }
+    let head = MAX_OUTPUT / 4;
+    let tail = MAX_OUTPUT - head;
+    format!(
+        "{}\n… [{} bytes omitted of {}; redirect the output to a file and read parts of it] …\n{}",
+        String::from_utf8_lossy(&b[..head]),
+        b.len() - MAX_OUTPUT,
+        b.len(),
+        String::from_utf8_lossy(&b[b.len() - tail..])
+    )
+}
+
 fn is_png(b: &[u8]) -> bool {
     b.starts_with(b"\x89PNG\r\n\x1a\n")
 }
@@ -311,15 +330,9 @@ impl KilnMcp {
                 if let Some(e) = &out.exit.error {
                     s.push_str(&format!("\nerror: {e}"));
                 }
-                s.push_str(&format!(
-                    "\nstdout:\n{}",
-                    String::from_utf8_lossy(&out.stdout)
-                ));
+                s.push_str(&format!("\nstdout:\n{}", clip(&out.stdout)));
                 if !out.stderr.is_empty() {
-                    s.push_str(&format!(
-                        "\nstderr:\n{}",
-                        String::from_utf8_lossy(&out.stderr)
-                    ));
+                    s.push_str(&format!("\nstderr:\n{}", clip(&out.stderr)));
                 }
                 text(s)
             }
@@ -551,8 +564,10 @@ impl ServerHandler for KilnMcp {
 
 pub async fn run(args: McpArgs, client_args: &ClientArgs) -> anyhow::Result<()> {
     let client = client_args.client()?;
-    // Fail early, with what to do, when kilnd is not there.
-    client.health().await?;
+    // Serve anyway: the tools answer with the same advice until kilnd is up.
+    if let Err(e) = client.health().await {
+        eprintln!("kiln mcp: warning: {e}");
+    }
     match args.http {
         None => {
             let server = KilnMcp::new(client, args.template.clone(), args.timeout);
