@@ -51,6 +51,31 @@ def test_exec_passes_exit_codes_and_separates_streams(kiln, sandbox):
     assert r.stdout == b"0\n"
 
 
+def test_exec_signals_and_pipes(kilnd, sandbox):
+    import signal
+    import subprocess
+    import time
+
+    # Ctrl-C (SIGINT) stops the remote command too, and kiln exits 143.
+    p = subprocess.Popen([kiln_bin(), "exec", sandbox, "--", "echo started; sleep 600"],
+                         env=kilnd.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"started\n"
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=20) == 143
+    r = subprocess.run([kiln_bin(), "exec", sandbox, "--", "pgrep -x sleep || echo none"],
+                       env=kilnd.env(), capture_output=True)
+    assert r.stdout == b"none\n"
+    # A reader that goes away: exit 141 (SIGPIPE), promptly.
+    t = time.monotonic()
+    r = subprocess.run(f"{kiln_bin()} exec {sandbox} -- 'yes' | head -c 5; echo \" ${{PIPESTATUS[0]}}\"",
+                       shell=True, executable="/bin/bash", env=kilnd.env(), capture_output=True, timeout=60)
+    assert r.stdout == b"y\ny\ny 141\n" and time.monotonic() - t < 30
+    # --timeout: the agent kills the command.
+    r = subprocess.run([kiln_bin(), "exec", "--timeout", "1", sandbox, "--", "sleep 30"],
+                       env=kilnd.env(), capture_output=True, timeout=60)
+    assert r.returncode == 137, r
+
+
 def test_exec_stdin(kiln, sandbox):
     r = kiln("exec", "-i", sandbox, "--", "wc -c", input=b"x" * 100000)
     assert r.returncode == 0, r.stderr

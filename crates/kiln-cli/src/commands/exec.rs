@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::bail;
 use kiln_client::{ProcessEvent, StartOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::{signal, SignalKind};
 
 use super::connection::ClientArgs;
 
@@ -45,6 +46,11 @@ pub fn shell_quote(w: &str) -> String {
     } else {
         format!("'{}'", w.replace('\'', r"'\''"))
     }
+}
+
+async fn stop(sbx: &kiln_client::SandboxConn, pid: u32, signalled: &mut bool) {
+    let _ = sbx.signal(pid, *signalled).await;
+    *signalled = true;
 }
 
 async fn write<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> std::io::Result<()> {
@@ -102,8 +108,20 @@ pub async fn run(args: ExecArgs, client_args: &ClientArgs) -> anyhow::Result<i32
     });
     let mut out = tokio::io::stdout();
     let mut err = tokio::io::stderr();
+    // Ctrl-C, SIGTERM or SIGHUP here: SIGTERM to the command (SIGKILL the
+    // second time), and keep relaying until it ends.
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut signalled = false;
     let code = loop {
-        let written = match stream.next().await? {
+        let ev = tokio::select! {
+            ev = stream.next() => ev?,
+            _ = int.recv() => { stop(&sbx, pid, &mut signalled).await; continue }
+            _ = term.recv() => { stop(&sbx, pid, &mut signalled).await; continue }
+            _ = hup.recv() => { stop(&sbx, pid, &mut signalled).await; continue }
+        };
+        let written = match ev {
             Some(ProcessEvent::Stdout(b)) | Some(ProcessEvent::Pty(b)) => write(&mut out, &b).await,
             Some(ProcessEvent::Stderr(b)) => write(&mut err, &b).await,
             Some(ProcessEvent::Exited(x)) => {
