@@ -4,7 +4,10 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use futures_util::TryStreamExt;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -14,6 +17,9 @@ use kiln_client::{SandboxConn, StartOptions};
 
 use super::connection::ClientArgs;
 use super::exec::shell_quote;
+
+/// Files moved at the same time.
+const PARALLEL_FILES: usize = 8;
 
 /// Transfers at least this large get a progress bar (on a terminal).
 const PROGRESS_MIN_BYTES: u64 = 8 << 20;
@@ -65,7 +71,6 @@ fn base_name(p: &str) -> String {
 
 struct Bar {
     bar: ProgressBar,
-    done: u64,
 }
 
 impl Bar {
@@ -78,20 +83,18 @@ impl Bar {
         ) {
             bar.set_style(style);
         }
-        Bar { bar, done: 0 }
+        Bar { bar }
     }
 
-    /// A callback for one file starting at the bytes done so far.
+    /// A callback for one file: adds what it moved to the total.
     fn file(&self, name: &str) -> Progress {
         self.bar.set_message(name.to_string());
         let bar = self.bar.clone();
-        let base = self.done;
-        Arc::new(move |n| bar.set_position(base + n))
-    }
-
-    fn finished_file(&mut self, n: u64) {
-        self.done += n;
-        self.bar.set_position(self.done);
+        let seen = Arc::new(AtomicU64::new(0));
+        Arc::new(move |n| {
+            let before = seen.swap(n, Ordering::Relaxed);
+            bar.inc(n.saturating_sub(before));
+        })
     }
 }
 
@@ -100,11 +103,13 @@ pub async fn run(args: CpArgs, client_args: &ClientArgs) -> anyhow::Result<()> {
     match (parse_loc(&args.src), parse_loc(&args.dst)) {
         (Loc::Local(src), Loc::Remote { id, path }) => {
             let sbx = client.sandbox(&id).await?.with_user(args.user.clone());
-            upload(&sbx, &src, &path, args.quiet).await
+            let r = upload(&sbx, &src, &path, args.quiet).await;
+            explain_failure(&client, &id, r).await
         }
         (Loc::Remote { id, path }, Loc::Local(dst)) => {
             let sbx = client.sandbox(&id).await?.with_user(args.user.clone());
-            download(&sbx, &path, &dst, args.quiet).await
+            let r = download(&sbx, &path, &dst, args.quiet).await;
+            explain_failure(&client, &id, r).await
         }
         (Loc::Local(_), Loc::Local(_)) => bail!(
             "neither {:?} nor {:?} is in a sandbox: write one as <sandbox id>:<path>",
@@ -114,6 +119,21 @@ pub async fn run(args: CpArgs, client_args: &ClientArgs) -> anyhow::Result<()> {
         (Loc::Remote { .. }, Loc::Remote { .. }) => {
             bail!("copying between two sandboxes is not supported: copy through a local directory")
         }
+    }
+}
+
+/// A copy that broke off because the sandbox died says so.
+async fn explain_failure(
+    client: &kiln_client::Client,
+    id: &str,
+    r: anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let Err(e) = r else { return Ok(()) };
+    match client.get(id).await {
+        Err(gone) if gone.is_not_found() => Err(e.context(format!(
+            "sandbox {id} ended during the copy (out of memory? /tmp and /dev/shm count against its memory: copy large files under /home/user)"
+        ))),
+        _ => Err(e),
     }
 }
 
@@ -187,19 +207,23 @@ async fn upload(sbx: &SandboxConn, src: &Path, dst: &str, quiet: bool) -> anyhow
     let mut plan = Plan::default();
     walk(src, &target, &mut plan)?;
     let total: u64 = plan.files.iter().map(|f| f.2).sum();
-    let mut bar = Bar::new(total, quiet);
+    let bar = Bar::new(total, quiet);
     for d in &plan.dirs {
         sbx.make_dir(d)
             .await
             .with_context(|| format!("creating {d} in the sandbox"))?;
     }
-    for (local, remote, _) in &plan.files {
-        let n = sbx
-            .upload(local, remote, Some(bar.file(remote)))
-            .await
-            .with_context(|| format!("copying {} to {remote}", local.display()))?;
-        bar.finished_file(n);
-    }
+    futures_util::stream::iter(plan.files.iter().map(Ok))
+        .try_for_each_concurrent(PARALLEL_FILES, |(local, remote, _)| {
+            let progress = bar.file(remote);
+            async move {
+                sbx.upload(local, remote, Some(progress))
+                    .await
+                    .map(|_| ())
+                    .with_context(|| format!("copying {} to {remote}", local.display()))
+            }
+        })
+        .await?;
     if !plan.modes.is_empty() {
         let cmd = plan
             .modes
@@ -277,15 +301,18 @@ async fn download(sbx: &SandboxConn, src: &str, dst: &Path, quiet: bool) -> anyh
         std::fs::create_dir_all(l).with_context(|| format!("creating {}", l.display()))?;
     }
     let total: u64 = files.iter().map(|f| f.3).sum();
-    let mut bar = Bar::new(total, quiet);
-    for (remote, local, mode, _) in &files {
-        let n = sbx
-            .download(remote, local, Some(bar.file(remote)))
-            .await
-            .with_context(|| format!("copying {remote} to {}", local.display()))?;
-        set_mode(local, *mode)?;
-        bar.finished_file(n);
-    }
+    let bar = Bar::new(total, quiet);
+    futures_util::stream::iter(files.iter().map(Ok))
+        .try_for_each_concurrent(PARALLEL_FILES, |(remote, local, mode, _)| {
+            let progress = bar.file(remote);
+            async move {
+                sbx.download(remote, local, Some(progress))
+                    .await
+                    .with_context(|| format!("copying {remote} to {}", local.display()))?;
+                set_mode(local, *mode)
+            }
+        })
+        .await?;
     // Deepest first, so a read-only directory does not block its children.
     for (_, l, mode) in dirs.iter().rev() {
         set_mode(l, *mode)?;
