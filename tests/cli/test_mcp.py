@@ -184,3 +184,17 @@ def test_streamable_http(kilnd, kiln):
         proc.wait(timeout=10)
         for sid in seen.values():
             kiln("sandbox", "kill", sid)
+
+
+def test_stdio_without_kilnd_answers_with_what_to_do(kilnd):
+    async def session():
+        env = kilnd.env(KILN_API_URL=f"http://127.0.0.1:{free_port()}")
+        params = StdioServerParameters(command=kiln_bin(), args=["mcp"], env=env)
+        async with stdio_client(params) as (r, w):
+            async with ClientSession(r, w) as s:
+                await s.initialize()
+                assert {t.name for t in (await s.list_tools()).tools} == TOOLS
+                res = await s.call_tool("run_command", {"command": "true"})
+                assert res.is_error and "kiln up" in text(res)
+
+    asyncio.run(session())
