@@ -1,4 +1,6 @@
-//! `kiln`: set up and serve (`kiln up`), manage API keys (`kiln keys`).
+//! `kiln`: set up and serve (`kiln up`), manage API keys (`kiln keys`), and
+//! the client verbs (`kiln sandbox`, `exec`, `shell`, `cp`, `template`,
+//! `doctor`, `mcp`) in `commands/`, one file per verb, built on kiln-client.
 
 mod commands;
 mod host;
