@@ -81,6 +81,12 @@ def test_stdio_session(kilnd, kiln):
                 assert "/home/user/notes/a.txt" in text(res)
                 res = await s.call_tool("read_file", {"path": "/nonexistent"})
                 assert res.is_error and "not found" in text(res)
+                res = await s.call_tool("read_file", {"path": "/home/user"})
+                assert res.is_error and "list_files" in text(res)
+                res = await s.call_tool("run_command", {"command": "head -c 5000000 /dev/zero > /tmp/big; seq 100000"})
+                assert "bytes omitted" in text(res) and "\n100000\n" in text(res)
+                res = await s.call_tool("read_file", {"path": "/tmp/big"})
+                assert res.is_error and "head -c" in text(res)
                 res = await s.call_tool("write_file", {"path": "/tmp/p.png", "encoding": "base64",
                                                        "content": base64.b64encode(PNG).decode()})
                 assert not res.is_error, text(res)

@@ -28,7 +28,9 @@ pub enum Error {
         port: u16,
         message: String,
     },
-    #[error("the sandbox's agent answered {code}: {message}")]
+    /// An error of the agent (`code` is a Connect code such as
+    /// `not_found`, or an HTTP status).
+    #[error("{}: {message}", code.replace('_', " "))]
     Agent { code: String, message: String },
     #[error("sandbox {sandbox_id} has no code interpreter on port {port}: create it from a code-interpreter template")]
     NoInterpreter { sandbox_id: String, port: u16 },

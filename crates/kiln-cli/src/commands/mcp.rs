@@ -196,6 +196,9 @@ fn explain(e: &ClientError) -> String {
 /// precious); the rest is summarised.
 const MAX_OUTPUT: usize = 64 << 10;
 
+/// Largest file read_file returns.
+const MAX_READ: usize = 4 << 20;
+
 fn clip(b: &[u8]) -> String {
     if b.len() <= MAX_OUTPUT {
         return String::from_utf8_lossy(b).into_owned();
@@ -437,6 +440,19 @@ impl KilnMcp {
             Ok(s) => s,
             Err(e) => return tool_error(e),
         };
+        match sbx.stat(&p.path).await {
+            Ok(e) if e.kind == FileType::Directory => {
+                return tool_error(format!("{} is a directory: use list_files", p.path))
+            }
+            Ok(e) if e.size > MAX_READ as i64 => {
+                return tool_error(format!(
+                    "{} is {} bytes, more than read_file returns ({MAX_READ}): read parts with run_command (head -c, tail, sed -n, grep)",
+                    p.path, e.size
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return tool_error(explain(&e)),
+        }
         let data = match sbx.read_bytes(&p.path).await {
             Ok(d) => d,
             Err(e) => return tool_error(explain(&e)),
