@@ -153,8 +153,10 @@ def test_cp_directory_round_trip_is_byte_identical(kiln, sandbox, tmp_path):
     assert r.returncode == 0, r.stderr
     assert tree_digest(back / "tree") == tree_digest(src)
     # Single files, both ways, to an explicit name.
-    r = kiln("cp", str(src / "a" / "text.txt"), f"{sandbox}:/tmp/renamed.txt")
+    r = kiln("--json", "cp", str(src / "a" / "text.txt"), f"{sandbox}:/tmp/renamed.txt")
     assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"files": 1, "directories": 0, "bytes": len((src / "a" / "text.txt").read_bytes()),
+                                    "destination": f"{sandbox}:/tmp/renamed.txt"}
     r = kiln("cp", f"{sandbox}:/tmp/renamed.txt", str(tmp_path / "one.txt"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "one.txt").read_bytes() == (src / "a" / "text.txt").read_bytes()

@@ -15,7 +15,7 @@ use kiln_api::agent::filesystem::FileType;
 use kiln_client::files::Progress;
 use kiln_client::{SandboxConn, StartOptions};
 
-use super::connection::ClientArgs;
+use super::connection::{print_json, ClientArgs};
 use super::exec::shell_quote;
 
 /// Files moved at the same time.
@@ -100,7 +100,7 @@ impl Bar {
 
 pub async fn run(args: CpArgs, client_args: &ClientArgs) -> anyhow::Result<()> {
     let client = client_args.client()?;
-    match (parse_loc(&args.src), parse_loc(&args.dst)) {
+    let summary = match (parse_loc(&args.src), parse_loc(&args.dst)) {
         (Loc::Local(src), Loc::Remote { id, path }) => {
             let sbx = client.sandbox(&id).await?.with_user(args.user.clone());
             let r = upload(&sbx, &src, &path, args.quiet).await;
@@ -119,16 +119,36 @@ pub async fn run(args: CpArgs, client_args: &ClientArgs) -> anyhow::Result<()> {
         (Loc::Remote { .. }, Loc::Remote { .. }) => {
             bail!("copying between two sandboxes is not supported: copy through a local directory")
         }
+    }?;
+    if client_args.json {
+        return print_json(&summary);
     }
+    eprintln!(
+        "copied {} files, {} directories, {} bytes to {}",
+        summary.files, summary.directories, summary.bytes, summary.destination
+    );
+    Ok(())
+}
+
+/// What was copied.
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    files: usize,
+    directories: usize,
+    bytes: u64,
+    destination: String,
 }
 
 /// A copy that broke off because the sandbox died says so.
 async fn explain_failure(
     client: &kiln_client::Client,
     id: &str,
-    r: anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let Err(e) = r else { return Ok(()) };
+    r: anyhow::Result<Summary>,
+) -> anyhow::Result<Summary> {
+    let e = match r {
+        Ok(s) => return Ok(s),
+        Err(e) => e,
+    };
     match client.get(id).await {
         Err(gone) if gone.is_not_found() => Err(e.context(format!(
             "sandbox {id} ended during the copy (out of memory? /tmp and /dev/shm count against its memory: copy large files under /home/user)"
@@ -190,7 +210,7 @@ async fn remote_is_dir(sbx: &SandboxConn, path: &str) -> anyhow::Result<bool> {
     }
 }
 
-async fn upload(sbx: &SandboxConn, src: &Path, dst: &str, quiet: bool) -> anyhow::Result<()> {
+async fn upload(sbx: &SandboxConn, src: &Path, dst: &str, quiet: bool) -> anyhow::Result<Summary> {
     if !src.exists() {
         bail!("{} does not exist", src.display());
     }
@@ -248,17 +268,20 @@ async fn upload(sbx: &SandboxConn, src: &Path, dst: &str, quiet: bool) -> anyhow
     for s in &plan.skipped {
         eprintln!("skipped {} (not a regular file or directory)", s.display());
     }
-    eprintln!(
-        "copied {} files, {} directories, {} bytes to {}:{target}",
-        plan.files.len(),
-        plan.dirs.len(),
-        total,
-        sbx.id
-    );
-    Ok(())
+    Ok(Summary {
+        files: plan.files.len(),
+        directories: plan.dirs.len(),
+        bytes: total,
+        destination: format!("{}:{target}", sbx.id),
+    })
 }
 
-async fn download(sbx: &SandboxConn, src: &str, dst: &Path, quiet: bool) -> anyhow::Result<()> {
+async fn download(
+    sbx: &SandboxConn,
+    src: &str,
+    dst: &Path,
+    quiet: bool,
+) -> anyhow::Result<Summary> {
     let entry = sbx
         .stat(src)
         .await
@@ -321,14 +344,12 @@ async fn download(sbx: &SandboxConn, src: &str, dst: &Path, quiet: bool) -> anyh
     for s in &skipped {
         eprintln!("skipped {s} (not a regular file or directory)");
     }
-    eprintln!(
-        "copied {} files, {} directories, {} bytes to {}",
-        files.len(),
-        dirs.len(),
-        total,
-        target.display()
-    );
-    Ok(())
+    Ok(Summary {
+        files: files.len(),
+        directories: dirs.len(),
+        bytes: total,
+        destination: target.display().to_string(),
+    })
 }
 
 fn set_mode(p: &Path, mode: u32) -> anyhow::Result<()> {
