@@ -65,6 +65,20 @@ fn cgroup_controllers(v: CgroupVersion) -> Vec<String> {
     }
 }
 
+/// (CPU has vmx or svm, runs under a hypervisor), from /proc/cpuinfo.
+fn cpu_flags() -> (bool, bool) {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    (
+        flags.iter().any(|f| *f == "vmx" || *f == "svm"),
+        flags.contains(&"hypervisor"),
+    )
+}
+
 fn host_checks() -> Vec<Check> {
     let mut out = Vec::new();
     let h = host::check();
@@ -156,12 +170,29 @@ fn host_checks() -> Vec<Check> {
         )
     } else {
         match std::fs::OpenOptions::new().read(true).write(true).open(kvm) {
-            Ok(_) => check(
-                "kvm",
-                Level::Ok,
-                "/dev/kvm present and openable (not proven by booting a guest: nested or paravirtual KVM may still fail to run one)",
-                None,
-            ),
+            Ok(_) => {
+                let (virt, nested) = cpu_flags();
+                match (virt, nested) {
+                    (true, false) => check(
+                        "kvm",
+                        Level::Ok,
+                        "/dev/kvm present and openable, CPU has hardware virtualization (not proven by booting a guest)",
+                        None,
+                    ),
+                    (true, true) => check(
+                        "kvm",
+                        Level::Ok,
+                        "/dev/kvm present and openable, nested under a hypervisor: guests should run, slower (not proven by booting one)",
+                        None,
+                    ),
+                    (false, _) => check(
+                        "kvm",
+                        Level::Warn,
+                        "/dev/kvm present, but the CPU shows no vmx/svm (paravirtual or emulated KVM): it may boot no stock guest kernel; a microvm runtime must verify and fall back to TCG",
+                        Some("expose hardware virtualization to this machine (nested virtualization in its hypervisor)"),
+                    ),
+                }
+            }
             Err(e) => check(
                 "kvm",
                 Level::Warn,
