@@ -204,3 +204,41 @@ def test_stdio_without_kilnd_answers_with_what_to_do(kilnd):
                 assert res.is_error and "kiln up" in text(res)
 
     asyncio.run(session())
+
+
+def test_stdio_server_cleans_up_on_sigterm(kilnd, kiln):
+    """Clients may end a stdio server with SIGTERM instead of closing stdin."""
+    import signal
+
+    p = subprocess.Popen([kiln_bin(), "mcp"], env=kilnd.env(), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sid = None
+    try:
+        def send(msg):
+            p.stdin.write((json.dumps(msg) + "\n").encode())
+            p.stdin.flush()
+
+        def answer(want_id):
+            while True:
+                line = p.stdout.readline()
+                assert line, p.stderr.read()
+                msg = json.loads(line)
+                if msg.get("id") == want_id:
+                    return msg
+
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+        answer(1)
+        send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        send({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+              "params": {"name": "create_sandbox", "arguments": {}}})
+        res = answer(2)["result"]
+        sid = re.search(r"Created sandbox (\w+)", res["content"][0]["text"]).group(1)
+        assert sandbox_exists(kiln, sid)
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=20)
+        assert not sandbox_exists(kiln, sid)
+    finally:
+        p.kill()
+        if sid:
+            kiln("sandbox", "kill", sid)

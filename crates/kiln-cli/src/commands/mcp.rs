@@ -20,6 +20,7 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData, ServerHandler, ServiceExt};
 use serde::Deserialize;
+use tokio::signal::unix::{signal, SignalKind};
 
 use super::connection::ClientArgs;
 
@@ -589,7 +590,15 @@ pub async fn run(args: McpArgs, client_args: &ClientArgs) -> anyhow::Result<()> 
             let server = KilnMcp::new(client, args.template.clone(), args.timeout);
             let session = server.session.clone();
             let running = server.serve(rmcp::transport::stdio()).await?;
-            let _ = running.waiting().await;
+            // The client closing stdin ends the session; so do SIGTERM and
+            // Ctrl-C, which clients send too: clean up in every case.
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            tokio::select! {
+                _ = running.waiting() => {}
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
             session.cleanup().await;
             Ok(())
         }
