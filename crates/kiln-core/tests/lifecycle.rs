@@ -493,3 +493,85 @@ async fn concurrent_creates_run_in_parallel() {
     assert_eq!(all.len(), N);
     assert_eq!(rt.inner.count(), N);
 }
+
+/// A runtime whose creates wait until the test opens the gate.
+struct GateRuntime {
+    inner: FakeRuntime,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl Runtime for GateRuntime {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+    async fn create(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+        let _permit = self.gate.acquire().await.unwrap();
+        self.inner.create(spec).await
+    }
+    async fn freeze(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.freeze(id).await
+    }
+    async fn thaw(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.thaw(id).await
+    }
+    async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.kill(id).await
+    }
+    async fn stats(&self, id: &str) -> Result<SandboxStats, RuntimeError> {
+        self.inner.stats(id).await
+    }
+    async fn list(&self) -> Result<Vec<SandboxHandle>, RuntimeError> {
+        self.inner.list().await
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent> {
+        self.inner.subscribe()
+    }
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_does_not_leave_a_half_created_sandbox() {
+    let rt = Arc::new(GateRuntime {
+        inner: FakeRuntime::new(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let core = core_with(store.clone(), rt.clone());
+    let t = team("a");
+    let caller = {
+        let (core, t) = (core.clone(), t.clone());
+        tokio::spawn(async move { core.create(&t, req()).await })
+    };
+    eventually_async(|| async {
+        !store
+            .list_sandboxes(None, &[SandboxState::Creating])
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    caller.abort(); // the HTTP client disconnected
+    rt.gate.add_permits(1);
+    eventually("the create finished anyway", || {
+        core.list(&t, &ListFilter::default()).unwrap().items.len() == 1
+    })
+    .await;
+    assert!(store
+        .list_sandboxes(None, &[SandboxState::Creating])
+        .unwrap()
+        .is_empty());
+    assert_eq!(rt.inner.count(), 1);
+}
+
+async fn eventually_async<F, Fut>(cond: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition never held");
+}
