@@ -93,7 +93,10 @@ impl ClientConfig {
     /// Checks the URL's form.
     pub fn new(api_url: &str, api_key: Option<String>) -> Result<Self> {
         let url = api_url.trim().trim_end_matches('/');
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 9 {
+        if url.starts_with("https://") {
+            return Err(Error::NoTls(api_url.to_string()));
+        }
+        if !url.starts_with("http://") || url.len() < 8 {
             return Err(Error::BadUrl(api_url.to_string()));
         }
         Ok(Self {
@@ -114,6 +117,10 @@ mod tests {
         assert!(matches!(
             ClientConfig::new("127.0.0.1:3000", None),
             Err(Error::BadUrl(_))
+        ));
+        assert!(matches!(
+            ClientConfig::new("https://kiln.example", None),
+            Err(Error::NoTls(_))
         ));
     }
 

@@ -42,8 +42,10 @@ pub enum Error {
     },
     #[error("unexpected answer from {url}: {message}")]
     Protocol { url: String, message: String },
-    #[error("invalid server URL {0:?}: it must start with http:// or https://")]
+    #[error("invalid server URL {0:?}: it must look like http://127.0.0.1:3000")]
     BadUrl(String),
+    #[error("{0:?}: this client speaks plain HTTP only (kilnd serves http://); reach a remote kilnd through an SSH tunnel or a local TLS-terminating proxy")]
+    NoTls(String),
     #[error("invalid client config file {path}: {message}")]
     Config { path: PathBuf, message: String },
     #[error("{path}: {source}")]

@@ -58,12 +58,7 @@ impl SandboxConn {
     /// (`http://<port>-<id>.<domain>`), when kilnd reported a domain.
     pub fn host_url(&self, port: u16) -> Option<String> {
         let domain = self.domain.as_deref()?;
-        let scheme = if self.client.config.api_url.starts_with("https://") {
-            "https"
-        } else {
-            "http"
-        };
-        Some(format!("{scheme}://{port}-{}.{domain}", self.id))
+        Some(format!("http://{port}-{}.{domain}", self.id))
     }
 
     /// A request to `path` on `port` inside the sandbox.
