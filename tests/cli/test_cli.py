@@ -36,6 +36,23 @@ def test_sandbox_lifecycle_with_json(kiln):
     assert b"was not found" in r.stderr
 
 
+def test_pause_resume_and_exec_resumes(kiln, sandbox):
+    kiln("exec", sandbox, "--", "echo kept > /home/user/state")
+    r = kiln("sandbox", "pause", sandbox)
+    assert r.returncode == 0, r.stderr
+    paused = json.loads(kiln("--json", "sandbox", "list", "--state", "paused").stdout)
+    assert sandbox in [s["sandboxID"] for s in paused]
+    # exec resumes a paused sandbox, as the SDKs' connect does.
+    r = kiln("exec", sandbox, "--", "cat /home/user/state")
+    assert (r.returncode, r.stdout) == (0, b"kept\n"), r.stderr
+    assert json.loads(kiln("--json", "sandbox", "info", sandbox).stdout)["state"] == "running"
+    kiln("sandbox", "pause", sandbox)
+    r = kiln("--json", "sandbox", "resume", sandbox)
+    assert json.loads(r.stdout)["resumed"] is True
+    r = kiln("--json", "sandbox", "resume", sandbox)
+    assert json.loads(r.stdout)["resumed"] is False
+
+
 def test_exec_passes_exit_codes_and_separates_streams(kiln, sandbox):
     r = kiln("exec", sandbox, "--", "echo out; echo err >&2")
     assert (r.returncode, r.stdout, r.stderr) == (0, b"out\n", b"err\n")

@@ -1,6 +1,9 @@
 //! kilnd's control API: sandboxes and templates.
 
-use kiln_api::rest::{NewSandbox, Sandbox, SandboxDetail, SandboxTimeoutRequest, Template};
+use kiln_api::rest::{
+    ConnectSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxState, SandboxTimeoutRequest,
+    Template,
+};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -171,9 +174,36 @@ impl Client {
         Self::json(resp, &self.url(path)).await
     }
 
-    /// A handle on a running sandbox's agent (fetches its access token).
+    /// `POST /sandboxes/{id}/pause`: freezes the sandbox; its timeout stops.
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        let path = format!("/sandboxes/{}/pause", seg(id)?);
+        let rb = self.request(Method::POST, &path)?;
+        self.call(rb, &path, &format!("sandbox {id}")).await?;
+        Ok(())
+    }
+
+    /// `POST /sandboxes/{id}/connect`: resumes a paused sandbox (and keeps a
+    /// running one at least `timeout` seconds more); returns it and whether
+    /// it was resumed.
+    pub async fn connect(&self, id: &str, timeout: Option<i64>) -> Result<(Sandbox, bool)> {
+        let path = format!("/sandboxes/{}/connect", seg(id)?);
+        let rb = self.request(Method::POST, &path)?.json(&ConnectSandbox {
+            timeout,
+            auto_pause: None,
+        });
+        let resp = self.call(rb, &path, &format!("sandbox {id}")).await?;
+        let resumed = resp.status() == StatusCode::CREATED;
+        Ok((Self::json(resp, &self.url(&path)).await?, resumed))
+    }
+
+    /// A handle on a sandbox's agent (fetches its access token); a paused
+    /// sandbox is resumed first, as the e2b SDKs' `connect` does.
     pub async fn sandbox(&self, id: &str) -> Result<SandboxConn> {
         let d = self.get(id).await?;
+        if d.state == SandboxState::Paused {
+            let (s, _) = self.connect(id, None).await?;
+            return Ok(self.sandbox_from(&s));
+        }
         Ok(SandboxConn::new(
             self.clone(),
             d.sandbox_id,

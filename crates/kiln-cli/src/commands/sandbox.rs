@@ -49,6 +49,16 @@ pub enum SandboxCommand {
     },
     /// Set the sandbox to end SECONDS from now.
     Timeout { id: String, seconds: i64 },
+    /// Freeze a sandbox (processes stop, memory and files are kept, its
+    /// timeout stops); exec, shell and cp resume it.
+    Pause { id: String },
+    /// Resume a paused sandbox.
+    Resume {
+        id: String,
+        /// Seconds it then lives (default: the server's).
+        #[arg(long)]
+        timeout: Option<i64>,
+    },
 }
 
 fn pairs(items: &[String], what: &str) -> anyhow::Result<Option<BTreeMap<String, String>>> {
@@ -203,6 +213,26 @@ pub async fn run(cmd: SandboxCommand, args: &ClientArgs) -> anyhow::Result<()> {
             }
             if failed > 0 {
                 bail!("{failed} of {} sandboxes could not be killed", ids.len());
+            }
+        }
+        SandboxCommand::Pause { id } => {
+            client.pause(&id).await?;
+            if args.json {
+                return print_json(&serde_json::json!({"sandboxID": id, "state": "paused"}));
+            }
+            println!("paused {id}");
+        }
+        SandboxCommand::Resume { id, timeout } => {
+            let (_, resumed) = client.connect(&id, timeout).await?;
+            if args.json {
+                return print_json(
+                    &serde_json::json!({"sandboxID": id, "state": "running", "resumed": resumed}),
+                );
+            }
+            if resumed {
+                println!("resumed {id}");
+            } else {
+                println!("{id} was already running");
             }
         }
         SandboxCommand::Timeout { id, seconds } => {
