@@ -16,14 +16,18 @@ def test_sandbox_lifecycle_with_json(kiln):
     created = json.loads(r.stdout)
     sid = created["sandboxID"]
     try:
-        listed = json.loads(kiln("--json", "sandbox", "list").stdout)
-        mine = [s for s in listed if s["sandboxID"] == sid]
-        assert mine and mine[0]["metadata"] == {"owner": "cli-test"}
-        table = kiln("sandbox", "list").stdout.decode()
-        assert table.splitlines()[0].split()[:3] == ["ID", "TEMPLATE", "STATE"]
-        assert sid in table
-        info = json.loads(kiln("--json", "sandbox", "info", sid).stdout)
-        assert info["state"] == "running"
+        r = kiln("--json", "sandbox", "list")
+        assert r.returncode == 0, r.stderr
+        mine = [s for s in json.loads(r.stdout) if s["sandboxID"] == sid]
+        assert mine and mine[0]["metadata"] == {"owner": "cli-test"}, r.stdout
+        r = kiln("sandbox", "list")
+        table = r.stdout.decode()
+        assert table.splitlines()[0].split()[:3] == ["ID", "TEMPLATE", "STATE"], r
+        assert sid in table, r
+        r = kiln("--json", "sandbox", "info", sid)
+        assert r.returncode == 0, r.stderr
+        info = json.loads(r.stdout)
+        assert info["state"] == "running", info
         assert "envdAccessToken" not in info
         r = kiln("--json", "sandbox", "timeout", sid, "900")
         assert r.returncode == 0, r.stderr
@@ -32,8 +36,8 @@ def test_sandbox_lifecycle_with_json(kiln):
         r = kiln("sandbox", "kill", sid)
     assert r.returncode == 0, r.stderr
     r = kiln("sandbox", "info", sid)
-    assert r.returncode == 1
-    assert b"was not found" in r.stderr
+    assert r.returncode == 1, r
+    assert b"was not found" in r.stderr, r
 
 
 def test_pause_resume_and_exec_resumes(kiln, sandbox):
