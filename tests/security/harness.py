@@ -180,7 +180,8 @@ def host_leaks(tag: str, data: pathlib.Path):
     if ns:
         left.append(f"network namespaces {ns[:5]}")
     d = str(data)
-    mounts = [l.split()[4] for l in open("/proc/self/mountinfo") if d in l]
+    # Mounts below the data dir (the data dir itself may be a test's tmpfs).
+    mounts = [l.split()[4] for l in open("/proc/self/mountinfo") if l.split()[4].startswith(d + "/")]
     if mounts:
         left.append(f"mounts {mounts[:5]}")
     loops = [l for l in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout.splitlines() if d in l]
