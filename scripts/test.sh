@@ -11,6 +11,7 @@ kiln_install_apt_deps
 kiln_build
 
 failed=()
+passed=0
 step() {
     local name=$1
     shift
@@ -18,6 +19,7 @@ step() {
     echo "==== $name"
     if "$@"; then
         echo "==== $name: ok"
+        passed=$((passed + 1))
     else
         echo "==== $name: FAILED"
         failed+=("$name")
@@ -31,6 +33,7 @@ for phase in scripts/test.d/*.sh; do
 done
 
 echo
+echo "phases: $passed passed, ${#failed[@]} failed"
 if [ ${#failed[@]} -eq 0 ]; then
     echo "all test phases passed"
 else

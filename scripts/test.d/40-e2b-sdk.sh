@@ -33,7 +33,10 @@ if ! "$venv/bin/python" -c 'import e2b, pytest, pytest_asyncio, importlib.metada
 fi
 
 if [ -z "${KILN_E2E_RUNTIME:-}" ]; then
-    if "$KILN_BIN" runtimes | grep -qx container; then
+    # Not `kiln runtimes | grep -q`: grep's early exit would fail the
+    # pipeline (SIGPIPE) under pipefail.
+    runtimes=$("$KILN_BIN" runtimes)
+    if grep -qx container <<<"$runtimes"; then
         export KILN_E2E_RUNTIME=container
     else
         export KILN_E2E_RUNTIME=fake

@@ -48,6 +48,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_subnet(avoid=()) -> str:
+    """A private /16 (10.150-189.0.0) that no interface routes yet, for a
+    test kilnd's bridge (other kilnds on the host use their own)."""
+    taken = set(avoid)
+    try:
+        with open("/proc/net/route") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                dest = bytes.fromhex(fields[1])[::-1]  # host-order hex of a network-order word
+                if int(fields[7], 16) != 0:
+                    taken.add(f"{dest[0]}.{dest[1]}.0.0")
+    except OSError:
+        pass
+    for second in range(150, 190):
+        subnet = f"10.{second}.0.0"
+        if subnet not in taken:
+            return subnet
+    raise RuntimeError("no free 10.x.0.0/16 for the test kilnd")
+
+
 @dataclass
 class Kilnd:
     url: str
@@ -75,7 +95,7 @@ def start_kilnd(data: pathlib.Path, port: int, key: str, **extra_env) -> subproc
     # Host objects of their own, apart from any other kilnd and from the
     # runtime's tests (t1..t9, 10.200+n.0.0/16).
     env.setdefault("KILN_RUNTIME_TAG", "e2e")
-    env.setdefault("KILN_SUBNET", "10.199.0.0")
+    env.setdefault("KILN_SUBNET", free_subnet())
     env.update(extra_env)
     log = data / "kilnd.log"
     url = f"http://127.0.0.1:{port}"
@@ -99,6 +119,18 @@ def start_kilnd(data: pathlib.Path, port: int, key: str, **extra_env) -> subproc
             proc.kill()
             pytest.fail(f"kilnd did not start in {START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
         time.sleep(0.1)
+
+
+def kill_all(url: str, *keys: str):
+    """Kills every sandbox the keys' teams have, so that a failed test leaves
+    nothing running on the host after kilnd stops."""
+    for key in keys:
+        headers = {"X-API-KEY": key}
+        try:
+            for s in httpx.get(f"{url}/v2/sandboxes", headers=headers, timeout=10).json():
+                httpx.delete(f"{url}/sandboxes/{s['sandboxID']}", headers=headers, timeout=30)
+        except httpx.HTTPError:
+            pass
 
 
 def stop_kilnd(proc: subprocess.Popen, log: pathlib.Path):
@@ -126,6 +158,7 @@ def kilnd(tmp_path_factory) -> Kilnd:
     os.environ.pop("E2B_DOMAIN", None)
     os.environ.pop("E2B_DEBUG", None)
     yield Kilnd(url, key, other, data, data / "kilnd.log", proc)
+    kill_all(url, key, other)
     stop_kilnd(proc, data / "kilnd.log")
 
 

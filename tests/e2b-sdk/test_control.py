@@ -35,7 +35,7 @@ def test_create_get_info_set_timeout_kill(kilnd):
         assert info.template_id
         assert info.metadata == {"case": "info"}
         assert info.state == SandboxState.RUNNING
-        assert 115 <= (info.end_at - info.started_at).total_seconds() <= 125
+        assert 110 <= (info.end_at - info.started_at).total_seconds() <= 130
         assert info.cpu_count >= 1 and info.memory_mb >= 1
 
         sbx.set_timeout(600)
@@ -79,7 +79,10 @@ def test_connect_by_id_from_a_second_client(kilnd):
 
 def test_timeout_expiry_kills(kilnd):
     sbx = Sandbox.create(timeout=2)
-    time.sleep(3.5)
+    time.sleep(2)
+    deadline = time.monotonic() + 10
+    while sbx.sandbox_id in live_ids(kilnd) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert sbx.sandbox_id not in live_ids(kilnd)
     assert not sbx.is_running()
 

@@ -7,14 +7,15 @@ import secrets
 import httpx
 from e2b import Sandbox
 
-from conftest import free_port, start_kilnd, stop_kilnd
+from conftest import free_port, free_subnet, kill_all, start_kilnd, stop_kilnd
 
 
 def test_restart_reattaches_running_sandboxes(tmp_path, kilnd):
     port = free_port()
     key = "e2b_" + secrets.token_hex(20)
     url = f"http://127.0.0.1:{port}"
-    extra = dict(KILN_RUNTIME_TAG="e2r", KILN_SUBNET="10.198.0.0")
+    # Not the session kilnd's subnet (its bridge is routed by now anyway).
+    extra = dict(KILN_RUNTIME_TAG="e2r", KILN_SUBNET=free_subnet())
     opts = dict(api_key=key, api_url=url, sandbox_url=url)
     proc = start_kilnd(tmp_path, port, key, **extra)
     try:
@@ -35,4 +36,5 @@ def test_restart_reattaches_running_sandboxes(tmp_path, kilnd):
         assert again.commands.run("echo alive").stdout == "alive\n"
         again.kill()
     finally:
+        kill_all(url, key)
         stop_kilnd(proc, tmp_path / "kilnd.log")

@@ -57,7 +57,7 @@ def test_command_timeout(sandbox):
     start = time.monotonic()
     with pytest.raises(TimeoutException):
         sandbox.commands.run("sleep 30", timeout=1)
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 25  # the 30 s sleep was cut short
 
 
 def test_nonzero_exit_raises(sandbox):
@@ -112,7 +112,7 @@ def test_watch_dir(sandbox):
     try:
         sandbox.files.write("/home/user/w/new.txt", "x")
         events = []
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not any(e.name == "new.txt" for e in events):
             events += w.get_new_events()
             time.sleep(0.1)
@@ -187,5 +187,23 @@ def test_signed_file_urls_without_sandbox_headers(kilnd):
         assert r.status_code == 200 and r.content == b"via signed url"
         bad = down.replace("signature=v1_", "signature=v1_x")
         assert httpx.get(bad).status_code == 401
+    finally:
+        sbx.kill()
+
+
+def test_pause_and_connect_resumes(kilnd):
+    sbx = Sandbox.create(timeout=120)
+    try:
+        sbx.files.write("/home/user/p.txt", "before pause")
+        sleeper = sbx.commands.run("sleep 1000", background=True)
+        assert sbx.pause() is True
+        assert sbx.pause() is False  # already paused: 409
+        assert not sbx.is_running()
+        info = Sandbox.get_info(sbx.sandbox_id)
+        assert info.state.value == "paused"
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=120)
+        assert resumed.is_running()
+        assert resumed.files.read("/home/user/p.txt") == "before pause"
+        assert any(p.pid == sleeper.pid for p in resumed.commands.list())
     finally:
         sbx.kill()

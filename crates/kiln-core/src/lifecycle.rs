@@ -232,9 +232,33 @@ impl Core {
         Utc::now() + Duration::seconds(secs)
     }
 
+    /// Runs a lifecycle operation to its end even if the caller stops
+    /// waiting (an HTTP client that disconnects must not leave a sandbox
+    /// half-created or half-killed).
+    async fn detached<T: Send + 'static>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, CoreError>> + Send + 'static,
+    ) -> Result<T, CoreError> {
+        tokio::spawn(op).await.unwrap_or_else(|e| {
+            Err(CoreError::Runtime(kiln_runtime::RuntimeError::Other(
+                format!("a lifecycle task failed: {e}"),
+            )))
+        })
+    }
+
     /// Creates and starts a sandbox. On any failure nothing is left behind:
     /// the runtime's sandbox is killed and the record marked killed.
     pub async fn create(
+        &self,
+        team: &Team,
+        req: CreateSandbox,
+    ) -> Result<SandboxRecord, CoreError> {
+        let (core, team) = (self.clone(), team.clone());
+        self.detached(async move { core.create_inner(&team, req).await })
+            .await
+    }
+
+    async fn create_inner(
         &self,
         team: &Team,
         req: CreateSandbox,
@@ -394,13 +418,14 @@ impl Core {
                     .all(|(k, v)| r.metadata.get(k) == Some(v))
             })
             .collect();
-        all.sort_by(|a, b| {
-            (a.started_at.timestamp_micros(), &a.id).cmp(&(b.started_at.timestamp_micros(), &b.id))
-        });
-        let start = match &after {
-            Some((t, id)) => {
-                all.partition_point(|r| (r.started_at.timestamp_micros(), &r.id) <= (*t, id))
-            }
+        let key = |r: &SandboxRecord| (r.started_at.timestamp_micros(), r.id.clone());
+        all.sort_by_key(key);
+        if filter.newest_first {
+            all.reverse();
+        }
+        let start = match after {
+            Some(after) if filter.newest_first => all.partition_point(|r| key(r) >= after),
+            Some(after) => all.partition_point(|r| key(r) <= after),
             None => 0,
         };
         let rest = &all[start..];
@@ -414,11 +439,17 @@ impl Core {
     /// Kills a sandbox now.
     pub async fn kill(&self, team: &Team, id: &str) -> Result<(), CoreError> {
         let live = self.owned(team, id)?;
+        let (core, id) = (self.clone(), id.to_owned());
+        self.detached(async move { core.kill_owned(&live, &id).await })
+            .await
+    }
+
+    async fn kill_owned(&self, live: &Live, id: &str) -> Result<(), CoreError> {
         let _guard = live.op.lock().await;
         if !lock(&live.record).state.is_live() {
             return Err(CoreError::sandbox_not_found(id));
         }
-        self.finish_kill(&live).await;
+        self.finish_kill(live).await;
         tracing::info!(sandbox = %id, "sandbox killed");
         Ok(())
     }
@@ -480,8 +511,12 @@ impl Core {
     /// Freezes every process of the sandbox; its timeout stops counting.
     pub async fn pause(&self, team: &Team, id: &str) -> Result<(), CoreError> {
         let live = self.owned(team, id)?;
-        let _guard = live.op.lock().await;
-        self.pause_locked(&live).await
+        let core = self.clone();
+        self.detached(async move {
+            let _guard = live.op.lock().await;
+            core.pause_locked(&live).await
+        })
+        .await
     }
 
     pub(crate) async fn pause_locked(&self, live: &Live) -> Result<(), CoreError> {
@@ -513,6 +548,18 @@ impl Core {
     ) -> Result<SandboxRecord, CoreError> {
         let secs = self.validate_timeout(secs.unwrap_or(self.inner.config.default_timeout_secs))?;
         let live = self.owned(team, id)?;
+        let (core, id) = (self.clone(), id.to_owned());
+        self.detached(async move { core.resume_owned(live, &id, secs, auto_pause).await })
+            .await
+    }
+
+    async fn resume_owned(
+        &self,
+        live: Arc<Live>,
+        id: &str,
+        secs: i64,
+        auto_pause: Option<bool>,
+    ) -> Result<SandboxRecord, CoreError> {
         let _guard = live.op.lock().await;
         let state = lock(&live.record).state;
         match state {

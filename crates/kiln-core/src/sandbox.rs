@@ -113,6 +113,8 @@ pub struct ListFilter {
     pub limit: Option<usize>,
     /// Token from the previous page.
     pub next_token: Option<String>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
 }
 
 /// One page of a listing.

@@ -50,6 +50,17 @@ fn setup() -> (Core, Arc<FakeRuntime>, Arc<SqliteStore>) {
     (core_with(store.clone(), rt.clone()), rt, store)
 }
 
+/// Polls `cond` for up to 10 s (timers fire late on a loaded machine).
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
 fn team(id: &str) -> Team {
     Team { id: id.into() }
 }
@@ -209,6 +220,24 @@ async fn list_filters_by_metadata_and_state_and_pages() {
     }
     assert_eq!(seen, ids, "every sandbox once, in creation order");
 
+    let mut newest = Vec::new();
+    let mut filter = ListFilter {
+        limit: Some(2),
+        newest_first: true,
+        ..ListFilter::default()
+    };
+    loop {
+        let page = core.list(&t, &filter).unwrap();
+        newest.extend(page.items.into_iter().map(|r| r.id));
+        match page.next_token {
+            Some(tok) => filter.next_token = Some(tok),
+            None => break,
+        }
+    }
+    let mut reversed = ids.clone();
+    reversed.reverse();
+    assert_eq!(newest, reversed, "newest first, every sandbox once");
+
     let even = core
         .list(
             &t,
@@ -268,8 +297,10 @@ async fn timeout_kills_and_set_timeout_extends() {
         .await
         .unwrap();
     core.set_timeout(&t, &extended.id, 30).unwrap();
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert_eq!(rt.state(&short.id), None, "expired sandbox killed");
+    eventually("the expired sandbox is killed", || {
+        rt.state(&short.id).is_none()
+    })
+    .await;
     assert_eq!(
         store.get_sandbox(&short.id).unwrap().unwrap().state,
         SandboxState::Killed
@@ -280,8 +311,10 @@ async fn timeout_kills_and_set_timeout_extends() {
 
     // Shortening works too.
     core.set_timeout(&t, &extended.id, 1).unwrap();
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert_eq!(rt.state(&extended.id), None);
+    eventually("the shortened sandbox is killed", || {
+        rt.state(&extended.id).is_none()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -299,8 +332,10 @@ async fn auto_pause_pauses_on_timeout_and_connect_resumes() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert_eq!(rt.state(&rec.id), Some(FakeState::Frozen));
+    eventually("the sandbox is paused", || {
+        rt.state(&rec.id) == Some(FakeState::Frozen)
+    })
+    .await;
     assert_eq!(core.get(&t, &rec.id).unwrap().state, SandboxState::Paused);
     assert!(
         core.route(&rec.id).is_none(),
@@ -326,13 +361,10 @@ async fn crashed_sandbox_is_marked_killed() {
     core.start().await.unwrap();
     let rec = core.create(&t, req()).await.unwrap();
     rt.crash(&rec.id, true);
-    for _ in 0..50 {
-        if core.get(&t, &rec.id).is_err() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(core.get(&t, &rec.id).is_err());
+    eventually("the crashed sandbox is gone", || {
+        core.get(&t, &rec.id).is_err()
+    })
+    .await;
     assert_eq!(
         store.get_sandbox(&rec.id).unwrap().unwrap().state,
         SandboxState::Killed
@@ -384,8 +416,7 @@ async fn restart_reattaches_running_and_cleans_up_the_rest() {
     assert_eq!(rt.state(&orphan.id), None);
     // The re-attached sandbox's timer works.
     core.set_timeout(&t, &kept.id, 1).unwrap();
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert_eq!(rt.count(), 0);
+    eventually("the re-attached sandbox times out", || rt.count() == 0).await;
 }
 
 trait EndAtMs {
@@ -461,4 +492,86 @@ async fn concurrent_creates_run_in_parallel() {
     .expect("creates serialised: the barrier was never reached by all of them");
     assert_eq!(all.len(), N);
     assert_eq!(rt.inner.count(), N);
+}
+
+/// A runtime whose creates wait until the test opens the gate.
+struct GateRuntime {
+    inner: FakeRuntime,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl Runtime for GateRuntime {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+    async fn create(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+        let _permit = self.gate.acquire().await.unwrap();
+        self.inner.create(spec).await
+    }
+    async fn freeze(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.freeze(id).await
+    }
+    async fn thaw(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.thaw(id).await
+    }
+    async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.kill(id).await
+    }
+    async fn stats(&self, id: &str) -> Result<SandboxStats, RuntimeError> {
+        self.inner.stats(id).await
+    }
+    async fn list(&self) -> Result<Vec<SandboxHandle>, RuntimeError> {
+        self.inner.list().await
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent> {
+        self.inner.subscribe()
+    }
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_does_not_leave_a_half_created_sandbox() {
+    let rt = Arc::new(GateRuntime {
+        inner: FakeRuntime::new(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let core = core_with(store.clone(), rt.clone());
+    let t = team("a");
+    let caller = {
+        let (core, t) = (core.clone(), t.clone());
+        tokio::spawn(async move { core.create(&t, req()).await })
+    };
+    eventually_async(|| async {
+        !store
+            .list_sandboxes(None, &[SandboxState::Creating])
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    caller.abort(); // the HTTP client disconnected
+    rt.gate.add_permits(1);
+    eventually("the create finished anyway", || {
+        core.list(&t, &ListFilter::default()).unwrap().items.len() == 1
+    })
+    .await;
+    assert!(store
+        .list_sandboxes(None, &[SandboxState::Creating])
+        .unwrap()
+        .is_empty());
+    assert_eq!(rt.inner.count(), 1);
+}
+
+async fn eventually_async<F, Fut>(cond: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition never held");
 }

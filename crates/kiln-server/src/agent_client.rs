@@ -53,13 +53,13 @@ impl AgentClient for HttpAgentClient {
             std::net::SocketAddr::new(handle.ip, handle.agent_port)
         );
         let body = init_body(init).to_string();
-        let mut last_error = String::new();
-        // The runtime returns once the agent answers; retry briefly anyway in
-        // case its listener is still settling.
-        for attempt in 0..5u64 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
-            }
+        let mut last_error;
+        // The runtime returns once the agent listens, but the host's path to
+        // a new sandbox (a fresh bridge port, neighbour entries) may lag a
+        // little: retry refused or unreachable connections for a while.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut pause = Duration::from_millis(5);
+        loop {
             let req = Request::builder()
                 .method(Method::POST)
                 .uri(&url)
@@ -84,9 +84,14 @@ impl AgentClient for HttpAgentClient {
                     }
                     last_error = format!("POST {url} answered {status}: {text}");
                 }
-                Ok(Err(e)) => last_error = format!("POST {url} failed: {e}"),
-                Err(_) => last_error = format!("POST {url} timed out"),
+                Ok(Err(e)) => last_error = format!("POST {url} failed: {e:?}"),
+                Err(_) => return Err(format!("POST {url} timed out")),
             }
+            if tokio::time::Instant::now() + pause > deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
         Err(last_error)
     }

@@ -2,7 +2,7 @@
 //! "message": "..."}`, the body the E2B SDKs parse. Client errors go back as
 //! they are; internal ones are logged and answered without their details.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -71,6 +71,16 @@ impl From<JsonRejection> for ApiError {
         // Malformed JSON, wrong types and a missing content type are all the
         // caller's mistake: 400 with serde's explanation.
         Self::bad_request(format!("invalid request body: {}", r.body_text()))
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        // Too large (413) or unreadable (400): keep the status, use our body.
+        Self::new(
+            r.status(),
+            format!("cannot read the request body: {}", r.body_text()),
+        )
     }
 }
 

@@ -1,7 +1,8 @@
 //! The per-sandbox proxy. A request carrying `E2b-Sandbox-Id` and
 //! `E2b-Sandbox-Port`, or with Host `<port>-<sandbox id>.<domain>`, goes to
-//! that port inside the sandbox: HTTP/1.1 to HTTP/1.1, h2c to h2c, WebSocket
-//! (and any other upgrade) spliced both ways. Bodies stream; nothing is
+//! that port inside the sandbox: HTTP/1.1 as HTTP/1.1, h2c as h2c to the agent
+//! and to gRPC servers (as HTTP/1.1 to other servers), WebSocket (and any
+//! other upgrade) spliced both ways. Bodies stream; nothing is
 //! buffered whole.
 //!
 //! The agent's port is passed through as is (the agent checks the access
@@ -229,7 +230,16 @@ const STRIPPED: &[&str] = &[
     SANDBOX_ID_HEADER,
     SANDBOX_PORT_HEADER,
     TRAFFIC_TOKEN_HEADER,
+    // Never hand the team's API key to code in a sandbox.
+    crate::auth::API_KEY_HEADER,
 ];
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -266,6 +276,7 @@ async fn forward(state: &AppState, id: &str, port: u16, mut req: Request) -> Res
     }
 
     let upgrade = is_upgrade(req.headers());
+    tracing::debug!(sandbox = %id, port, version = ?req.version(), upgrade, "proxying");
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let upgrade_headers = upgrade.then(|| {
@@ -297,7 +308,12 @@ async fn forward(state: &AppState, id: &str, port: u16, mut req: Request) -> Res
         );
     };
     parts.uri = uri;
-    let h2 = parts.version == Version::HTTP_2 && !upgrade;
+    // h2c upstream only where the far end surely speaks it: the agent, and
+    // gRPC servers. Other HTTP/2 requests (e.g. a browser through a TLS
+    // front) go on as HTTP/1.1, which every server in a sandbox speaks.
+    let h2 = parts.version == Version::HTTP_2
+        && !upgrade
+        && (port == route.agent_port || is_grpc(&parts.headers));
     parts.version = if h2 {
         Version::HTTP_2
     } else {

@@ -35,6 +35,11 @@ pub enum SetupError {
         hint: &'static str,
         var: &'static str,
     },
+    #[error("the sandbox subnet {subnet}/16 is already routed on the host through {iface}: set KILN_SUBNET to a free private /16")]
+    SubnetInUse {
+        subnet: std::net::Ipv4Addr,
+        iface: String,
+    },
     #[error("the container runtime could not start")]
     Runtime(#[source] RuntimeError),
     #[error("building the base template failed")]
@@ -104,6 +109,7 @@ pub async fn build_runtime(config: &Config) -> Result<Backend, SetupError> {
                 "cargo build -p kiln-runtime --bins",
                 "KILN_SPAWN_BIN",
             )?;
+            check_subnet_free(config)?;
             let mut cfg =
                 ContainerConfig::new(config.data_dir.join("container"), agent_bin, spawn_bin);
             cfg.tag = config.runtime_tag.clone();
@@ -122,6 +128,48 @@ pub async fn build_runtime(config: &Config) -> Result<Backend, SetupError> {
         }
         other => Err(SetupError::UnknownRuntime(other.to_owned())),
     }
+}
+
+/// Refuses a subnet that another interface (another kilnd's bridge, a VPN,
+/// the LAN) already routes: sandboxes there would be unreachable.
+fn check_subnet_free(config: &Config) -> Result<(), SetupError> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/route") else {
+        return Ok(()); // not Linux procfs: nothing to check against
+    };
+    let ours = u32::from(config.subnet);
+    let our_mask = 0xffff_0000u32;
+    let own_bridge = format!("kb-{}", config.runtime_tag);
+    for (iface, dest, mask) in parse_routes(&table) {
+        if mask == 0 || iface == own_bridge {
+            continue; // the default route, or our own bridge from a previous run
+        }
+        let common = mask & our_mask;
+        if dest & common == ours & common {
+            return Err(SetupError::SubnetInUse {
+                subnet: config.subnet,
+                iface,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// (interface, destination, mask) of each line of /proc/net/route, whose
+/// addresses are network-order words printed as host-order hex.
+fn parse_routes(table: &str) -> Vec<(String, u32, u32)> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let hex = |s: &str| {
+                u32::from_str_radix(s, 16)
+                    .ok()
+                    .map(|v| u32::from_be_bytes(v.to_ne_bytes()))
+            };
+            Some((f.first()?.to_string(), hex(f.get(1)?)?, hex(f.get(7)?)?))
+        })
+        .collect()
 }
 
 /// Prints template build phases on stderr (the first build takes a minute
@@ -172,4 +220,24 @@ pub async fn load_templates(config: &Config) -> Result<TemplateCatalog, SetupErr
         created_at: Utc::now(),
     });
     Ok(catalog)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_in_host_order() {
+        let table =
+            "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n\
+                     kb-cli\t0000C60A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+        let routes = parse_routes(table);
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].0, "kb-cli");
+        assert_eq!(
+            std::net::Ipv4Addr::from(routes[0].1),
+            std::net::Ipv4Addr::new(10, 198, 0, 0)
+        );
+        assert_eq!(routes[0].2, 0xffff_0000);
+    }
 }

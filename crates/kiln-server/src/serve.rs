@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use kiln_core::keys::{self, DEFAULT_TEAM};
 use kiln_core::recovery::RecoveryReport;
 use kiln_core::store::{SqliteStore, Store, StoreError};
@@ -123,10 +124,16 @@ pub async fn run(
     });
     let mut graceful_rx = rx.clone();
     let backend = prepared.backend;
-    let server =
-        axum::serve(prepared.listener, app(prepared.state)).with_graceful_shutdown(async move {
-            let _ = graceful_rx.wait_for(|v| *v).await;
-        });
+    // Small request/response exchanges (every RPC) must not wait for
+    // delayed ACKs: no Nagle on accepted connections.
+    let listener = prepared.listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let server = axum::serve(listener, app(prepared.state)).with_graceful_shutdown(async move {
+        let _ = graceful_rx.wait_for(|v| *v).await;
+    });
     let mut deadline_rx = rx;
     let result = tokio::select! {
         r = server => r.map_err(ServeError::Serve),

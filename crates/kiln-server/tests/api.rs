@@ -163,6 +163,19 @@ async fn bad_input_is_a_clear_4xx_and_leaves_nothing() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(is_error_body(&body, 400), "{body}");
 
+    let huge = format!(
+        "{{\"templateID\": \"base\", \"metadata\": {{\"k\": \"{}\"}}}}",
+        "x".repeat(3 << 20)
+    );
+    let req = Request::post("/v2/sandboxes")
+        .header("x-api-key", &e.key_a)
+        .header("content-type", "application/json")
+        .body(Body::from(huge))
+        .unwrap();
+    let (status, _, body) = e.call(req).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(is_error_body(&body, 413), "{body}");
+
     e.runtime.fail_next_create("disk full");
     let (status, _, body) = e
         .json(

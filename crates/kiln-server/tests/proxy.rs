@@ -42,6 +42,18 @@ async fn upstream(release: Arc<Notify>) -> SocketAddr {
             }),
         )
         .route(
+            "/headers",
+            get(|req: Request| async move {
+                let mut names: Vec<String> = req
+                    .headers()
+                    .keys()
+                    .map(|k| k.as_str().to_owned())
+                    .collect();
+                names.sort();
+                names.join(",")
+            }),
+        )
+        .route(
             "/echo",
             post(|req: Request| async move { Body::new(req.into_body()) }),
         )
@@ -154,6 +166,30 @@ async fn proxies_by_headers_and_by_host() {
         .unwrap();
     assert_eq!(send(req).await, (StatusCode::OK, "hi HTTP/1.1 ".into()));
 
+    // Routing headers, the traffic token and the API key stay outside.
+    let req = axum::http::Request::get(format!("http://{}/headers", s.kilnd))
+        .header("E2b-Sandbox-Id", &s.sandbox)
+        .header("E2b-Sandbox-Port", up.port().to_string())
+        .header("X-API-KEY", &s.env.key_a)
+        .header("e2b-traffic-access-token", "t")
+        .header("X-Access-Token", "kept")
+        .body(Body::empty())
+        .unwrap();
+    let (status, names) = send(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(names.contains("x-access-token"), "{names}");
+    for gone in [
+        "e2b-sandbox-id",
+        "e2b-sandbox-port",
+        "x-api-key",
+        "e2b-traffic-access-token",
+    ] {
+        assert!(
+            !names.split(',').any(|n| n == gone),
+            "{gone} forwarded: {names}"
+        );
+    }
+
     // Without sandbox headers the same listener is the control API.
     let req = axum::http::Request::get(format!("http://{}/v2/sandboxes", s.kilnd))
         .header("x-api-key", &s.env.key_a)
@@ -203,22 +239,28 @@ async fn streams_bodies_both_ways_without_buffering() {
 }
 
 #[tokio::test]
-async fn h2c_is_proxied_as_h2c() {
+async fn h2c_goes_on_as_h2c_for_grpc_and_as_http1_otherwise() {
     let s = setup(json!({"templateID": "base"})).await;
     let up = upstream(Arc::new(Notify::new())).await;
     let h2 = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http::<Body>();
-    let req = axum::http::Request::get(format!("http://{}/hello", s.kilnd))
-        .version(Version::HTTP_2)
-        .header("E2b-Sandbox-Id", &s.sandbox)
-        .header("E2b-Sandbox-Port", up.port().to_string())
-        .body(Body::empty())
-        .unwrap();
-    let resp = h2.request(req).await.unwrap();
-    assert_eq!(resp.version(), Version::HTTP_2);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body.as_ref(), b"hi HTTP/2.0 ");
+    for (content_type, expected) in [
+        ("application/grpc", &b"hi HTTP/2.0 "[..]),
+        ("text/plain", &b"hi HTTP/1.1 "[..]),
+    ] {
+        let req = axum::http::Request::get(format!("http://{}/hello", s.kilnd))
+            .version(Version::HTTP_2)
+            .header("E2b-Sandbox-Id", &s.sandbox)
+            .header("E2b-Sandbox-Port", up.port().to_string())
+            .header("content-type", content_type)
+            .body(Body::empty())
+            .unwrap();
+        let resp = h2.request(req).await.unwrap();
+        assert_eq!(resp.version(), Version::HTTP_2, "kilnd itself speaks h2c");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.as_ref(), expected, "{content_type}");
+    }
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -72,7 +72,7 @@ fn detail_body(state: &AppState, r: &SandboxRecord, with_secrets: bool) -> Sandb
 pub async fn create_v1(
     state: State<AppState>,
     auth: Auth,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
     create(state, auth, body).await
 }
@@ -89,9 +89,9 @@ pub async fn create_v1(
 pub async fn create(
     State(state): State<AppState>,
     Auth(team): Auth,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
-    let req: NewSandbox = required_json_body(&body)?;
+    let req: NewSandbox = required_json_body(&body?)?;
     if req.template_id.is_empty() {
         return Err(ApiError::bad_request("templateID must not be empty"));
     }
@@ -130,6 +130,8 @@ pub struct ListQuery {
     pub limit: Option<usize>,
     /// Token from the `x-next-token` header of the previous page.
     pub next_token: Option<String>,
+    /// `asc` (oldest first, the default) or `desc`.
+    pub order: Option<String>,
 }
 
 /// The SDK double-encodes: `urlencode({quote(k): quote(v)})`.
@@ -185,6 +187,15 @@ pub async fn list_v2(
         states: parse_states(q.state.as_deref())?,
         limit: q.limit,
         next_token: q.next_token.filter(|t| !t.is_empty()),
+        newest_first: match q.order.as_deref() {
+            None | Some("") | Some("asc") => false,
+            Some("desc") => true,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown order {other:?}: use asc or desc"
+                )))
+            }
+        },
     };
     let page = state.core.list(&team, &filter)?;
     let body: Vec<SandboxDetail> = page
@@ -223,6 +234,7 @@ pub async fn list_v1(
         states: vec![SandboxState::Running],
         limit: Some(1000),
         next_token: None,
+        newest_first: false,
     };
     let mut out = Vec::new();
     loop {
@@ -270,9 +282,9 @@ pub async fn set_timeout(
     State(state): State<AppState>,
     Auth(team): Auth,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let req: SandboxTimeoutRequest = required_json_body(&body)?;
+    let req: SandboxTimeoutRequest = required_json_body(&body?)?;
     state.core.set_timeout(&team, &id, req.timeout)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -285,9 +297,9 @@ pub async fn refresh(
     State(state): State<AppState>,
     Auth(team): Auth,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let req: SandboxRefreshRequest = json_body(&body)?;
+    let req: SandboxRefreshRequest = json_body(&body?)?;
     state.core.refresh(&team, &id, req.duration)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -302,7 +314,7 @@ pub async fn connect_v1(
     state: State<AppState>,
     auth: Auth,
     id: Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
     connect(state, auth, id, body).await
 }
@@ -317,9 +329,9 @@ pub async fn connect(
     State(state): State<AppState>,
     Auth(team): Auth,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
-    let req: ConnectSandbox = json_body(&body)?;
+    let req: ConnectSandbox = json_body(&body?)?;
     let (rec, resumed) = state.core.connect(&team, &id, req.timeout).await?;
     let status = if resumed {
         StatusCode::CREATED
@@ -350,9 +362,9 @@ pub async fn resume(
     State(state): State<AppState>,
     Auth(team): Auth,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
-    let req: ConnectSandbox = json_body(&body)?;
+    let req: ConnectSandbox = json_body(&body?)?;
     let rec = state
         .core
         .resume(&team, &id, req.timeout, req.auto_pause)

@@ -1,0 +1,25 @@
+//! The code interpreter served on port 49999 of a code-interpreter sandbox:
+//! Jupyter kernels (over ZeroMQ, through `jupyter-zmq-client`) behind the
+//! `/execute` and `/contexts` API that E2B's `e2b-code-interpreter` SDKs call.
+//!
+//! - [`kernelspec`]: which installed kernel serves which language
+//! - [`kernel`]: one kernel process and its channels
+//! - [`context`]: stateful contexts, one default per language
+//! - [`execute`]: one cell, streamed as NDJSON
+//! - [`output`]: the NDJSON lines and the Jupyter-message mapping
+//! - [`server`]: the axum router
+//! - [`template`]: the code-interpreter template recipe
+
+#[cfg(feature = "server")]
+pub mod context;
+#[cfg(feature = "server")]
+pub mod execute;
+#[cfg(feature = "server")]
+pub mod kernel;
+#[cfg(feature = "server")]
+pub mod kernelspec;
+#[cfg(feature = "server")]
+pub mod output;
+#[cfg(feature = "server")]
+pub mod server;
+pub mod template;
