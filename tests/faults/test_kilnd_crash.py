@@ -43,7 +43,7 @@ def exec_true(k, sandbox_id, token, client):
 
 
 def test_kill9_kilnd_during_creates_and_execs(tmp_path):
-    k = new_kilnd(tmp_path, TAG, "10.192.0.0")
+    k = new_kilnd(tmp_path, TAG, "10.241.0.0")
     k.start()
     try:
         survivors = []

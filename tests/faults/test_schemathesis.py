@@ -20,7 +20,7 @@ MAX_TIME = int(os.environ.get("KILN_FUZZ_SECONDS", "40"))
 
 
 def test_no_server_errors_on_generated_requests(tmp_path):
-    k = new_kilnd(tmp_path, TAG, "10.189.0.0", KILN_MAX_TIMEOUT="300")
+    k = new_kilnd(tmp_path, TAG, "10.244.0.0", KILN_MAX_TIMEOUT="300")
     k.start()
     try:
         schema = httpx.get(f"{k.url}/openapi.json", timeout=10)
@@ -28,25 +28,29 @@ def test_no_server_errors_on_generated_requests(tmp_path):
         checked_in = pathlib.Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
         assert schema.json()["paths"].keys() == json.loads(checked_in.read_text())["paths"].keys()
         st = pathlib.Path(sys.executable).with_name("schemathesis")
-        run = subprocess.run(
-            [
-                str(st), "run", f"{k.url}/openapi.json",
-                "--checks", "not_a_server_error",
-                "--header", f"X-API-KEY: {k.key}",
-                "--max-examples", str(MAX_EXAMPLES),
-                "--max-time", str(MAX_TIME),
-                "--request-timeout", "30",
-                "--workers", "2",
-                "--seed", "7",
-                "--no-shrink",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=MAX_TIME + 120,
-            env={**os.environ, "NO_COLOR": "1"},
-        )
-        out = run.stdout + run.stderr
-        print(out[-6000:])
+        # A second attempt only when schemathesis itself broke (no summary).
+        for seed in ("7", "8"):
+            run = subprocess.run(
+                [
+                    str(st), "run", f"{k.url}/openapi.json",
+                    "--checks", "not_a_server_error",
+                    "--header", f"X-API-KEY: {k.key}",
+                    "--max-examples", str(MAX_EXAMPLES),
+                    "--max-time", str(MAX_TIME),
+                    "--request-timeout", "30",
+                    "--workers", "2",
+                    "--seed", seed,
+                    "--no-shrink",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=MAX_TIME + 120,
+                env={**os.environ, "NO_COLOR": "1"},
+            )
+            out = run.stdout + run.stderr
+            print(out[-6000:])
+            if "generated," in out:
+                break
         assert k.proc.poll() is None, f"kilnd died under fuzzing:\n{k.log_tail()}"
         assert httpx.get(f"{k.url}/health", timeout=5).status_code == 200
         assert run.returncode == 0, f"schemathesis found failures:\n{out[-6000:]}"

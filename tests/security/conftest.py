@@ -20,7 +20,7 @@ def kilnd(tmp_path_factory):
     k = new_kilnd(
         data,
         TAG,
-        "10.194.0.0",
+        "10.240.0.0",
         KILN_SANDBOX_VCPUS="1",
         KILN_SANDBOX_MEMORY_MIB="256",
         KILN_SANDBOX_DISK_MIB="512",

@@ -136,9 +136,26 @@ class Kilnd:
         self.proc.wait(timeout=10)
 
 
+def free_subnet(preferred: str) -> str:
+    """preferred (a 10.x.0.0 /16) if no interface routes it yet, else the
+    first free one of 10.220-254 (the e2b-sdk tests use 10.150-189, the
+    runtime's tests 10.201-209)."""
+    taken = set()
+    with open("/proc/net/route") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            dest = bytes.fromhex(fields[1])[::-1]
+            if int(fields[7], 16) != 0:
+                taken.add(f"{dest[0]}.{dest[1]}.0.0")
+    for subnet in [preferred] + [f"10.{n}.0.0" for n in range(220, 255)]:
+        if subnet not in taken:
+            return subnet
+    raise RuntimeError("no free 10.x.0.0/16 for the test kilnd")
+
+
 def new_kilnd(data: pathlib.Path, tag: str, subnet: str, **env) -> Kilnd:
     port = free_port()
-    env.setdefault("KILN_SUBNET", subnet)
+    env.setdefault("KILN_SUBNET", free_subnet(subnet))
     return Kilnd(f"http://127.0.0.1:{port}", "e2b_" + secrets.token_hex(20), port, tag, data, env)
 
 

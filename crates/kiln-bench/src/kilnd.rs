@@ -34,6 +34,30 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// `preferred` (a 10.x.0.0 /16) if no interface routes it yet, else the
+/// first free one of 10.220-254 (other test kilnds use 10.150-189 and
+/// 10.201-209).
+pub fn free_subnet(preferred: &str) -> String {
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let taken: Vec<String> = routes
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dest = u32::from_str_radix(f.get(1)?, 16).ok()?;
+            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
+            (mask != 0).then(|| {
+                let b = dest.to_le_bytes();
+                format!("{}.{}.0.0", b[0], b[1])
+            })
+        })
+        .collect();
+    std::iter::once(preferred.to_string())
+        .chain((220..255).map(|n| format!("10.{n}.0.0")))
+        .find(|s| !taken.contains(s))
+        .unwrap_or_else(|| preferred.to_string())
+}
+
 fn random_hex(n: usize) -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut out = String::new();
@@ -75,7 +99,7 @@ impl Kilnd {
             .env("KILN_API_KEY", &key)
             .env("KILN_RUNTIME", "container")
             .env("KILN_RUNTIME_TAG", &opts.tag)
-            .env("KILN_SUBNET", &opts.subnet)
+            .env("KILN_SUBNET", free_subnet(&opts.subnet))
             .env(
                 "KILN_LOG",
                 std::env::var("KILN_LOG").unwrap_or("warn".into()),

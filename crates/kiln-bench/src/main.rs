@@ -190,9 +190,9 @@ async fn bench(args: &Args) -> Result<Report> {
         template_dir: template_dir(args),
         tag: if args.quick { "bq" } else { "bn" }.into(),
         subnet: if args.quick {
-            "10.195.0.0"
+            "10.246.0.0"
         } else {
-            "10.196.0.0"
+            "10.245.0.0"
         }
         .into(),
         start_timeout: Duration::from_secs(900),

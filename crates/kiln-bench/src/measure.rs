@@ -252,6 +252,7 @@ pub async fn density(
     let mut sbxs = Vec::new();
     let mut create = Vec::new();
     let mut stop = "count";
+    let mut stop_err = String::new();
     let r = async {
         while sbxs.len() < max {
             let used_mib = avail0.saturating_sub(host::meminfo_kib("MemAvailable")) / 1024;
@@ -264,8 +265,19 @@ pub async fn density(
                 break;
             }
             let t = Instant::now();
-            sbxs.push(api.create(BASE).await?);
+            match api.create(BASE).await {
+                Ok(s) => sbxs.push(s),
+                // The host's own limit is a result too, once some ran.
+                Err(e) if !sbxs.is_empty() => {
+                    stop_err = format!("create {} failed: {e:#}", sbxs.len() + 1);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
             create.push(ms(t));
+        }
+        if !stop_err.is_empty() {
+            stop = stop_err.as_str();
         }
         // Idle: let the pools refill and the agents settle.
         tokio::time::sleep(Duration::from_secs(3)).await;
