@@ -194,6 +194,9 @@ impl Kilnd {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        // The log outlives the data dir, for a look after a failed run.
+        let kept = std::env::temp_dir().join(format!("kiln-bench-{}-kilnd.log", self.tag));
+        let _ = std::fs::copy(self.data_dir.join("kilnd.log"), &kept);
         remove_data_dir(&self.data_dir);
         result
     }

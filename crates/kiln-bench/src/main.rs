@@ -53,6 +53,11 @@ struct Args {
     /// Seconds of sustained create+kill.
     #[arg(long)]
     sustain_secs: Option<u64>,
+    /// Run only the measurements whose name contains one of these
+    /// (create, concurrent, exec, run_code, files, density, sustained,
+    /// floors).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Internal: time this many `crun run`s of --crun-bundle and print them.
     #[arg(long, hide = true, requires = "crun_bundle")]
     crun_floor_runs: Option<usize>,
@@ -161,6 +166,9 @@ where
     F: Future<Output = Result<T>>,
     T: Into<Vec<Outcome>>,
 {
+    if !selected(what) {
+        return Vec::new();
+    }
     eprintln!("kiln-bench: {what}");
     match f.await {
         Ok(v) => v.into(),
@@ -171,6 +179,14 @@ where
             vec![Outcome::skipped(what, format!("FAILED: {msg}"))]
         }
     }
+}
+
+static ONLY: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Whether `--only` (if given) selects this measurement.
+fn selected(what: &str) -> bool {
+    let only = ONLY.get().map(Vec::as_slice).unwrap_or_default();
+    only.is_empty() || only.iter().any(|o| what.contains(o.as_str()))
 }
 
 impl From<Outcome> for Vec<Outcome> {
@@ -265,21 +281,29 @@ async fn bench(args: &Args) -> Result<Report> {
 
     eprintln!("kiln-bench: floors");
     let _ = std::fs::create_dir_all(&work);
-    let kiln_p50 = kiln.first().and_then(Outcome::p50);
-    let floors = [
-        floors::bwrap(counts.floor_runs),
-        floors::runsc(counts.runsc_runs),
-        floors::crun(counts.floor_runs, &work),
-    ]
-    .into_iter()
-    .map(|outcome| Floor {
-        kiln_ratio: match (kiln_p50, outcome.p50()) {
-            (Some(k), Some(f)) if f > 0.0 => Some(k / f),
-            _ => None,
-        },
-        outcome,
-    })
-    .collect();
+    let kiln_p50 = kiln
+        .iter()
+        .find(|o| o.what.starts_with("create → first command"))
+        .and_then(Outcome::p50);
+    let floors = if selected("floors") {
+        vec![
+            floors::bwrap(counts.floor_runs),
+            floors::runsc(counts.runsc_runs),
+            floors::crun(counts.floor_runs, &work),
+        ]
+    } else {
+        Vec::new()
+    };
+    let floors = floors
+        .into_iter()
+        .map(|outcome| Floor {
+            kiln_ratio: match (kiln_p50, outcome.p50()) {
+                (Some(k), Some(f)) if f > 0.0 => Some(k / f),
+                _ => None,
+            },
+            outcome,
+        })
+        .collect();
     let _ = std::fs::remove_dir_all(&work);
 
     let report = Report {
@@ -311,7 +335,7 @@ fn check(report: &Report) -> Result<()> {
             _ => bail!("measurement {:?} has no samples: {:?}", o.what, o.skipped),
         }
     }
-    if report.kiln.len() < 9 {
+    if ONLY.get().is_none_or(Vec::is_empty) && report.kiln.len() < 9 {
         bail!("only {} Kiln measurements reported", report.kiln.len());
     }
     for f in &report.floors {
@@ -325,6 +349,7 @@ fn check(report: &Report) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    let _ = ONLY.set(args.only.clone());
     if let (Some(n), Some(b)) = (args.crun_floor_runs, &args.crun_bundle) {
         return floors::crun_runs(n, b);
     }
