@@ -15,6 +15,8 @@ pub struct Machine {
     pub cgroup: &'static str,
     pub date: String,
     pub commit: String,
+    /// /proc/loadavg's 1, 5 and 15 minute figures at the end of the run.
+    pub load: String,
 }
 
 fn read(path: impl AsRef<Path>) -> String {
@@ -61,6 +63,11 @@ pub fn machine() -> Machine {
         cgroup: if cgroup_v2() { "v2" } else { "v1" },
         date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         commit,
+        load: read("/proc/loadavg")
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 

@@ -116,12 +116,13 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "Machine: {} ({} cores, {:.1} GiB), kernel {}, cgroup {}; {}; commit {}{}.\n",
+            "Machine: {} ({} cores, {:.1} GiB), kernel {}, cgroup {}; load average {}; {}; commit {}{}.\n",
             m.cpu,
             m.cores,
             m.memory_gib,
             m.kernel,
             m.cgroup,
+            m.load,
             m.date,
             m.commit,
             if self.quick {
@@ -178,6 +179,16 @@ impl Report {
              `kiln-bench --quick` is the CI smoke test (scripts/test.d/75-bench-quick.sh): small\n\
              counts, it asserts that every measurement produced samples or says why it was\n\
              skipped, not the timings.\n\n\
+             Reading the figures: the load average is the machine's at the end of the run;\n\
+             this 2-core machine is shared with other builds, so tails (p90, p99) and the\n\
+             concurrent figures carry their noise. `host memory per sandbox (MemAvailable)`\n\
+             is the drop of MemAvailable over the density run divided by the sandboxes: it\n\
+             includes kernel memory (namespaces, veths, page tables) but also whatever else\n\
+             the machine did meanwhile; `cgroup memory per sandbox` is what the sandboxes'\n\
+             own cgroups are charged (user memory and page cache) and does not move with\n\
+             other work. Agent RSS counts the shared, file-backed text of the static agent\n\
+             in every sandbox. Density stops at the count, the memory budget, a time limit\n\
+             or the first failed create, whichever comes first, and says which.\n\n\
              ## Latest run\n\n{}\n\n## JSON\n\n```json\n{}\n```\n",
             self.markdown(),
             self.json()
