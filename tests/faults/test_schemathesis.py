@@ -49,11 +49,15 @@ def test_no_server_errors_on_generated_requests(tmp_path):
             )
             out = run.stdout + run.stderr
             print(out[-6000:])
-            if "generated," in out:
+            # "Runtime Error" is schemathesis's own (seen: hypothesis failing
+            # to describe one of its lambdas); anything else is kilnd's.
+            if "generated," in out and "Runtime Error" not in out:
                 break
         assert k.proc.poll() is None, f"kilnd died under fuzzing:\n{k.log_tail()}"
         assert httpx.get(f"{k.url}/health", timeout=5).status_code == 200
-        assert run.returncode == 0, f"schemathesis found failures:\n{out[-6000:]}"
+        for kilnd_fault in ("Network Error", "Timeout Error", "Server error", "not_a_server_error"):
+            assert kilnd_fault not in out.split("SUMMARY")[-1], f"schemathesis: {kilnd_fault}:\n{out[-6000:]}"
+        assert run.returncode == 0 or "Runtime Error" in out, f"schemathesis found failures:\n{out[-6000:]}"
         m = re.search(r"(\d+) generated, (\d+) passed", out)
         assert m and int(m.group(1)) > 0 and m.group(1) == m.group(2), f"not every generated case passed:\n{out[-3000:]}"
     finally:
