@@ -1,4 +1,6 @@
-//! `kiln`: set up and serve (`kiln up`), manage API keys (`kiln keys`).
+//! `kiln`: set up and serve (`kiln up`), manage API keys (`kiln keys`), and
+//! the client verbs (`kiln sandbox`, `exec`, `shell`, `cp`, `template`,
+//! `doctor`, `mcp`) in `commands/`, one file per verb, built on kiln-client.
 
 mod commands;
 mod host;
@@ -17,12 +19,16 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    client: commands::connection::ClientArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Check and prepare the host, then serve the API and proxy until Ctrl-C.
     Up(UpArgs),
+    /// Check the host and the server; say how to fix what is missing.
+    Doctor,
     /// Print the isolation backends this build can run, one per line.
     Runtimes,
     /// Create, list and revoke API keys.
@@ -38,6 +44,26 @@ enum Command {
         )]
         data_dir: PathBuf,
     },
+    /// Create, list, inspect, kill sandboxes and set their timeout.
+    #[command(alias = "sandboxes", alias = "sbx")]
+    Sandbox {
+        #[command(subcommand)]
+        command: commands::sandbox::SandboxCommand,
+    },
+    /// Run a command in a sandbox; exits with its exit code.
+    Exec(commands::exec::ExecArgs),
+    /// Open an interactive shell (a PTY) in a sandbox.
+    Shell(commands::shell::ShellArgs),
+    /// Copy files and directories between here and a sandbox (<id>:<path>).
+    Cp(commands::cp::CpArgs),
+    /// List templates, or build one.
+    #[command(alias = "templates")]
+    Template {
+        #[command(subcommand)]
+        command: commands::template::TemplateCommand,
+    },
+    /// Serve the MCP tools (sandboxes, commands, code, files) on stdio or HTTP.
+    Mcp(commands::mcp::McpArgs),
 }
 
 #[derive(clap::Args)]
@@ -76,8 +102,14 @@ enum KeysCommand {
     Revoke { id: String },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => {
             kiln_server::init_logging();
@@ -95,5 +127,45 @@ fn main() -> anyhow::Result<()> {
             KeysCommand::List => commands::keys::list(&data_dir),
             KeysCommand::Revoke { id } => commands::keys::revoke(&data_dir, &id),
         },
+        Command::Sandbox { command } => block_on(commands::sandbox::run(command, &cli.client)),
+        Command::Exec(args) => {
+            let code = block_on(commands::exec::run(args, &cli.client))?;
+            std::process::exit(code)
+        }
+        Command::Template { command } => block_on(commands::template::run(command, &cli.client)),
+        Command::Doctor => {
+            let code = block_on(commands::doctor::run(&cli.client))?;
+            std::process::exit(code)
+        }
+        Command::Mcp(args) => {
+            init_mcp_logging();
+            block_on(commands::mcp::run(args, &cli.client))
+        }
+        Command::Cp(args) => block_on(commands::cp::run(args, &cli.client)),
+        Command::Shell(args) => {
+            let code = block_on(commands::shell::run(args, &cli.client))?;
+            std::process::exit(code)
+        }
     }
+}
+
+/// Logs go to stderr: stdout is the MCP transport.
+fn init_mcp_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(f);
+    // Do not wait for a blocked read of stdin.
+    rt.shutdown_background();
+    result
 }

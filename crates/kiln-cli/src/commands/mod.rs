@@ -1,2 +1,10 @@
+pub mod connection;
+pub mod cp;
+pub mod doctor;
+pub mod exec;
 pub mod keys;
+pub mod mcp;
+pub mod sandbox;
+pub mod shell;
+pub mod template;
 pub mod up;
