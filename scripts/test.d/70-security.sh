@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The hostile-workload and fault suites against a real kilnd (container
+# runtime) driven through the unmodified e2b SDK: tests/security (bombs,
+# escape attempts, files API tricks) and tests/faults (kill -9 of kilnd and
+# of an agent, a full disk, schemathesis against the OpenAPI document).
+# Each suite starts its own kilnd on a temp data dir with a runtime tag of
+# its own and checks the host is clean afterwards. Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/lib.sh
+kiln_ensure_cargo
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "70-security: needs root" >&2
+    exit 1
+fi
+
+profile=${KILN_PROFILE:-release}
+cargo build --locked --profile "$profile" -p kiln-cli -p kiln-runtime --bins
+kiln_build_agent
+case $profile in
+    dev | test) dir=debug ;;
+    *) dir=$profile ;;
+esac
+export KILN_BIN="$PWD/target/$dir/kiln"
+export KILN_TEMPLATE_DIR=${KILN_TEMPLATE_DIR:-${KILN_DATA_DIR:-/var/lib/kiln}}
+
+venv=.venv/security
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c 'import e2b, pytest, httpx, schemathesis, importlib.metadata as m; assert m.version("e2b") == "2.63.0"' 2>/dev/null; then
+    "$venv/bin/pip" install -q --disable-pip-version-check "e2b==2.63.0" "pytest>=8" httpx "schemathesis>=4,<5"
+fi
+
+rc=0
+timeout 600 "$venv/bin/python" -m pytest tests/security -q -rsx -p no:cacheprovider || rc=1
+if [ -d tests/faults ] && ls tests/faults/test_*.py >/dev/null 2>&1; then
+    timeout 600 "$venv/bin/python" -m pytest tests/faults -q -rsx -p no:cacheprovider || rc=1
+fi
+exit $rc

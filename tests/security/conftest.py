@@ -1,0 +1,59 @@
+"""The hostile-workload suite's kilnd: a real `kiln up` (container runtime)
+on a temp data dir, tag `sec`, with small sandboxes (1 vCPU, 256 MiB,
+512 MiB disk) so the bombs hit their limits quickly. At the end every
+sandbox is killed, kilnd stops, and nothing of the tag may be left on the
+host (processes, cgroups, veths, network namespaces, mounts, loop devices)."""
+
+import secrets
+
+import pytest
+from e2b import Sandbox
+
+from harness import new_kilnd, wait_host_clean
+
+TAG = "sec"
+
+
+@pytest.fixture(scope="session")
+def kilnd(tmp_path_factory):
+    data = tmp_path_factory.mktemp("kiln-sec")
+    k = new_kilnd(
+        data,
+        TAG,
+        "10.240.0.0",
+        KILN_SANDBOX_VCPUS="1",
+        KILN_SANDBOX_MEMORY_MIB="256",
+        KILN_SANDBOX_DISK_MIB="512",
+    )
+    k.start()
+    yield k
+    try:
+        k.kill_all()
+    finally:
+        code = k.stop()
+    assert code == 0, f"kilnd exited with {code} on SIGINT:\n{k.log_tail()}"
+    left = wait_host_clean(TAG, data)
+    assert not left, f"left on the host after the security suite: {left}"
+
+
+@pytest.fixture
+def new_sandbox(kilnd):
+    """Creates sandboxes; kills every one at the end of the test."""
+    made = []
+
+    def make(**kw):
+        s = Sandbox.create(timeout=600, **kilnd.sdk_opts(), **kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        try:
+            s.kill()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def marker():
+    return "kiln-mark-" + secrets.token_hex(6)

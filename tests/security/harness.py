@@ -1,0 +1,269 @@
+"""Shared by tests/security and tests/faults: runs a real kilnd (`kiln up`)
+on a temp data dir and a loopback port, with host objects of its own (a
+runtime tag and subnet per kilnd), and checks that nothing of a tag is left
+on the host afterwards.
+
+Environment: KILN_BIN (the `kiln` binary; default target/{debug,release}/kiln),
+KILN_TEMPLATE_DIR (the base template cache; default /var/lib/kiln when it has
+one)."""
+
+import glob
+import os
+import pathlib
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+START_TIMEOUT = float(os.environ.get("KILN_E2E_START_TIMEOUT", "900"))
+
+
+def kiln_bin() -> str:
+    if os.environ.get("KILN_BIN"):
+        return os.environ["KILN_BIN"]
+    for profile in ("debug", "release"):
+        p = ROOT / "target" / profile / "kiln"
+        if p.exists():
+            return str(p)
+    raise RuntimeError("kiln binary not found: build it (cargo build -p kiln-cli) or set KILN_BIN")
+
+
+def template_dir() -> str:
+    if os.environ.get("KILN_TEMPLATE_DIR"):
+        return os.environ["KILN_TEMPLATE_DIR"]
+    if pathlib.Path("/var/lib/kiln/templates").is_dir():
+        return "/var/lib/kiln"
+    return str(ROOT / "target" / "kiln-test-templates")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Kilnd:
+    url: str
+    key: str
+    port: int
+    tag: str
+    data: pathlib.Path
+    env: dict
+    proc: subprocess.Popen = None
+    log: pathlib.Path = field(init=False)
+
+    def __post_init__(self):
+        self.log = self.data / "kilnd.log"
+
+    @property
+    def headers(self):
+        return {"X-API-KEY": self.key}
+
+    def sdk_opts(self):
+        return dict(api_key=self.key, api_url=self.url, sandbox_url=self.url)
+
+    def start(self, timeout=START_TIMEOUT):
+        env = dict(os.environ)
+        env.update(
+            KILN_API_KEY=self.key,
+            KILN_RUNTIME="container",
+            KILN_LOG=env.get("KILN_LOG", "info"),
+            KILN_TEMPLATE_DIR=template_dir(),
+            KILN_RUNTIME_TAG=self.tag,
+        )
+        env.update(self.env)
+        with open(self.log, "a") as out:
+            self.proc = subprocess.Popen(
+                [kiln_bin(), "up", "--data-dir", str(self.data), "--listen", f"127.0.0.1:{self.port}", "--no-install"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kilnd exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"kilnd did not start in {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def log_tail(self, n=4000):
+        try:
+            return self.log.read_text()[-n:]
+        except OSError:
+            return ""
+
+    def list_ids(self):
+        r = httpx.get(f"{self.url}/v2/sandboxes", params={"state": "running,paused", "limit": 1000},
+                      headers=self.headers, timeout=30)
+        r.raise_for_status()
+        return {s["sandboxID"] for s in r.json()}
+
+    def kill_all(self):
+        for _ in range(10):
+            ids = self.list_ids()
+            if not ids:
+                return
+            for i in ids:
+                httpx.delete(f"{self.url}/sandboxes/{i}", headers=self.headers, timeout=60)
+
+    def stop(self):
+        """Ctrl-C; kilnd must exit 0 within 20 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError("kilnd did not stop within 20 s of SIGINT")
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+def free_subnet(preferred: str) -> str:
+    """preferred (a 10.x.0.0 /16) if no interface routes it yet, else the
+    first free one of 10.220-254 (the e2b-sdk tests use 10.150-189, the
+    runtime's tests 10.201-209)."""
+    taken = set()
+    with open("/proc/net/route") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            dest = bytes.fromhex(fields[1])[::-1]
+            if int(fields[7], 16) != 0:
+                taken.add(f"{dest[0]}.{dest[1]}.0.0")
+    for subnet in [preferred] + [f"10.{n}.0.0" for n in range(220, 255)]:
+        if subnet not in taken:
+            return subnet
+    raise RuntimeError("no free 10.x.0.0/16 for the test kilnd")
+
+
+def new_kilnd(data: pathlib.Path, tag: str, subnet: str, **env) -> Kilnd:
+    port = free_port()
+    env.setdefault("KILN_SUBNET", free_subnet(subnet))
+    return Kilnd(f"http://127.0.0.1:{port}", "e2b_" + secrets.token_hex(20), port, tag, data, env)
+
+
+def tag_processes(tag: str):
+    """Host pids whose cgroup is one of the tag's (sandboxes, helpers)."""
+    needle = f"/kiln/{tag}/"
+    pids = []
+    for p in glob.glob("/proc/[0-9]*"):
+        try:
+            if needle in pathlib.Path(p, "cgroup").read_text():
+                pids.append(int(p.split("/")[-1]))
+        except OSError:
+            pass
+    return pids
+
+
+def tag_cgroups(tag: str):
+    """Sandbox cgroups of the tag (v1 hierarchies or v2)."""
+    dirs = glob.glob(f"/sys/fs/cgroup/*/kiln/{tag}/*/") + glob.glob(f"/sys/fs/cgroup/kiln/{tag}/*/")
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def host_leaks(tag: str, data: pathlib.Path):
+    """Everything of a stopped kilnd's tag still on the host: processes,
+    sandbox cgroups, veths, network namespaces, mounts and loop devices of
+    its data dir."""
+    left = []
+    pids = tag_processes(tag)
+    if pids:
+        left.append(f"processes {pids[:10]}")
+    cgs = tag_cgroups(tag)
+    if cgs:
+        left.append(f"cgroups {cgs[:5]}")
+    veths = [os.path.basename(d) for d in glob.glob(f"/sys/class/net/kv{tag}-*")]
+    if veths:
+        left.append(f"veths {veths[:5]}")
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    ns = [l.split()[0] for l in netns.splitlines() if l.startswith(f"kiln-{tag}-")]
+    if ns:
+        left.append(f"network namespaces {ns[:5]}")
+    d = str(data)
+    # Mounts below the data dir (the data dir itself may be a test's tmpfs).
+    mounts = [l.split()[4] for l in open("/proc/self/mountinfo") if l.split()[4].startswith(d + "/")]
+    if mounts:
+        left.append(f"mounts {mounts[:5]}")
+    loops = [l for l in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout.splitlines() if d in l]
+    if loops:
+        left.append(f"loop devices {loops[:5]}")
+    return left
+
+
+def wait_host_clean(tag: str, data: pathlib.Path, timeout=20):
+    """Polls host_leaks until empty; returns what is left at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = host_leaks(tag, data)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+def sandbox_pids(sandbox_id_marker: str):
+    """Host pids of processes whose command line contains a marker."""
+    out = []
+    for p in glob.glob("/proc/[0-9]*"):
+        try:
+            if sandbox_id_marker.encode() in pathlib.Path(p, "cmdline").read_bytes():
+                out.append(int(p.split("/")[-1]))
+        except OSError:
+            pass
+    return out
+
+
+def cgroup_of(pid: int) -> str:
+    """The pid's memory (v1) or unified (v2) cgroup path."""
+    for line in pathlib.Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        if ctrls == "" or "memory" in ctrls.split(","):
+            return path
+    return ""
+
+
+def percentile(values, p):
+    v = sorted(values)
+    k = max(1, min(len(v), -(-len(v) * p // 100)))
+    return v[int(k) - 1]
+
+
+def run_py(sbx, code: str, user="root", timeout=60):
+    """Runs a Python script inside the sandbox; returns (exit code, stdout, stderr)."""
+    path = f"/tmp/check-{secrets.token_hex(4)}.py"
+    sbx.files.write(path, code, user="root")
+    from e2b import CommandExitException
+
+    try:
+        r = sbx.commands.run(f"python3 {path}", user=user, timeout=timeout)
+        return r.exit_code, r.stdout, r.stderr
+    except CommandExitException as e:
+        return e.exit_code, e.stdout, e.stderr
+
+
+def sh(sbx, cmd: str, user="root", timeout=60):
+    """Runs a shell command inside the sandbox; returns (exit code, stdout, stderr)."""
+    from e2b import CommandExitException
+
+    try:
+        r = sbx.commands.run(cmd, user=user, timeout=timeout)
+        return r.exit_code, r.stdout, r.stderr
+    except CommandExitException as e:
+        return e.exit_code, e.stdout, e.stderr
+

@@ -1,0 +1,199 @@
+"""Hostile workloads in sandboxes of a real kilnd — fork bomb, memory bomb,
+disk filler, CPU spinners on every core, file-descriptor exhaustion, all at
+once — while a healthy sandbox keeps its exec round trip (p99 within 3x of
+its unloaded figure) and kilnd keeps answering. Each workload must hit its
+sandbox's limit (pids, memory, disk, CPU quota, RLIMIT_NOFILE), not the
+host's; killing the sandboxes ends them all."""
+
+import json
+import os
+import struct
+import time
+
+import httpx
+
+from harness import cgroup_of, percentile, sandbox_pids, sh
+
+HOSTILE = {
+    # name: (command, run as)
+    "fork": ("bash -c ':(){ :|:& };:' >/dev/null 2>&1", "root"),
+    "memory": ("python3 -c 'x=[]\nwhile True: x.append(bytearray(8<<20))' >/dev/null 2>&1", "root"),
+    "disk": ("dd if=/dev/zero of=/home/user/fill bs=1M >/dev/null 2>&1; sleep 600", "root"),
+    "cpu": ("for i in $(seq 8); do (while :; do :; done) & done; wait", "root"),
+    "fds": (
+        "for i in 1 2 3 4; do python3 -c '\n"
+        "import os, resource, time\n"
+        "s, h = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (h, h))\n"
+        "fds = []\n"
+        "try:\n"
+        "    while True: fds.append(os.open(\"/dev/null\", os.O_RDONLY))\n"
+        "except OSError: pass\n"
+        "print(len(fds), flush=True)\n"
+        "time.sleep(600)' & done; wait",
+        "root",
+    ),
+}
+
+
+class Agent:
+    """process.Process/Start of /bin/true through kilnd's proxy (what the
+    SDKs send, without the SDK's own overhead)."""
+
+    def __init__(self, kilnd, sandbox_id):
+        token = httpx.get(f"{kilnd.url}/sandboxes/{sandbox_id}", headers=kilnd.headers).json()["envdAccessToken"]
+        self.url = f"{kilnd.url}/process.Process/Start"
+        self.headers = {
+            "E2b-Sandbox-Id": sandbox_id,
+            "E2b-Sandbox-Port": "49983",
+            "X-Access-Token": token,
+            "Content-Type": "application/connect+json",
+        }
+        self.http = httpx.Client(timeout=30)
+        msg = json.dumps({"process": {"cmd": "/bin/true"}}).encode()
+        self.body = struct.pack(">BI", 0, len(msg)) + msg
+
+    def exec_ms(self, n):
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            r = self.http.post(self.url, headers=self.headers, content=self.body)
+            out.append((time.perf_counter() - t) * 1000)
+            assert r.status_code == 200 and b'"end"' in r.content, r.content[:300]
+        return out
+
+
+def cgroup_file(controller, rel, name):
+    with open(f"/sys/fs/cgroup/{controller}{rel}/{name}") as f:
+        return f.read().strip()
+
+
+def sandbox_cgroup(sbx, marker):
+    """The sandbox's cgroup path (as in /proc/<pid>/cgroup), found through a
+    marker process started in it."""
+    sbx.commands.run(f"sh -c 'sleep 900' {marker}", background=True, user="root")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pids = sandbox_pids(marker)
+        if pids:
+            return cgroup_of(pids[0])
+        time.sleep(0.1)
+    raise AssertionError("marker process not found on the host")
+
+
+def cpu_usage_s(rel):
+    return int(cgroup_file("cpuacct", rel, "cpuacct.usage")) / 1e9
+
+
+def allocated(path):
+    """Bytes allocated on disk under path (sparse files count what they use)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def file_nr():
+    allocated, _, maximum = open("/proc/sys/fs/file-nr").read().split()
+    return int(allocated), int(maximum)
+
+
+def mem_available_mib():
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+def test_hostile_workloads_stay_in_their_sandboxes(kilnd, new_sandbox, marker):
+    healthy = new_sandbox()
+    agent = Agent(kilnd, healthy.sandbox_id)
+    agent.exec_ms(10)
+    unloaded = agent.exec_ms(100)
+    base_p99 = percentile(unloaded, 99)
+
+    hostile = {name: new_sandbox() for name in HOSTILE}
+    cgroups = {name: sandbox_cgroup(s, f"{marker}-{name}") for name, s in hostile.items()}
+    disk_used0 = allocated(kilnd.data)
+    mem0 = mem_available_mib()
+    files0, file_max = file_nr()
+    for name, s in hostile.items():
+        cmd, user = HOSTILE[name]
+        s.commands.run(cmd, background=True, user=user, timeout=0)
+    time.sleep(4)  # the bombs reach their limits
+
+    cpu0 = cpu_usage_s(cgroups["cpu"])
+    t0 = time.monotonic()
+    loaded = []
+    health_ms = []
+    for _ in range(10):
+        loaded += agent.exec_ms(10)
+        t = time.perf_counter()
+        assert httpx.get(f"{kilnd.url}/health", timeout=5).status_code == 200
+        health_ms.append((time.perf_counter() - t) * 1000)
+    listed = httpx.get(f"{kilnd.url}/v2/sandboxes", headers=kilnd.headers, timeout=5)
+    assert listed.status_code == 200
+    running = {s["sandboxID"] for s in listed.json()}
+    assert healthy.sandbox_id in running
+    # A bomb may take its own sandbox down (the OOM killer may pick the
+    # agent, its init): then kilnd must say so. The others still run.
+    died = {n for n, s in hostile.items() if s.sandbox_id not in running}
+    print(f"sandboxes that died under their own bomb: {sorted(died)}")
+    assert died <= {"memory", "fork"}, f"sandboxes died: {died}"
+    cpu_rate = (cpu_usage_s(cgroups["cpu"]) - cpu0) / (time.monotonic() - t0)
+
+    loaded_p99 = percentile(loaded, 99)
+    print(f"exec p99 unloaded {base_p99:.1f} ms, loaded {loaded_p99:.1f} ms; /health max {max(health_ms):.1f} ms")
+    assert loaded_p99 <= 3 * base_p99, (
+        f"healthy sandbox's exec p99 {loaded_p99:.1f} ms under load > 3x unloaded {base_p99:.1f} ms"
+    )
+    assert max(health_ms) < 1000, f"kilnd's /health took {max(health_ms):.0f} ms under load"
+
+    # Each workload hit its sandbox's limit, not the host's.
+    if "fork" not in died:
+        pids_max = int(cgroup_file("pids", cgroups["fork"], "pids.max"))
+        assert 0 < pids_max <= 65536
+        assert int(cgroup_file("pids", cgroups["fork"], "pids.current")) <= pids_max
+        assert int(cgroup_file("pids", cgroups["fork"], "pids.events").split()[-1]) > 0, "the fork bomb never hit pids.max"
+
+    if "memory" not in died:
+        mem_limit = int(cgroup_file("memory", cgroups["memory"], "memory.limit_in_bytes"))
+        assert mem_limit <= 256 << 20
+        assert int(cgroup_file("memory", cgroups["memory"], "memory.max_usage_in_bytes")) <= mem_limit
+        oom = cgroup_file("memory", cgroups["memory"], "memory.oom_control")
+        assert int(oom.split()[-1]) > 0, f"the memory bomb was never OOM-killed: {oom}"
+    assert mem0 - mem_available_mib() < 2048, "the host lost more than 2 GiB to the bombs"
+
+    code, out, _ = sh(hostile["disk"], "df -m --output=avail,size / | tail -1", timeout=30)
+    avail, size = map(int, out.split())
+    assert size <= 600 and avail < 16, f"the disk filler did not fill its own {size} MiB disk (avail {avail} MiB)"
+    grown = allocated(kilnd.data) - disk_used0
+    assert grown < 700 << 20, f"the data dir grew by {grown >> 20} MiB for a 512 MiB sandbox disk"
+
+    assert cpu_rate < 1.3, f"8 spinners in a 1-vCPU sandbox used {cpu_rate:.2f} cores"
+
+    files1, _ = file_nr()
+    assert files1 - files0 < file_max // 10
+    code, out, _ = sh(hostile["fds"], "ls /proc/*/fd 2>/dev/null | wc -l", timeout=30)
+    assert int(out) < 4 * 20000 + 1000
+
+    print(f"checks done at {time.monotonic() - t0:.1f} s")
+    # Killing them ends everything they started.
+    for name, s in hostile.items():
+        t = time.monotonic()
+        s.kill()
+        assert time.monotonic() - t < 15, f"killing the {name} sandbox took too long"
+    deadline = time.monotonic() + 15
+    while any(sandbox_pids(f"{marker}-{n}") for n in HOSTILE) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(sandbox_pids(f"{marker}-{n}") for n in HOSTILE)
+    for rel in cgroups.values():
+        assert not any(
+            os.path.exists(f"/sys/fs/cgroup/{c}{rel}") and open(f"/sys/fs/cgroup/{c}{rel}/cgroup.procs").read().strip()
+            for c in ("pids", "memory", "cpu")
+        ), f"processes left in {rel}"
+    assert healthy.commands.run("echo alive").stdout == "alive\n"
