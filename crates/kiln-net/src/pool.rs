@@ -6,15 +6,21 @@ use crate::cmd::{run, run_with_input, NetError};
 use crate::{NetConfig, NetLease};
 
 pub(crate) fn make_netns(cfg: &NetConfig, lease: &NetLease) -> Result<(), NetError> {
+    // The sandbox side's MAC follows from its address, so a slot made again
+    // after a destroy answers at the MAC the host's neighbour cache already
+    // holds for that address. With a random MAC the host kept sending to the
+    // old one until the stale entry was probed out (5 s and more), and the
+    // new sandbox was unreachable meanwhile.
     let host = format!(
         "netns add {ns}\n\
-         link add {veth} type veth peer name eth0 netns {ns}\n\
+         link add {veth} type veth peer name eth0 address {mac} netns {ns}\n\
          link set {veth} master {br}\n\
          link set dev {veth} type bridge_slave isolated on\n\
          link set {veth} up\n",
         ns = lease.netns,
         veth = lease.veth,
         br = cfg.bridge(),
+        mac = sandbox_mac(lease.ip),
     );
     run_with_input("ip", &["-batch", "-"], Some(&host))?;
     let inside = format!(
@@ -27,6 +33,13 @@ pub(crate) fn make_netns(cfg: &NetConfig, lease: &NetLease) -> Result<(), NetErr
     );
     run_with_input("ip", &["-n", &lease.netns, "-batch", "-"], Some(&inside))?;
     Ok(())
+}
+
+/// A locally administered unicast MAC made of the address: unique on the
+/// bridge (whose sandboxes share one /16) and the same every time.
+pub(crate) fn sandbox_mac(ip: std::net::Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("02:6b:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
 pub(crate) fn destroy_netns(lease: &NetLease) -> Result<(), NetError> {
@@ -136,6 +149,17 @@ fn list_dir(dir: &str, prefix: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sandbox_mac_is_stable_unicast_and_local() {
+        let ip = std::net::Ipv4Addr::new(10, 88, 1, 7);
+        assert_eq!(sandbox_mac(ip), "02:6b:0a:58:01:07");
+        assert_eq!(sandbox_mac(ip), sandbox_mac(ip));
+        assert_ne!(
+            sandbox_mac(ip),
+            sandbox_mac(std::net::Ipv4Addr::new(10, 88, 1, 8))
+        );
+    }
 
     #[test]
     fn ruleset_orders_offline_dns_denied() {
