@@ -167,12 +167,6 @@ print(json.dumps(comms))
     assert "pytest" not in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (kiln-agent): root inside a sandbox can PTRACE_ATTACH the agent (PID 1, same uid, "
-    "dumpable; seccomp allows ptrace) and stop it, hanging the sandbox. Fix: prctl(PR_SET_DUMPABLE, 0) "
-    "in the agent at start (root inside has no CAP_SYS_PTRACE). Remove this mark when fixed.",
-)
 def test_root_cannot_ptrace_the_agent(new_sandbox):
     own = new_sandbox()
     code, out, _ = run_py(own, PTRACE_INIT, user="root")

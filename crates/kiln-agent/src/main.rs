@@ -55,6 +55,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    // Not dumpable: root inside the sandbox has no CAP_SYS_PTRACE, so it
+    // cannot attach to (and so stop or rewrite) the agent it depends on.
+    // Spawned commands become dumpable again at their execve.
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .context("cannot make the agent non-dumpable")?;
+
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(16)
