@@ -115,12 +115,6 @@ def test_full_disk_leaves_the_store_intact(full_disk_run):
         assert body["message"] and body["code"] >= 400, m
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (kiln-server src/error.rs, CoreError::Store and CoreError::Runtime): a full disk "
-    "(SQLITE_FULL / ENOSPC) is answered 500 'the store failed', not 507 with a message saying the "
-    "disk is full. Remove this mark when fixed.",
-)
 def test_full_disk_answers_507(full_disk_run):
     r = full_disk_run
     assert 500 not in r["statuses"], f"a 500 with the disk full: {r['statuses']} {r['messages']}"

@@ -31,6 +31,33 @@ pub enum CoreError {
 }
 
 impl CoreError {
+    /// Whether the host's disk (the data directory's file system) is full:
+    /// SQLite's SQLITE_FULL, or ENOSPC anywhere in the error's chain. Such a
+    /// failure is the operator's to fix, not a bug, and is answered as such.
+    pub fn is_disk_full(&self) -> bool {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = next {
+            if let Some(rusqlite::Error::SqliteFailure(f, _)) = e.downcast_ref::<rusqlite::Error>()
+            {
+                if f.code == rusqlite::ErrorCode::DiskFull {
+                    return true;
+                }
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.raw_os_error() == Some(28) || io.kind() == std::io::ErrorKind::StorageFull {
+                    return true;
+                }
+            }
+            let text = e.to_string();
+            if text.contains("No space left on device") || text.contains("database or disk is full")
+            {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
+
     pub(crate) fn sandbox_not_found(id: &str) -> Self {
         CoreError::NotFound(format!("sandbox {id} not found"))
     }

@@ -43,6 +43,13 @@ impl ApiError {
 
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
+        if e.is_disk_full() {
+            tracing::error!(error = %e, "the host's disk is full");
+            return Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the host's disk is full: free space in Kiln's data directory and try again",
+            );
+        }
         match e {
             CoreError::InvalidArgument(m) => Self::new(StatusCode::BAD_REQUEST, m),
             CoreError::Unauthorized(m) => Self::new(StatusCode::UNAUTHORIZED, m),
