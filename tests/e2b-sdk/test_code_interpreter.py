@@ -14,8 +14,13 @@ import time
 
 import httpx
 import pytest
-from conftest import free_port, free_subnet, kill_all, start_kilnd, stop_kilnd
+from conftest import RUNTIME, free_port, free_subnet, kill_all, start_kilnd, stop_kilnd
 from e2b_code_interpreter import Sandbox
+
+pytestmark = pytest.mark.skipif(
+    RUNTIME != "container",
+    reason="the code-interpreter template needs the container runtime (KILN_E2E_RUNTIME=container)",
+)
 
 
 @pytest.fixture(scope="module")
