@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Sets up and runs Kiln on its embedded defaults: installs the Debian packages it
 # needs, builds kilnd, the kiln CLI and the static agent, then runs `kiln up`
-# (which builds the base template on first run, with a progress display, and
-# serves the E2B-compatible API on 127.0.0.1:3000). Extra arguments go to `kiln up`.
+# (which builds the base and code-interpreter templates on first run, with a
+# progress display, and serves the E2B-compatible API on 127.0.0.1:3000;
+# KILN_CODE_INTERPRETER=false skips the code-interpreter template). Extra
+# arguments go to `kiln up`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh

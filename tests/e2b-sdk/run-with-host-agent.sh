@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build -q -p kiln-cli -p kiln-agent
 venv=.venv/e2b-sdk
-[ -x "$venv/bin/python" ] || { python3 -m venv "$venv"; "$venv/bin/pip" install -q "e2b==2.63.0" "pytest>=8" "pytest-asyncio>=1.0" httpx; }
+[ -x "$venv/bin/python" ] || { python3 -m venv "$venv"; "$venv/bin/pip" install -q "e2b==2.63.0" "e2b-code-interpreter==2.11.5" "pytest>=8" "pytest-asyncio>=1.0" httpx; }
 npm_dir=${KILN_E2E_NPM_PREFIX:-$(mktemp -d)}
 if [ ! -d "$npm_dir/node_modules/e2b" ]; then
     (cd "$npm_dir" && npm init -y >/dev/null && npm install --no-audit --no-fund --silent e2b)

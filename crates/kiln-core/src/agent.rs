@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use kiln_runtime::SandboxHandle;
 
+use crate::templates::StartCommand;
+
 /// What the agent is told at start (E2B envd's `POST /init` body).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentInit {
@@ -21,6 +23,22 @@ pub trait AgentClient: Send + Sync + 'static {
     /// Sends `init` to the agent of the sandbox at `handle`. The error is a
     /// sentence saying what failed.
     async fn init(&self, handle: &SandboxHandle, init: &AgentInit) -> Result<(), String>;
+
+    /// Starts a template's long-lived process through the agent (after
+    /// `init`, so it gets the sandbox's envVars) and returns once its ready
+    /// check answers, or an error saying why it did not within
+    /// `start.ready_timeout` (its output included when it exited).
+    async fn start(
+        &self,
+        _handle: &SandboxHandle,
+        _access_token: &str,
+        start: &StartCommand,
+    ) -> Result<(), String> {
+        Err(format!(
+            "this agent client cannot run start commands ({:?})",
+            start.argv
+        ))
+    }
 }
 
 /// For runtimes without an agent (the fake runtime in tests).
@@ -29,6 +47,15 @@ pub struct NoAgent;
 #[async_trait::async_trait]
 impl AgentClient for NoAgent {
     async fn init(&self, _handle: &SandboxHandle, _init: &AgentInit) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn start(
+        &self,
+        _handle: &SandboxHandle,
+        _access_token: &str,
+        _start: &StartCommand,
+    ) -> Result<(), String> {
         Ok(())
     }
 }

@@ -26,6 +26,8 @@ pub enum CoreError {
     Runtime(#[from] RuntimeError),
     #[error("the sandbox's agent did not accept its initialisation: {0}")]
     Agent(String),
+    #[error("the template's start command failed: {0}")]
+    StartCommand(String),
     #[error("the store failed")]
     Store(#[from] StoreError),
 }

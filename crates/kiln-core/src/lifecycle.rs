@@ -313,6 +313,13 @@ impl Core {
             let handle = self.inner.runtime.create(&spec).await?;
             *lock(&live.handle) = Some(handle.clone());
             self.init_agent(&handle, &record).await?;
+            if let Some(start) = &template.start {
+                self.inner
+                    .agent
+                    .start(&handle, &record.envd_access_token, start)
+                    .await
+                    .map_err(CoreError::StartCommand)?;
+            }
             Ok::<_, CoreError>(())
         }
         .await;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kiln_runtime::TemplateRef;
@@ -15,6 +16,26 @@ pub struct TemplateInfo {
     pub memory_mib: u64,
     pub disk_mib: u64,
     pub created_at: DateTime<Utc>,
+    /// A long-lived process the template runs in every sandbox (the code
+    /// interpreter), started after the agent's `/init`; the create returns
+    /// once it is ready.
+    pub start: Option<StartCommand>,
+}
+
+/// A template's start command and its ready check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartCommand {
+    /// Program and arguments (`argv[0]` is the program's path in the sandbox).
+    pub argv: Vec<String>,
+    pub user: String,
+    pub cwd: String,
+    /// On top of the sandbox's envVars.
+    pub env: Vec<(String, String)>,
+    /// Ready when `GET http://<sandbox>:<ready_port><ready_path>` answers 200.
+    pub ready_port: u16,
+    pub ready_path: String,
+    /// How long the create waits for the ready check.
+    pub ready_timeout: Duration,
 }
 
 /// The templates kilnd knows, looked up by id or alias.
@@ -71,6 +92,7 @@ mod tests {
             memory_mib: 1024,
             disk_mib: 4096,
             created_at: Utc::now(),
+            start: None,
         });
         assert_eq!(c.resolve("t1").unwrap().template.id, "t1");
         assert_eq!(c.resolve("base").unwrap().template.id, "t1");

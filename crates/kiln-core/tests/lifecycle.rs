@@ -27,6 +27,7 @@ fn catalog() -> Arc<TemplateCatalog> {
         memory_mib: 1024,
         disk_mib: 4096,
         created_at: Utc::now(),
+        start: None,
     });
     Arc::new(c)
 }
@@ -574,4 +575,82 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition never held");
+}
+
+/// An agent whose template start command never gets ready.
+struct FailingStart;
+
+#[async_trait::async_trait]
+impl kiln_core::AgentClient for FailingStart {
+    async fn init(
+        &self,
+        _h: &kiln_runtime::SandboxHandle,
+        _i: &kiln_core::AgentInit,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn start(
+        &self,
+        _h: &kiln_runtime::SandboxHandle,
+        token: &str,
+        start: &kiln_core::templates::StartCommand,
+    ) -> Result<(), String> {
+        assert!(!token.is_empty());
+        Err(format!("{} exited (exit status 1)", start.argv[0]))
+    }
+}
+
+#[tokio::test]
+async fn a_failing_start_command_fails_the_create_and_leaves_nothing() {
+    let rt = Arc::new(FakeRuntime::new());
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let templates = catalog();
+    templates.add(TemplateInfo {
+        template: TemplateRef {
+            id: "ci-v1".into(),
+            rootfs: "/nonexistent".into(),
+        },
+        aliases: vec!["code-interpreter".into()],
+        vcpus: 2,
+        memory_mib: 1024,
+        disk_mib: 4096,
+        created_at: Utc::now(),
+        start: Some(kiln_core::templates::StartCommand {
+            argv: vec!["/usr/local/bin/interp".into()],
+            user: "user".into(),
+            cwd: "/home/user".into(),
+            env: vec![],
+            ready_port: 49999,
+            ready_path: "/health".into(),
+            ready_timeout: Duration::from_secs(1),
+        }),
+    });
+    let core = Core::new(
+        CoreConfig::default(),
+        store.clone(),
+        rt.clone(),
+        Arc::new(FailingStart),
+        templates,
+    );
+    let t = team("a");
+    let err = core
+        .create(
+            &t,
+            CreateSandbox {
+                template: "code-interpreter".into(),
+                ..req()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CoreError::StartCommand(_)), "{err:?}");
+    assert!(err.to_string().contains("/usr/local/bin/interp exited"));
+    assert_eq!(rt.count(), 0);
+    let page = core.list(&t, &ListFilter::default()).unwrap();
+    assert!(page.items.is_empty());
+    // A template without a start command is unaffected.
+    let rec = core.create(&t, req()).await.unwrap();
+    assert_eq!(rt.count(), 1);
+    core.kill(&t, &rec.id).await.unwrap();
 }

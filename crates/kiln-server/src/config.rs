@@ -23,6 +23,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KILN_SANDBOX_MEMORY_MIB", "Memory limit of a sandbox in MiB (default 1024)."),
     ("KILN_SANDBOX_DISK_MIB", "Disk limit of a sandbox in MiB (default 4096)."),
     ("KILN_AGENT_BIN", "The static kiln-agent binary put into every sandbox (default: kiln-agent next to this program, or the agent build in target/)."),
+    ("KILN_CODE_INTERPRETER", "Build and serve the code-interpreter template (aliases code-interpreter-v1, code-interpreter: the e2b-code-interpreter SDK's default) with the container runtime: true (required: kilnd does not start without it), false (off), or unset (default: built when the kiln-interpreter binary is found, else a warning). Its first build takes a few minutes; later starts use the cache."),
+    ("KILN_INTERPRETER_BIN", "The kiln-interpreter binary mounted into code-interpreter sandboxes (default: kiln-interpreter next to this program)."),
     ("KILN_SPAWN_BIN", "The container runtime's kiln-spawn helper (default: kiln-spawn next to this program)."),
     ("KILN_RUNTIME_TAG", "Tag naming the container runtime's host objects (cgroups, bridge, namespaces, firewall table), 1-4 of [a-z0-9]; two kilnds on one host need different tags (default k0)."),
     ("KILN_SUBNET", "The sandbox bridge's private /16, given by its first address (default 10.88.0.0); distinct per tag."),
@@ -47,6 +49,9 @@ pub struct Config {
     pub node_name: String,
     pub agent_bin: Option<PathBuf>,
     pub spawn_bin: Option<PathBuf>,
+    /// `None`: when the interpreter binary is there.
+    pub code_interpreter: Option<bool>,
+    pub interpreter_bin: Option<PathBuf>,
     pub runtime_tag: String,
     pub subnet: std::net::Ipv4Addr,
     /// From `KILN_API_KEY` only.
@@ -70,6 +75,8 @@ impl Default for Config {
             node_name: "kiln".into(),
             agent_bin: None,
             spawn_bin: None,
+            code_interpreter: None,
+            interpreter_bin: None,
             runtime_tag: "k0".into(),
             subnet: std::net::Ipv4Addr::new(10, 88, 0, 0),
             api_key: None,
@@ -208,6 +215,23 @@ impl Config {
         if let Some(v) = env("KILN_SPAWN_BIN") {
             self.spawn_bin = Some(PathBuf::from(v));
         }
+        if let Some(v) = env("KILN_CODE_INTERPRETER") {
+            self.code_interpreter = match v.to_ascii_lowercase().as_str() {
+                "" => None,
+                "1" | "true" | "yes" | "on" => Some(true),
+                "0" | "false" | "no" | "off" => Some(false),
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "KILN_CODE_INTERPRETER",
+                        value: v,
+                        message: "use true or false".into(),
+                    })
+                }
+            };
+        }
+        if let Some(v) = env("KILN_INTERPRETER_BIN") {
+            self.interpreter_bin = Some(PathBuf::from(v));
+        }
         if let Some(v) = env("KILN_RUNTIME_TAG") {
             self.runtime_tag = v;
         }
@@ -290,6 +314,17 @@ impl Config {
         })
     }
 
+    /// The code interpreter's binary: configured, else next to the running
+    /// program.
+    pub fn interpreter_bin(&self) -> PathBuf {
+        self.interpreter_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.join("kiln-interpreter")))
+                .unwrap_or_else(|| PathBuf::from("kiln-interpreter"))
+        })
+    }
+
     /// The domain the SDKs are told (`<port>-<id>.<domain>`).
     pub fn domain(&self) -> String {
         self.domain
@@ -339,6 +374,12 @@ mod tests {
         assert!(e.to_string().contains("KILN_MAX_TIMEOUT"), "{e}");
         let env = |k: &str| (k == "KILN_DEFAULT_TIMEOUT").then(|| "0".to_string());
         assert!(Config::load_with(&Overrides::default(), env).is_err());
+        let env = |k: &str| (k == "KILN_CODE_INTERPRETER").then(|| "maybe".to_string());
+        let e = Config::load_with(&Overrides::default(), env).unwrap_err();
+        assert!(e.to_string().contains("KILN_CODE_INTERPRETER"), "{e}");
+        let env = |k: &str| (k == "KILN_CODE_INTERPRETER").then(|| "false".to_string());
+        let c = Config::load_with(&Overrides::default(), env).unwrap();
+        assert_eq!(c.code_interpreter, Some(false));
     }
 
     #[test]

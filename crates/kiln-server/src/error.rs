@@ -68,6 +68,12 @@ impl From<CoreError> for ApiError {
             }
             ref e @ CoreError::Runtime(_) => Self::internal("the sandbox runtime failed", e),
             ref e @ CoreError::Agent(_) => Self::internal("the sandbox's agent did not start", e),
+            // The sandbox's own process failed (its output is in the
+            // message): nothing of the host to hide, and the user needs it.
+            ref e @ CoreError::StartCommand(_) => {
+                tracing::error!(error = %e, "a template's start command failed");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
             ref e @ CoreError::Store(_) => Self::internal("the store failed", e),
         }
     }

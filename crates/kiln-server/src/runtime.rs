@@ -3,9 +3,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
-use kiln_core::templates::{TemplateCatalog, TemplateInfo};
+use kiln_core::templates::{StartCommand, TemplateCatalog, TemplateInfo};
 use kiln_core::{AgentClient, NoAgent};
 use kiln_runtime::container::{ContainerConfig, ContainerRuntime, DEFAULT_UID_BASE};
 use kiln_runtime::{Runtime, RuntimeError, TemplateRef};
@@ -42,8 +43,12 @@ pub enum SetupError {
     },
     #[error("the container runtime could not start")]
     Runtime(#[source] RuntimeError),
-    #[error("building the base template failed")]
-    Template(#[source] kiln_template::TemplateError),
+    #[error("building the {name} template failed")]
+    Template {
+        name: &'static str,
+        #[source]
+        source: kiln_template::TemplateError,
+    },
     #[error("the template build task failed: {0}")]
     TemplateTask(String),
 }
@@ -87,7 +92,11 @@ fn require(
 
 /// Builds the configured runtime and the matching agent client. The
 /// container runtime re-attaches the sandboxes of a previous run here.
-pub async fn build_runtime(config: &Config) -> Result<Backend, SetupError> {
+/// `templates` says which templates get the code interpreter's binary.
+pub async fn build_runtime(
+    config: &Config,
+    templates: &TemplateCatalog,
+) -> Result<Backend, SetupError> {
     match config.runtime.as_str() {
         "fake" => Ok(Backend {
             runtime: Arc::new(kiln_runtime::fake::FakeRuntime::new()),
@@ -115,6 +124,20 @@ pub async fn build_runtime(config: &Config) -> Result<Backend, SetupError> {
             cfg.tag = config.runtime_tag.clone();
             cfg.net.tag = config.runtime_tag.clone();
             cfg.net.subnet = config.subnet;
+            for t in templates.list() {
+                if t.aliases
+                    .iter()
+                    .any(|a| a == kiln_interpreter::template::NAME)
+                {
+                    cfg.template_binds.insert(
+                        t.template.id.clone(),
+                        vec![(
+                            config.interpreter_bin(),
+                            kiln_interpreter::template::BINARY.to_owned(),
+                        )],
+                    );
+                }
+            }
             let rt = Arc::new(
                 ContainerRuntime::new(cfg)
                     .await
@@ -182,43 +205,130 @@ impl kiln_template::Progress for StderrProgress {
     }
 }
 
+/// The code-interpreter template's recipe: the base template plus the
+/// interpreter's packages and build steps (`kiln_interpreter::template`),
+/// cached under its own hash like the base.
+pub fn code_interpreter_recipe(uid_offset: u32) -> kiln_template::Recipe {
+    let extra = kiln_interpreter::template::recipe();
+    let mut recipe = kiln_template::Recipe::base(uid_offset);
+    recipe.name = extra.name;
+    recipe.packages.extend(extra.packages);
+    recipe.customize.extend(extra.customize);
+    recipe
+}
+
+/// The code interpreter's start command, as the core runs it.
+pub fn code_interpreter_start() -> StartCommand {
+    let s = kiln_interpreter::template::recipe().start;
+    StartCommand {
+        argv: s.argv,
+        user: s.user,
+        cwd: s.cwd,
+        env: s.env,
+        ready_port: kiln_interpreter::template::PORT,
+        ready_path: "/health".into(),
+        // Its /health answers as soon as it listens (kernels start in the
+        // background), normally within tens of milliseconds.
+        ready_timeout: Duration::from_secs(20),
+    }
+}
+
+async fn ensure(
+    name: &'static str,
+    dir: std::path::PathBuf,
+    recipe: kiln_template::Recipe,
+) -> Result<TemplateRef, SetupError> {
+    let built = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let r = kiln_template::ensure(&dir, &recipe, &StderrProgress);
+        if r.is_ok() && started.elapsed() > Duration::from_secs(1) {
+            eprintln!(
+                "template: {name} built in {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        r
+    })
+    .await
+    .map_err(|e| SetupError::TemplateTask(e.to_string()))?
+    .map_err(|source| SetupError::Template { name, source })?;
+    Ok(TemplateRef {
+        id: built.id,
+        rootfs: built.rootfs,
+    })
+}
+
 /// The templates sandboxes can start from: for the container runtime the
-/// base template built (once, then cached) by kiln-template; for the fake
-/// runtime a placeholder.
+/// base template and (unless `code_interpreter` is off) the code-interpreter
+/// template, built (once, then cached) by kiln-template; for the fake
+/// runtime a placeholder base.
+///
+/// The code-interpreter template is built here, at start, rather than on
+/// its first request: `Sandbox.create()` of the e2b-code-interpreter SDK is
+/// expected to work as soon as `kiln up` says it serves, and a first create
+/// that waited minutes for a build would hit the SDK's request timeout.
 pub async fn load_templates(config: &Config) -> Result<TemplateCatalog, SetupError> {
     let catalog = TemplateCatalog::new();
-    let (template, aliases) = if config.runtime == "container" {
-        let dir = config.template_dir();
-        let built = tokio::task::spawn_blocking(move || {
-            kiln_template::ensure_base(&dir, DEFAULT_UID_BASE, &StderrProgress)
-        })
-        .await
-        .map_err(|e| SetupError::TemplateTask(e.to_string()))?
-        .map_err(SetupError::Template)?;
-        (
-            TemplateRef {
-                id: built.id,
-                rootfs: built.rootfs,
-            },
-            vec![BASE_TEMPLATE.to_owned()],
-        )
-    } else {
-        (
-            TemplateRef {
-                id: BASE_TEMPLATE.into(),
-                rootfs: config.template_dir().join("templates").join(BASE_TEMPLATE),
-            },
-            vec![],
-        )
-    };
-    catalog.add(TemplateInfo {
+    let info = |template, aliases: Vec<String>, start| TemplateInfo {
         template,
         aliases,
         vcpus: config.sandbox_vcpus,
         memory_mib: config.sandbox_memory_mib,
         disk_mib: config.sandbox_disk_mib,
         created_at: Utc::now(),
-    });
+        start,
+    };
+    if config.runtime != "container" {
+        let template = TemplateRef {
+            id: BASE_TEMPLATE.into(),
+            rootfs: config.template_dir().join("templates").join(BASE_TEMPLATE),
+        };
+        catalog.add(info(template, vec![], None));
+        return Ok(catalog);
+    }
+    let base = ensure(
+        "base",
+        config.template_dir(),
+        kiln_template::Recipe::base(DEFAULT_UID_BASE),
+    )
+    .await?;
+    catalog.add(info(base, vec![BASE_TEMPLATE.to_owned()], None));
+    let bin = config.interpreter_bin();
+    let wanted = match config.code_interpreter {
+        Some(false) => false,
+        Some(true) => {
+            require(
+                &bin,
+                "the kiln-interpreter binary",
+                "cargo build --release -p kiln-interpreter",
+                "KILN_INTERPRETER_BIN",
+            )?;
+            true
+        }
+        None if bin.is_file() => true,
+        None => {
+            eprintln!(
+                "template: code-interpreter skipped: the kiln-interpreter binary is not at {} \
+                 (build it with `cargo build --release -p kiln-interpreter` or set \
+                 KILN_INTERPRETER_BIN; KILN_CODE_INTERPRETER=false silences this)",
+                bin.display()
+            );
+            false
+        }
+    };
+    if wanted {
+        let ci = ensure(
+            "code-interpreter",
+            config.template_dir(),
+            code_interpreter_recipe(DEFAULT_UID_BASE),
+        )
+        .await?;
+        let aliases = kiln_interpreter::template::ALIASES
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect();
+        catalog.add(info(ci, aliases, Some(code_interpreter_start())));
+    }
     Ok(catalog)
 }
 
@@ -239,5 +349,19 @@ mod tests {
             std::net::Ipv4Addr::new(10, 198, 0, 0)
         );
         assert_eq!(routes[0].2, 0xffff_0000);
+    }
+
+    #[test]
+    fn code_interpreter_recipe_extends_the_base() {
+        let base = kiln_template::Recipe::base(DEFAULT_UID_BASE);
+        let ci = code_interpreter_recipe(DEFAULT_UID_BASE);
+        assert_eq!(ci.name, "code-interpreter");
+        assert!(base.packages.iter().all(|p| ci.packages.contains(p)));
+        assert!(ci.packages.iter().any(|p| p == "python3-ipykernel"));
+        assert_eq!(ci.customize[..base.customize.len()], base.customize[..]);
+        assert_ne!(ci.hash(), base.hash());
+        let start = code_interpreter_start();
+        assert_eq!(start.argv[0], kiln_interpreter::template::BINARY);
+        assert_eq!(start.ready_port, 49999);
     }
 }

@@ -83,7 +83,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
         source,
     })?;
     let templates = Arc::new(load_templates(config).await?);
-    let backend = build_runtime(config).await?;
+    let backend = build_runtime(config, &templates).await?;
     let mut config = config.clone();
     config.listen = addr;
     let core = Core::new(

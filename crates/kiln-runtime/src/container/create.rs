@@ -217,6 +217,11 @@ fn prepare(
             uid_count: cfg.uid_count,
             agent_bin: cfg.agent_bin.clone(),
             agent_path: cfg.agent_path.clone(),
+            binds: cfg
+                .template_binds
+                .get(&spec.template.id)
+                .cloned()
+                .unwrap_or_default(),
             args: cfg.agent_args.clone(),
             env: spec
                 .env

@@ -39,11 +39,19 @@ pub(super) fn destroy(inner: &Inner, rec: &Record, release_net: bool) -> Result<
         first_err.get_or_insert(e);
     }
     if rec.pid > 0 {
-        // The init is dead now; collect it if it is ours.
-        let _ = nix::sys::wait::waitpid(
-            nix::unistd::Pid::from_raw(rec.pid),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        );
+        // The init is dead now; collect it if it is ours. Its exit may lag
+        // the cgroup emptying by a moment (the pid namespace is torn down
+        // first): one WNOHANG then left zombies in a long-running kilnd.
+        let pid = nix::unistd::Pid::from_raw(rec.pid);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while let Ok(nix::sys::wait::WaitStatus::StillAlive) =
+            nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+        {
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
     if release_net {
         if let Err(e) = inner.net.recycle(&rec.lease()).map_err(net_err) {

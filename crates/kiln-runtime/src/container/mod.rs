@@ -55,6 +55,10 @@ pub struct ContainerConfig {
     pub agent_path: String,
     /// Arguments of the agent (after argv[0]).
     pub agent_args: Vec<String>,
+    /// More host files bind-mounted read-only into the sandboxes of one
+    /// template (by template id), like the agent: (host path, path inside).
+    /// The code-interpreter template gets the `kiln-interpreter` binary so.
+    pub template_binds: BTreeMap<String, Vec<(PathBuf, String)>>,
     /// The `kiln-spawn` helper binary (built from this crate).
     pub spawn_bin: PathBuf,
     /// First host uid/gid of the range root inside maps to. Template root
@@ -88,6 +92,7 @@ impl ContainerConfig {
             agent_bin,
             agent_path: "/usr/local/bin/kiln-agent".into(),
             agent_args: Vec::new(),
+            template_binds: BTreeMap::new(),
             spawn_bin,
             uid_base: DEFAULT_UID_BASE,
             uid_count: 65536,

@@ -79,6 +79,9 @@ pub struct SpawnConfig {
     /// Agent binary on the host, and where it appears inside.
     pub agent_bin: PathBuf,
     pub agent_path: String,
+    /// More host files bind-mounted read-only: (host path, path inside).
+    #[serde(default)]
+    pub binds: Vec<(PathBuf, String)>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub tmp_size_bytes: u64,
@@ -558,28 +561,35 @@ fn init(
         Some(&format!("mode=1777,size={},{owner}", cfg.tmp_size_bytes)),
     )?;
 
-    // The agent, read-only.
-    let agent = root.join(cfg.agent_path.trim_start_matches('/'));
-    if let Some(parent) = agent.parent() {
-        mkdirs(parent)?;
+    // The agent and the template's extra binaries, read-only.
+    for (host, inside) in std::iter::once((&cfg.agent_bin, &cfg.agent_path))
+        .chain(cfg.binds.iter().map(|(h, i)| (h, i)))
+    {
+        let target = root.join(inside.trim_start_matches('/'));
+        if let Some(parent) = target.parent() {
+            mkdirs(parent)?;
+        }
+        if !target.exists() {
+            ctx(
+                File::create(&target),
+                &format!("create the mount point {inside}"),
+            )?;
+        }
+        do_mount(
+            Some(host.to_str().unwrap_or_default()),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+        do_mount(
+            None,
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+            None,
+        )?;
     }
-    if !agent.exists() {
-        ctx(File::create(&agent), "create the agent's mount point")?;
-    }
-    do_mount(
-        Some(cfg.agent_bin.to_str().unwrap_or_default()),
-        &agent,
-        None,
-        MsFlags::MS_BIND,
-        None,
-    )?;
-    do_mount(
-        None,
-        &agent,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
-        None,
-    )?;
 
     // Name resolution of the hostname (sudo asks for it). Appending copies
     // /etc/hosts up with its owner kept; a new one is given to root inside.

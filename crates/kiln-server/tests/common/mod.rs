@@ -42,6 +42,7 @@ pub fn env() -> Env {
         memory_mib: 512,
         disk_mib: 1024,
         created_at: Utc::now(),
+        start: None,
     });
     let core = Core::new(
         CoreConfig {
