@@ -25,6 +25,9 @@ use tokio::time::{sleep, timeout, Instant};
 /// How long a kernel may take from spawn to answering `kernel_info_request`.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long one attempt to connect the kernel's channels may take.
+const CONNECT_ATTEMPT: Duration = Duration::from_secs(3);
+
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error("failed to write the connection file {path}")]
@@ -192,9 +195,19 @@ impl Kernel {
         };
         // Some kernels (IRkernel) reset the first connections made while they
         // are still setting up their sockets: retry until the startup deadline.
+        // Each attempt gets a few seconds: a handshake that stalls (seen under
+        // load, right after the kernel bound its ports) is abandoned and
+        // retried instead of eating the whole startup allowance.
         let connect = async {
             loop {
-                match connect().await {
+                let attempt = match timeout(CONNECT_ATTEMPT, connect()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(RuntimeError::IoError(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connecting to the kernel's channels timed out",
+                    ))),
+                };
+                match attempt {
                     Ok(conns) => return Ok(conns),
                     Err(e)
                         if started.elapsed() < STARTUP_TIMEOUT
