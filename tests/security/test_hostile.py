@@ -147,20 +147,9 @@ def test_hostile_workloads_stay_in_their_sandboxes(kilnd, new_sandbox, marker):
     cpu_rate = (cpu_usage_s(cgroups["cpu"]) - cpu0) / (time.monotonic() - t0)
 
     loaded_p99 = percentile(loaded, 99)
-    windows = [loaded_p99]
-    # A bomb that takes its own sandbox down makes kilnd clean it up (kill,
-    # unmount, release) in the middle of a window: a passing spike on a
-    # 2-core host. The property is the steady state under hostile load, so up
-    # to two more windows of 100 execs are measured while the bombs still run.
-    while loaded_p99 > 3 * base_p99 and len(windows) < 3:
-        loaded_p99 = percentile(agent.exec_ms(100), 99)
-        windows.append(loaded_p99)
-    print(
-        f"exec p99 unloaded {base_p99:.1f} ms, loaded windows {[round(w, 1) for w in windows]} ms; "
-        f"/health max {max(health_ms):.1f} ms"
-    )
+    print(f"exec p99 unloaded {base_p99:.1f} ms, loaded {loaded_p99:.1f} ms; /health max {max(health_ms):.1f} ms")
     assert loaded_p99 <= 3 * base_p99, (
-        f"healthy sandbox's exec p99 under load > 3x unloaded {base_p99:.1f} ms in every window: {windows}"
+        f"healthy sandbox's exec p99 {loaded_p99:.1f} ms under load > 3x unloaded {base_p99:.1f} ms"
     )
     assert max(health_ms) < 1000, f"kilnd's /health took {max(health_ms):.0f} ms under load"
 
