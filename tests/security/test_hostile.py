@@ -158,14 +158,7 @@ def test_hostile_workloads_stay_in_their_sandboxes(kilnd, new_sandbox, marker):
         pids_max = int(cgroup_file("pids", cgroups["fork"], "pids.max"))
         assert 0 < pids_max <= 65536
         assert int(cgroup_file("pids", cgroups["fork"], "pids.current")) <= pids_max
-        # In a 256 MiB sandbox the bomb meets either of its sandbox's limits
-        # first, pids.max or the memory limit (which of them is a race of
-        # timing); either way it is its own cgroup that stops it. The runtime's
-        # own limits test pins the pids.max case down on its own.
-        pids_hits = int(cgroup_file("pids", cgroups["fork"], "pids.events").split()[-1])
-        mem_hits = int(cgroup_file("memory", cgroups["fork"], "memory.failcnt"))
-        print(f"fork bomb: pids.max hit {pids_hits} times, memory limit hit {mem_hits} times")
-        assert pids_hits > 0 or mem_hits > 0, "the fork bomb met neither pids.max nor its memory limit"
+        assert int(cgroup_file("pids", cgroups["fork"], "pids.events").split()[-1]) > 0, "the fork bomb never hit pids.max"
 
     if "memory" not in died:
         mem_limit = int(cgroup_file("memory", cgroups["memory"], "memory.limit_in_bytes"))
