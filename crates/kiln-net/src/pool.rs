@@ -56,14 +56,23 @@ pub(crate) fn destroy_netns(lease: &NetLease) -> Result<(), NetError> {
 
 pub(crate) fn setup_bridge(cfg: &NetConfig) -> Result<(), NetError> {
     let br = cfg.bridge();
+    // A bridge without an address of its own takes the lowest MAC of its
+    // ports, so it changed whenever a sandbox's veth came or went. Sandboxes
+    // kept sending to the gateway MAC they had learnt; once the port owning
+    // it was gone those frames went nowhere, and a sandbox was unreachable
+    // until its neighbour entry was probed out (seconds). A set address
+    // stays put.
+    let mac = sandbox_mac(cfg.gateway());
     if !Path::new("/sys/class/net").join(&br).exists() {
         let script = format!(
-            "link add {br} type bridge\n\
+            "link add {br} address {mac} type bridge\n\
              addr add {gw}/16 dev {br}\n\
              link set {br} up\n",
             gw = cfg.gateway()
         );
         run_with_input("ip", &["-batch", "-"], Some(&script))?;
+    } else {
+        run("ip", &["link", "set", &br, "address", &mac])?;
     }
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| NetError::Io {
         what: "enable IPv4 forwarding".into(),

@@ -89,8 +89,10 @@ async fn egress_nat_and_isolation() {
 
     let cfg = config(3);
     let gateway = cfg.net.gateway();
+    let bridge_mac_path = format!("/sys/class/net/{}/address", cfg.net.bridge());
     let t = TestRuntime::new(cfg).await;
     let rt = &t.rt;
+    let bridge_mac = std::fs::read_to_string(&bridge_mac_path).unwrap();
     let a = rt.create(&spec("net-a")).await.unwrap();
     let b = rt.create(&spec("net-b")).await.unwrap();
     let mut off = spec("net-off");
@@ -125,6 +127,19 @@ async fn egress_nat_and_isolation() {
     }
     let r = ask(c.ip, &format!("connect {}:49983", a.ip)).await;
     assert!(r.starts_with("err"), "c reached a: {r}");
+    // The gateway's MAC stays put while sandboxes come and go (a bridge
+    // takes its lowest port's MAC unless it has one of its own).
+    let d = rt.create(&spec("net-d")).await.unwrap();
+    assert_eq!(ask(d.ip, "ping").await, "pong");
+    rt.kill("net-d").await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&bridge_mac_path).unwrap(),
+        bridge_mac,
+        "the bridge's MAC changed as ports came and went"
+    );
+    for h in [&a, &b, &c] {
+        assert_eq!(ask(h.ip, "ping").await, "pong");
+    }
     // Nothing reached the host's listener.
     assert!(
         tokio::time::timeout(Duration::from_millis(100), any.accept())
