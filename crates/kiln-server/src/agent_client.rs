@@ -244,10 +244,14 @@ impl AgentClient for HttpAgentClient {
         let body = init_body(init).to_string();
         let mut last_error;
         // The runtime returns once the agent listens, but the host's path to
-        // a new sandbox (a fresh bridge port, neighbour entries) may lag a
-        // little: retry refused or unreachable connections for a while.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        // a new sandbox (a fresh bridge port, neighbour entries) may lag,
+        // more so on a loaded host: retry refused, unreachable and
+        // unanswered connections for a while. `/init` only sets values, so
+        // sending it twice is harmless.
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_secs(15);
         let mut pause = Duration::from_millis(5);
+        let mut attempts = 0u32;
         loop {
             let req = Request::builder()
                 .method(Method::POST)
@@ -256,9 +260,19 @@ impl AgentClient for HttpAgentClient {
                 .header("X-Access-Token", &init.access_token)
                 .body(Body::from(body.clone()))
                 .map_err(|e| format!("cannot build the init request: {e}"))?;
-            let call = tokio::time::timeout(Duration::from_secs(10), self.client.request(req));
+            attempts += 1;
+            let call = tokio::time::timeout(Duration::from_secs(5), self.client.request(req));
             match call.await {
-                Ok(Ok(resp)) if resp.status().is_success() => return Ok(()),
+                Ok(Ok(resp)) if resp.status().is_success() => {
+                    if attempts > 1 {
+                        tracing::warn!(
+                            sandbox = %handle.id, attempts,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "the agent answered /init only after retries"
+                        );
+                    }
+                    return Ok(());
+                }
                 Ok(Ok(resp)) => {
                     let status = resp.status();
                     let text = resp
@@ -274,15 +288,19 @@ impl AgentClient for HttpAgentClient {
                     last_error = format!("POST {url} answered {status}: {text}");
                 }
                 Ok(Err(e)) => last_error = format!("POST {url} failed: {e:?}"),
-                Err(_) => return Err(format!("POST {url} timed out")),
+                Err(_) => last_error = format!("POST {url} got no answer within 5 s"),
             }
+            tracing::debug!(sandbox = %handle.id, attempts, error = %last_error, "POST /init failed; retrying");
             if tokio::time::Instant::now() + pause > deadline {
                 break;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
         }
-        Err(last_error)
+        Err(format!(
+            "{last_error} (after {attempts} attempts in {} ms)",
+            started.elapsed().as_millis()
+        ))
     }
 }
 
