@@ -15,6 +15,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ from dataclasses import dataclass
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from pytest_kilnd_logs import pytest_runtest_makereport, watch  # noqa: E402,F401 (a hook)
+
 START_TIMEOUT = float(os.environ.get("KILN_E2E_START_TIMEOUT", "900"))
 
 
@@ -98,6 +102,7 @@ def kilnd(tmp_path_factory):
     env["KILN_SUBNET"] = free_subnet()
     log = data / "kilnd.log"
     url = f"http://127.0.0.1:{port}"
+    watch(log)
     with open(log, "a") as out:
         proc = subprocess.Popen(
             [kiln_bin(), "up", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", "--no-install"],

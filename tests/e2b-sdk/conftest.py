@@ -20,6 +20,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ import httpx
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from pytest_kilnd_logs import pytest_runtest_makereport, watch  # noqa: E402,F401 (a hook)
+
 RUNTIME = os.environ.get("KILN_E2E_RUNTIME", "container")
 KILND_RUNTIME = "fake" if RUNTIME in ("fake", "fake-host-agent") else RUNTIME
 START_TIMEOUT = float(os.environ.get("KILN_E2E_START_TIMEOUT", "900"))
@@ -99,6 +103,7 @@ def start_kilnd(data: pathlib.Path, port: int, key: str, **extra_env) -> subproc
     env.update(extra_env)
     log = data / "kilnd.log"
     url = f"http://127.0.0.1:{port}"
+    watch(log)
     with open(log, "a") as out:
         proc = subprocess.Popen(
             [kiln_bin(), "up", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", "--no-install"],

@@ -7,3 +7,5 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "security"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from pytest_kilnd_logs import pytest_runtest_makereport  # noqa: E402,F401 (a hook)

@@ -10,6 +10,7 @@ import pytest
 from e2b import Sandbox
 
 from harness import new_kilnd, wait_host_clean
+from pytest_kilnd_logs import pytest_runtest_makereport  # noqa: F401 (a hook)
 
 TAG = "sec"
 

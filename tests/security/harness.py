@@ -14,12 +14,15 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
 import httpx
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from pytest_kilnd_logs import watch  # noqa: E402
 START_TIMEOUT = float(os.environ.get("KILN_E2E_START_TIMEOUT", "900"))
 
 
@@ -78,6 +81,7 @@ class Kilnd:
             KILN_RUNTIME_TAG=self.tag,
         )
         env.update(self.env)
+        watch(self.log)
         with open(self.log, "a") as out:
             self.proc = subprocess.Popen(
                 [kiln_bin(), "up", "--data-dir", str(self.data), "--listen", f"127.0.0.1:{self.port}", "--no-install"],
