@@ -34,6 +34,14 @@ async fn lifecycle_and_isolation_from_inside() {
         uid_line.split_whitespace().skip(1).all(|u| u == "100000"),
         "init runs as {uid_line:?} on the host"
     );
+    // The init (the agent) has a little more CPU weight than one task of
+    // the workload, where the host lets kiln-spawn lower a nice value.
+    let pid = h.pid.unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let nice = stat.rsplit(')').next().unwrap().split_whitespace().nth(16);
+    if has_cap(23) {
+        assert_eq!(nice, Some("-5"), "init's nice value in {stat}");
+    }
 
     // Same id twice is refused.
     assert!(matches!(
@@ -233,4 +241,15 @@ where
         out.push(t.await.unwrap());
     }
     out
+}
+
+/// Whether this process holds a capability (by number) in its effective set.
+fn has_cap(cap: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    eff & (1 << cap) != 0
 }

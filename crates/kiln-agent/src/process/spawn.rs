@@ -71,13 +71,27 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<(u32, Spawned)> {
     let uid = Uid::from_raw(spec.uid);
     let gid = Gid::from_raw(spec.gid);
     let groups: Vec<Gid> = spec.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    // The agent's children are the OOM killer's first choice, in the
+    // sandbox's cgroup (a fork or memory bomb loses its own processes, not
+    // the agent and with it the sandbox) and on the host. Raising
+    // oom_score_adj needs no privilege. Kiln's runtime may start the agent
+    // at a lower nice value; children go back to nice 0.
+    let reset_nice = rustix::process::getpriority_process(None).is_ok_and(|n| n < 0);
+    let raise_oom = own_oom_score_adj().is_some_and(|a| a < CHILD_OOM_SCORE_ADJ);
 
     // SAFETY: the hook runs in the forked child before exec, where only
     // async-signal-safe work is allowed. It makes raw system calls through
-    // rustix (setsid, ioctl, setgroups, setgid, setuid: no allocation, no
-    // locks) on values prepared before the fork and captured by move.
+    // rustix (setpriority, open/write/close of a static path, setsid, ioctl,
+    // setgroups, setgid, setuid: no allocation, no locks) on values prepared
+    // before the fork and captured by move.
     unsafe {
         cmd.pre_exec(move || {
+            if reset_nice {
+                let _ = rustix::process::setpriority_process(None, 0);
+            }
+            if raise_oom {
+                raise_oom_score_adj();
+            }
             rustix::process::setsid()?;
             if pty_slave {
                 rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
@@ -105,6 +119,34 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<(u32, Spawned)> {
     // Dropping a `Child` neither waits nor kills: the reaper collects it.
     drop(child);
     Ok((pid, spawned))
+}
+
+/// The agent's own `oom_score_adj`, if /proc tells.
+fn own_oom_score_adj() -> Option<i32> {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The `oom_score_adj` of the processes the agent starts.
+pub const CHILD_OOM_SCORE_ADJ: i32 = 500;
+/// The same, as written to /proc (a test holds the two equal).
+const CHILD_OOM_SCORE_ADJ_TEXT: &[u8] = b"500";
+
+/// Sets the calling process's `oom_score_adj` to `CHILD_OOM_SCORE_ADJ`.
+/// Async-signal-safe: a static path and raw open, write and close, no
+/// allocation.
+fn raise_oom_score_adj() {
+    use rustix::fs::{Mode, OFlags};
+    if let Ok(fd) = rustix::fs::open(
+        c"/proc/self/oom_score_adj",
+        OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        let _ = rustix::io::write(&fd, CHILD_OOM_SCORE_ADJ_TEXT);
+    }
 }
 
 fn open_pty(cols: u16, rows: u16) -> io::Result<(OwnedFd, OwnedFd)> {
@@ -144,4 +186,38 @@ pub fn nonblocking_async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<
     // as long as it is registered: it is an `OwnedFd` we just created, moved
     // into the `AsyncFd`, and closed only when the `AsyncFd` is dropped.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn children_are_the_oom_killers_first_choice() {
+        assert_eq!(
+            std::str::from_utf8(CHILD_OOM_SCORE_ADJ_TEXT).unwrap(),
+            CHILD_OOM_SCORE_ADJ.to_string()
+        );
+        if own_oom_score_adj().is_none_or(|a| a >= CHILD_OOM_SCORE_ADJ) {
+            return; // no /proc, or already raised: nothing to see
+        }
+        let spec = SpawnSpec {
+            cmd: "/bin/cat".into(),
+            args: vec!["/proc/self/oom_score_adj".into()],
+            env: vec![],
+            cwd: "/".into(),
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+            groups: vec![],
+            pty: None,
+            stdin: false,
+        };
+        let (_, spawned) = spawn(&spec).unwrap();
+        let mut out = String::new();
+        std::fs::File::from(spawned.stdout.unwrap())
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out.trim(), CHILD_OOM_SCORE_ADJ.to_string());
+    }
 }

@@ -626,6 +626,15 @@ fn init(
     ctx(umount2(".", MntFlags::MNT_DETACH), "detach the old root")?;
     ctx(chdir("/"), "chdir /")?;
 
+    // While still host root: the agent gets more CPU weight than one task
+    // of the workload (its children go back to nice 0), so it keeps
+    // answering in a sandbox whose workload spins. Best effort: a host
+    // without CAP_SYS_NICE runs the agent at nice 0. (The OOM side needs no
+    // privilege: the agent starts its children with a raised
+    // oom_score_adj.)
+    // SAFETY: setpriority on the calling process; no memory is passed.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, AGENT_NICE) };
+
     // Enter the user namespace; H writes the maps.
     ctx(
         unshare(CloneFlags::CLONE_NEWUSER),
@@ -678,6 +687,10 @@ fn init(
     let e = execve(&path, &argv, &env).unwrap_err();
     Err(format!("exec {}: {e}", cfg.agent_path))
 }
+
+/// The agent's nice value (its children's is 0): about 3 times the CPU
+/// weight of one task of the workload.
+const AGENT_NICE: libc::c_int = -5;
 
 #[repr(C)]
 struct CapHeader {
