@@ -194,7 +194,7 @@ fn prepare(
             &Limits {
                 memory_bytes: rec.memory_bytes,
                 cpu_quota_us: u64::from(spec.vcpus) * CPU_PERIOD_US,
-                pids_max: cfg.pids_max,
+                pids_max: pids_limit(spec.memory_mib, cfg.pids_max),
             },
         )?;
         inner.disk.want(spec.disk_mib);
@@ -236,6 +236,16 @@ fn prepare(
         Ok(s) => Ok((rec, s)),
         Err(e) => Err(Box::new((e, rec))),
     }
+}
+
+/// A sandbox's pids.max: 4 per MiB of memory, at least 1024, never more
+/// than `most` (the operator's bound wins). Sized so that a fork bomb meets pids.max before the memory limit
+/// (a shell costs about 170 KiB of kernel and user memory): stuck at
+/// pids.max it only spins in failing forks inside its CPU quota, while one
+/// that meets the memory limit first churns through OOM kills, exits and
+/// forks, and every exit and fork takes locks the whole host shares.
+pub(super) fn pids_limit(memory_mib: u64, most: u64) -> u64 {
+    memory_mib.saturating_mul(4).max(1024).min(most)
 }
 
 pub(super) fn net_err(e: kiln_net::NetError) -> RuntimeError {
@@ -374,4 +384,18 @@ pub(super) fn watch(inner: &Arc<Inner>, sb: &Arc<Sandbox>) {
         }
     });
     *sb.watcher.lock().unwrap() = Some(task.abort_handle());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pids_limit;
+
+    #[test]
+    fn pids_follow_memory_within_bounds() {
+        assert_eq!(pids_limit(256, 4096), 1024);
+        assert_eq!(pids_limit(512, 4096), 2048);
+        assert_eq!(pids_limit(8192, 4096), 4096);
+        assert_eq!(pids_limit(8192, 500), 500);
+        assert_eq!(pids_limit(u64::MAX, 4096), 4096);
+    }
 }

@@ -74,7 +74,8 @@ pub struct ContainerConfig {
     pub disk_pool_sizes_mib: Vec<u64>,
     /// How long `create` waits for the agent's ready byte.
     pub ready_timeout: Duration,
-    /// pids.max of each sandbox.
+    /// The most pids.max of a sandbox; smaller sandboxes get less (see
+    /// `pids_limit`).
     pub pids_max: u64,
     pub net: NetConfig,
     /// Host file for the agents' output (debugging only).
