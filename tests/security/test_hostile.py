@@ -1,7 +1,8 @@
 """Hostile workloads in sandboxes of a real kilnd — fork bomb, memory bomb,
 disk filler, CPU spinners on every core, file-descriptor exhaustion, all at
 once — while a healthy sandbox keeps its exec round trip (p99 within 3x of
-its unloaded figure) and kilnd keeps answering. Each workload must hit its
+its unloaded figure, on a host with cores to spare beyond the bombs'
+quotas) and kilnd keeps answering. Each workload must hit its
 sandbox's limit (pids, memory, disk, CPU quota, RLIMIT_NOFILE), not the
 host's; killing the sandboxes ends them all."""
 
@@ -9,6 +10,7 @@ import json
 import os
 import struct
 import time
+import warnings
 
 import httpx
 
@@ -34,6 +36,10 @@ HOSTILE = {
         "root",
     ),
 }
+
+
+# vCPUs the bombs keep busy for as long as they run (cpu, fork).
+BUSY_VCPUS = 2
 
 
 class Agent:
@@ -139,33 +145,47 @@ def test_hostile_workloads_stay_in_their_sandboxes(kilnd, new_sandbox, marker):
     assert listed.status_code == 200
     running = {s["sandboxID"] for s in listed.json()}
     assert healthy.sandbox_id in running
-    # A bomb may take its own sandbox down (the OOM killer may pick the
-    # agent, its init): then kilnd must say so. The others still run.
+    # No bomb takes its own sandbox down: the agent's children are the OOM
+    # killer's first choice and a fork bomb meets pids.max first.
     died = {n for n, s in hostile.items() if s.sandbox_id not in running}
-    print(f"sandboxes that died under their own bomb: {sorted(died)}")
-    assert died <= {"memory", "fork"}, f"sandboxes died: {died}"
+    assert not died, f"sandboxes died under their own bomb: {sorted(died)}"
     cpu_rate = (cpu_usage_s(cgroups["cpu"]) - cpu0) / (time.monotonic() - t0)
 
     loaded_p99 = percentile(loaded, 99)
-    print(f"exec p99 unloaded {base_p99:.1f} ms, loaded {loaded_p99:.1f} ms; /health max {max(health_ms):.1f} ms")
-    assert loaded_p99 <= 3 * base_p99, (
-        f"healthy sandbox's exec p99 {loaded_p99:.1f} ms under load > 3x unloaded {base_p99:.1f} ms"
-    )
+    print(f"exec p99 unloaded {base_p99:.1f} ms, loaded {loaded_p99:.1f} ms "
+          f"({loaded_p99 / base_p99:.1f}x); /health max {max(health_ms):.1f} ms")
+    # The spinners and the fork bomb each use their whole 1-vCPU quota: the
+    # latency bound holds where the host has cores beyond those quotas. On a
+    # smaller host every process waits for a CPU, the host's own as much as
+    # a sandbox's (on 2 cores a host-side spawn of /bin/true slows 4-5x
+    # under these bombs), and the bound is reported, not asserted.
+    cores = os.cpu_count() or 1
+    if cores >= BUSY_VCPUS + 2:
+        assert loaded_p99 <= 3 * base_p99, (
+            f"healthy sandbox's exec p99 {loaded_p99:.1f} ms under load > 3x unloaded {base_p99:.1f} ms"
+        )
+    else:
+        # A warning, so that the summary of a quiet run shows it.
+        warnings.warn(
+            f"NOT CHECKED on this host: exec p99 within 3x under load needs {BUSY_VCPUS + 2} cores "
+            f"(the bombs' quotas take {BUSY_VCPUS}), this host has {cores}; measured "
+            f"{base_p99:.1f} -> {loaded_p99:.1f} ms ({loaded_p99 / base_p99:.1f}x)"
+        )
+    # Whatever the host's size, the healthy sandbox is not starved.
+    assert loaded_p99 < 100, f"healthy sandbox's exec p99 {loaded_p99:.1f} ms under load"
     assert max(health_ms) < 1000, f"kilnd's /health took {max(health_ms):.0f} ms under load"
 
     # Each workload hit its sandbox's limit, not the host's.
-    if "fork" not in died:
-        pids_max = int(cgroup_file("pids", cgroups["fork"], "pids.max"))
-        assert 0 < pids_max <= 65536
-        assert int(cgroup_file("pids", cgroups["fork"], "pids.current")) <= pids_max
-        assert int(cgroup_file("pids", cgroups["fork"], "pids.events").split()[-1]) > 0, "the fork bomb never hit pids.max"
+    pids_max = int(cgroup_file("pids", cgroups["fork"], "pids.max"))
+    assert 0 < pids_max <= 65536
+    assert int(cgroup_file("pids", cgroups["fork"], "pids.current")) <= pids_max
+    assert int(cgroup_file("pids", cgroups["fork"], "pids.events").split()[-1]) > 0, "the fork bomb never hit pids.max"
 
-    if "memory" not in died:
-        mem_limit = int(cgroup_file("memory", cgroups["memory"], "memory.limit_in_bytes"))
-        assert mem_limit <= 256 << 20
-        assert int(cgroup_file("memory", cgroups["memory"], "memory.max_usage_in_bytes")) <= mem_limit
-        oom = cgroup_file("memory", cgroups["memory"], "memory.oom_control")
-        assert int(oom.split()[-1]) > 0, f"the memory bomb was never OOM-killed: {oom}"
+    mem_limit = int(cgroup_file("memory", cgroups["memory"], "memory.limit_in_bytes"))
+    assert mem_limit <= 256 << 20
+    assert int(cgroup_file("memory", cgroups["memory"], "memory.max_usage_in_bytes")) <= mem_limit
+    oom = cgroup_file("memory", cgroups["memory"], "memory.oom_control")
+    assert int(oom.split()[-1]) > 0, f"the memory bomb was never OOM-killed: {oom}"
     assert mem0 - mem_available_mib() < 2048, "the host lost more than 2 GiB to the bombs"
 
     code, out, _ = sh(hostile["disk"], "df -m --output=avail,size / | tail -1", timeout=30)
