@@ -294,7 +294,7 @@ impl Network {
     }
 
     fn destroy(&self, lease: &NetLease) -> Result<(), NetError> {
-        pool::destroy_netns(lease)?;
+        pool::destroy_netns(&self.cfg, lease)?;
         self.state.lock().unwrap().used.remove(&lease.index);
         Ok(())
     }

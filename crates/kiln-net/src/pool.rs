@@ -11,12 +11,19 @@ pub(crate) fn make_netns(cfg: &NetConfig, lease: &NetLease) -> Result<(), NetErr
     // holds for that address. With a random MAC the host kept sending to the
     // old one until the stale entry was probed out (5 s and more), and the
     // new sandbox was unreachable meanwhile.
+    // The host's neighbour entry for the sandbox is permanent: no ARP on the
+    // way to a new sandbox, and permanent entries are not counted against
+    // the neighbour table's thresholds. With learnt entries, creates failed
+    // at about 500 sandboxes (gc_thresh2 is 512 by default): the host could
+    // not add an entry for the next one and its /init timed out.
     let host = format!(
         "netns add {ns}\n\
          link add {veth} type veth peer name eth0 address {mac} netns {ns}\n\
          link set {veth} master {br}\n\
          link set dev {veth} type bridge_slave isolated on\n\
-         link set {veth} up\n",
+         link set {veth} up\n\
+         neigh replace {ip} lladdr {mac} dev {br} nud permanent\n",
+        ip = lease.ip,
         ns = lease.netns,
         veth = lease.veth,
         br = cfg.bridge(),
@@ -42,7 +49,12 @@ pub(crate) fn sandbox_mac(ip: std::net::Ipv4Addr) -> String {
     format!("02:6b:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
-pub(crate) fn destroy_netns(lease: &NetLease) -> Result<(), NetError> {
+pub(crate) fn destroy_netns(cfg: &NetConfig, lease: &NetLease) -> Result<(), NetError> {
+    let br = cfg.bridge();
+    if Path::new("/sys/class/net").join(&br).exists() {
+        // Gone already if the slot was never finished: not an error.
+        let _ = run("ip", &["neigh", "del", &lease.ip.to_string(), "dev", &br]);
+    }
     // Delete the veth first: it goes at once, while a namespace's devices
     // are only reaped later by the kernel's cleanup work.
     if Path::new("/sys/class/net").join(&lease.veth).exists() {

@@ -89,7 +89,8 @@ async fn egress_nat_and_isolation() {
 
     let cfg = config(3);
     let gateway = cfg.net.gateway();
-    let bridge_mac_path = format!("/sys/class/net/{}/address", cfg.net.bridge());
+    let bridge = cfg.net.bridge();
+    let bridge_mac_path = format!("/sys/class/net/{bridge}/address");
     let t = TestRuntime::new(cfg).await;
     let rt = &t.rt;
     let bridge_mac = std::fs::read_to_string(&bridge_mac_path).unwrap();
@@ -131,6 +132,16 @@ async fn egress_nat_and_isolation() {
     // takes its lowest port's MAC unless it has one of its own).
     let d = rt.create(&spec("net-d")).await.unwrap();
     assert_eq!(ask(d.ip, "ping").await, "pong");
+    // The host's entry for a sandbox is permanent (no ARP, and not counted
+    // against the neighbour table's thresholds).
+    let neigh = |ip: std::net::IpAddr| {
+        let out = Command::new("ip")
+            .args(["neigh", "show", &ip.to_string(), "dev", &bridge])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(neigh(d.ip).contains("PERMANENT"), "{}", neigh(d.ip));
     rt.kill("net-d").await.unwrap();
     assert_eq!(
         std::fs::read_to_string(&bridge_mac_path).unwrap(),
