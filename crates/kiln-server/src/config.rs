@@ -22,6 +22,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KILN_SANDBOX_VCPUS", "vCPUs of a sandbox (default 2)."),
     ("KILN_SANDBOX_MEMORY_MIB", "Memory limit of a sandbox in MiB (default 1024)."),
     ("KILN_SANDBOX_DISK_MIB", "Disk limit of a sandbox in MiB (default 4096)."),
+    ("KILN_WARM_POOL", "Sandboxes the container runtime keeps started ahead of time, each with its namespaces, cgroups and disk ready (about 1 MiB of host memory apiece): creates beyond it in a burst take the slower cold path (default 64, at most 1000)."),
     ("KILN_AGENT_BIN", "The static kiln-agent binary put into every sandbox (default: kiln-agent next to this program, or the agent build in target/)."),
     ("KILN_CODE_INTERPRETER", "Build and serve the code-interpreter template (aliases code-interpreter-v1, code-interpreter: the e2b-code-interpreter SDK's default) with the container runtime: true (required: kilnd does not start without it), false (off), or unset (default: built when the kiln-interpreter binary is found, else a warning). Its first build takes a few minutes; later starts use the cache."),
     ("KILN_INTERPRETER_BIN", "The kiln-interpreter binary mounted into code-interpreter sandboxes (default: kiln-interpreter next to this program)."),
@@ -46,6 +47,7 @@ pub struct Config {
     pub sandbox_vcpus: u32,
     pub sandbox_memory_mib: u64,
     pub sandbox_disk_mib: u64,
+    pub warm_pool: usize,
     pub node_name: String,
     pub agent_bin: Option<PathBuf>,
     pub spawn_bin: Option<PathBuf>,
@@ -72,6 +74,7 @@ impl Default for Config {
             sandbox_vcpus: 2,
             sandbox_memory_mib: 1024,
             sandbox_disk_mib: 4096,
+            warm_pool: 64,
             node_name: "kiln".into(),
             agent_bin: None,
             spawn_bin: None,
@@ -206,6 +209,9 @@ impl Config {
         if let Some(v) = env("KILN_SANDBOX_DISK_MIB") {
             self.sandbox_disk_mib = parse("KILN_SANDBOX_DISK_MIB", v)?;
         }
+        if let Some(v) = env("KILN_WARM_POOL") {
+            self.warm_pool = parse("KILN_WARM_POOL", v)?;
+        }
         if let Some(v) = env("KILN_NODE_NAME") {
             self.node_name = v;
         }
@@ -271,6 +277,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "sandbox vCPUs, memory and disk must be positive".into(),
             ));
+        }
+        if self.warm_pool > 1000 {
+            return Err(ConfigError::Invalid(format!(
+                "warm_pool {} is more than 1000",
+                self.warm_pool
+            )));
         }
         Ok(())
     }
@@ -380,6 +392,22 @@ mod tests {
         let env = |k: &str| (k == "KILN_CODE_INTERPRETER").then(|| "false".to_string());
         let c = Config::load_with(&Overrides::default(), env).unwrap();
         assert_eq!(c.code_interpreter, Some(false));
+    }
+
+    #[test]
+    fn warm_pool_is_bounded() {
+        let c = Config::load_with(&Overrides::default(), |_| None).unwrap();
+        assert_eq!(c.warm_pool, 64);
+        let env = |k: &str| (k == "KILN_WARM_POOL").then(|| "0".to_string());
+        assert_eq!(
+            Config::load_with(&Overrides::default(), env)
+                .unwrap()
+                .warm_pool,
+            0
+        );
+        let env = |k: &str| (k == "KILN_WARM_POOL").then(|| "1001".to_string());
+        let e = Config::load_with(&Overrides::default(), env).unwrap_err();
+        assert!(e.to_string().contains("warm_pool"), "{e}");
     }
 
     #[test]

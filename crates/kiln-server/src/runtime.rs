@@ -122,6 +122,11 @@ pub async fn build_runtime(
             let mut cfg =
                 ContainerConfig::new(config.data_dir.join("container"), agent_bin, spawn_bin);
             cfg.tag = config.runtime_tag.clone();
+            cfg.warm_pool = config.warm_pool;
+            // Warm helpers and the disk pool hold disks of the default size
+            // from the start, not only after the first create asked for it:
+            // a burst of creates on a fresh kilnd skips mkfs.
+            cfg.disk_pool_sizes_mib = vec![config.sandbox_disk_mib];
             cfg.net.tag = config.runtime_tag.clone();
             cfg.net.subnet = config.subnet;
             for t in templates.list() {
