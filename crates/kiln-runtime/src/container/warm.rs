@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kiln_net::NetLease;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -176,6 +177,12 @@ pub(super) fn discard(inner: &Inner, mut warm: Warm) {
 
 /// Tops the warm pool up (and the namespace and disk pools behind it), in
 /// the background, one refill at a time.
+/// Creates and kills in flight at once that make a burst.
+const BURST: usize = 8;
+/// How long a refill waits for a burst to pass before it starts the next
+/// helper anyway.
+const BURST_YIELD: Duration = Duration::from_millis(100);
+
 pub(super) fn refill(inner: &Arc<Inner>) {
     if inner.refilling.swap(true, Ordering::AcqRel) {
         return;
@@ -188,6 +195,13 @@ pub(super) fn refill(inner: &Arc<Inner>) {
                 || inner.warm.lock().unwrap().len() >= inner.cfg.warm_pool
             {
                 break;
+            }
+            // A burst of creates goes first: while one is under way, each
+            // new helper waits for it to pass, for BURST_YIELD at most (a
+            // steady stream of creates and kills keeps its pool coming).
+            let waited = tokio::time::Instant::now();
+            while inner.busy.lock().unwrap().len() >= BURST && waited.elapsed() < BURST_YIELD {
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
             match spawn(&inner).await {
                 Ok(w) => inner.warm.lock().unwrap().push(w),
