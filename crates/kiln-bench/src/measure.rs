@@ -69,8 +69,15 @@ pub async fn create_first_command(api: &Api, n: usize) -> Result<(Outcome, Outco
     ))
 }
 
+/// The pause before the burst of concurrent creates.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// `n` creates started at once; the latency of each.
 pub async fn concurrent_creates(api: &Api, n: usize) -> Result<Outcome> {
+    // A burst on a kilnd that has had a moment to itself: its warm pool is
+    // refilled after the sequential creates (a pool still filling would put
+    // its own work into the burst).
+    tokio::time::sleep(SETTLE).await;
     let start = Instant::now();
     let tasks: Vec<_> = (0..n)
         .map(|_| {
