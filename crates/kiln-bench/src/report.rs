@@ -188,7 +188,9 @@ impl Report {
              own cgroups are charged (user memory and page cache) and does not move with\n\
              other work. Agent RSS counts the shared, file-backed text of the static agent\n\
              in every sandbox. Density stops at the count, the memory budget, a time limit\n\
-             or the first failed create, whichever comes first, and says which.\n\n\
+             or the first failed create, whichever comes first, and says which. The\n\
+             concurrent creates start after 3 s of quiet, on kilnd's default warm pool of 64\n\
+             (`KILN_WARM_POOL`): creates beyond the pool in one burst take the cold path.\n\n\
              ## Latest run\n\n{}\n\n## JSON\n\n```json\n{}\n```\n",
             self.markdown(),
             self.json()
