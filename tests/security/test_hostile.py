@@ -69,9 +69,52 @@ class Agent:
         return out
 
 
+# A pure cgroup v2 host (one hierarchy) or v1 (a hierarchy per controller).
+V2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+
+
 def cgroup_file(controller, rel, name):
-    with open(f"/sys/fs/cgroup/{controller}{rel}/{name}") as f:
+    path = f"/sys/fs/cgroup{rel}/{name}" if V2 else f"/sys/fs/cgroup/{controller}{rel}/{name}"
+    with open(path) as f:
         return f.read().strip()
+
+
+def keyed(text, key):
+    """The value of `key` in a flat-keyed cgroup file ("key value" lines)."""
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        if k == key:
+            return int(v)
+    raise AssertionError(f"no {key} in {text!r}")
+
+
+def pids_state(rel):
+    """(pids.max, pids.current, times pids.max refused a fork)."""
+    return (
+        int(cgroup_file("pids", rel, "pids.max")),
+        int(cgroup_file("pids", rel, "pids.current")),
+        keyed(cgroup_file("pids", rel, "pids.events"), "max"),
+    )
+
+
+def memory_state(rel):
+    """(limit, peak usage, OOM kills)."""
+    if V2:
+        return (
+            int(cgroup_file("memory", rel, "memory.max")),
+            int(cgroup_file("memory", rel, "memory.peak")),
+            keyed(cgroup_file("memory", rel, "memory.events"), "oom_kill"),
+        )
+    return (
+        int(cgroup_file("memory", rel, "memory.limit_in_bytes")),
+        int(cgroup_file("memory", rel, "memory.max_usage_in_bytes")),
+        keyed(cgroup_file("memory", rel, "memory.oom_control"), "oom_kill"),
+    )
+
+
+def has_procs(rel):
+    dirs = [f"/sys/fs/cgroup{rel}"] if V2 else [f"/sys/fs/cgroup/{c}{rel}" for c in ("pids", "memory", "cpu")]
+    return any(os.path.exists(f"{d}/cgroup.procs") and open(f"{d}/cgroup.procs").read().strip() for d in dirs)
 
 
 def sandbox_cgroup(sbx, marker):
@@ -88,6 +131,8 @@ def sandbox_cgroup(sbx, marker):
 
 
 def cpu_usage_s(rel):
+    if V2:
+        return keyed(cgroup_file("cpu", rel, "cpu.stat"), "usage_usec") / 1e6
     return int(cgroup_file("cpuacct", rel, "cpuacct.usage")) / 1e9
 
 
@@ -176,16 +221,15 @@ def test_hostile_workloads_stay_in_their_sandboxes(kilnd, new_sandbox, marker):
     assert max(health_ms) < 1000, f"kilnd's /health took {max(health_ms):.0f} ms under load"
 
     # Each workload hit its sandbox's limit, not the host's.
-    pids_max = int(cgroup_file("pids", cgroups["fork"], "pids.max"))
+    pids_max, pids_now, refused = pids_state(cgroups["fork"])
     assert 0 < pids_max <= 65536
-    assert int(cgroup_file("pids", cgroups["fork"], "pids.current")) <= pids_max
-    assert int(cgroup_file("pids", cgroups["fork"], "pids.events").split()[-1]) > 0, "the fork bomb never hit pids.max"
+    assert pids_now <= pids_max
+    assert refused > 0, "the fork bomb never hit pids.max"
 
-    mem_limit = int(cgroup_file("memory", cgroups["memory"], "memory.limit_in_bytes"))
+    mem_limit, mem_peak, oom_kills = memory_state(cgroups["memory"])
     assert mem_limit <= 256 << 20
-    assert int(cgroup_file("memory", cgroups["memory"], "memory.max_usage_in_bytes")) <= mem_limit
-    oom = cgroup_file("memory", cgroups["memory"], "memory.oom_control")
-    assert int(oom.split()[-1]) > 0, f"the memory bomb was never OOM-killed: {oom}"
+    assert mem_peak <= mem_limit
+    assert oom_kills > 0, "the memory bomb was never OOM-killed"
     assert mem0 - mem_available_mib() < 2048, "the host lost more than 2 GiB to the bombs"
 
     code, out, _ = sh(hostile["disk"], "df -m --output=avail,size / | tail -1", timeout=30)
@@ -212,8 +256,5 @@ def test_hostile_workloads_stay_in_their_sandboxes(kilnd, new_sandbox, marker):
         time.sleep(0.2)
     assert not any(sandbox_pids(f"{marker}-{n}") for n in HOSTILE)
     for rel in cgroups.values():
-        assert not any(
-            os.path.exists(f"/sys/fs/cgroup/{c}{rel}") and open(f"/sys/fs/cgroup/{c}{rel}/cgroup.procs").read().strip()
-            for c in ("pids", "memory", "cpu")
-        ), f"processes left in {rel}"
+        assert not has_procs(rel), f"processes left in {rel}"
     assert healthy.commands.run("echo alive").stdout == "alive\n"
