@@ -121,13 +121,17 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<(u32, Spawned)> {
     Ok((pid, spawned))
 }
 
-/// The agent's own `oom_score_adj`, if /proc tells.
+/// The agent's own `oom_score_adj`, if /proc tells; read once (nothing
+/// changes it after the agent starts).
 fn own_oom_score_adj() -> Option<i32> {
-    std::fs::read_to_string("/proc/self/oom_score_adj")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    static OWN: std::sync::OnceLock<Option<i32>> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// The `oom_score_adj` of the processes the agent starts.
