@@ -10,7 +10,7 @@ import time
 import httpx
 from e2b import Sandbox
 
-from harness import cgroup_of, new_kilnd, sandbox_pids, tag_cgroups, tag_processes, wait_host_clean
+from harness import cgroup_of, new_kilnd, sandbox_pids, tag_agents, tag_cgroups, wait_host_clean
 
 TAG = "fa"
 
@@ -28,10 +28,7 @@ def test_kill9_agent_reports_the_sandbox_dead(tmp_path):
             time.sleep(0.1)
         child = sandbox_pids(marker)[0]
         cg = cgroup_of(child)
-        (agent,) = [
-            p for p in tag_processes(TAG)
-            if open(f"/proc/{p}/comm").read().strip() == "kiln-agent" and cgroup_of(p) == cg
-        ]
+        (agent,) = tag_agents(TAG, cg)
         os.kill(agent, signal.SIGKILL)
 
         deadline = time.monotonic() + 15

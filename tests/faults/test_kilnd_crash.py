@@ -11,20 +11,9 @@ import time
 import httpx
 from e2b import Sandbox
 
-from harness import new_kilnd, tag_processes, wait_host_clean
+from harness import new_kilnd, tag_agents, wait_host_clean
 
 TAG = "fk"
-
-
-def agents(tag):
-    out = []
-    for pid in tag_processes(tag):
-        try:
-            if open(f"/proc/{pid}/comm").read().strip() == "kiln-agent":
-                out.append(pid)
-        except OSError:
-            pass
-    return out
 
 
 def exec_true(k, sandbox_id, token, client):
@@ -94,7 +83,7 @@ def test_kill9_kilnd_during_creates_and_execs(tmp_path):
         deadline = time.monotonic() + 20
         while True:
             listed = k.list_ids()
-            running = agents(TAG)
+            running = tag_agents(TAG)
             if len(running) == len(listed) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)

@@ -176,6 +176,23 @@ def tag_processes(tag: str):
     return pids
 
 
+def tag_agents(tag: str, cgroup: str | None = None):
+    """Host pids of the tag's kiln-agent processes (in one cgroup if given).
+    Warm-pool helpers come and go while this runs, so a process that is gone
+    by the time it is read is skipped, not an error."""
+    out = []
+    for pid in tag_processes(tag):
+        try:
+            if open(f"/proc/{pid}/comm").read().strip() != "kiln-agent":
+                continue
+            if cgroup is not None and cgroup_of(pid) != cgroup:
+                continue
+        except OSError:
+            continue
+        out.append(pid)
+    return out
+
+
 def tag_cgroups(tag: str):
     """Sandbox cgroups of the tag (v1 hierarchies or v2)."""
     dirs = glob.glob(f"/sys/fs/cgroup/*/kiln/{tag}/*/") + glob.glob(f"/sys/fs/cgroup/kiln/{tag}/*/")

@@ -143,7 +143,12 @@ def test_ptrace_of_other_processes_is_refused(sbx):
 import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and open(f"/proc/{p}/comm").read().strip() == "sleep"]
+def comm(p):
+    try:
+        return open(f"/proc/{p}/comm").read().strip()
+    except OSError:
+        return ""
+pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and comm(p) == "sleep"]
 print(libc.ptrace(16, pids[0], None, None), ctypes.get_errno())
 """, user="user")
     r, errno = map(int, out.split())
