@@ -153,6 +153,17 @@ impl Network {
                 cfg.tag
             )));
         }
+        let mask = u32::MAX << 16;
+        if let Some(l) = keep
+            .iter()
+            .find(|l| u32::from(l.ip) & mask != u32::from(cfg.subnet) & mask)
+        {
+            return Err(NetError::Config(format!(
+                "sandboxes of the previous run use addresses outside the subnet {}/16 \
+                 (one has {}): start with the subnet they were made in, and kill them there to change it",
+                cfg.subnet, l.ip
+            )));
+        }
         let net = Arc::new(Self {
             cfg,
             state: Mutex::new(State::default()),

@@ -84,12 +84,40 @@ pub(crate) fn setup_bridge(cfg: &NetConfig) -> Result<(), NetError> {
         );
         run_with_input("ip", &["-batch", "-"], Some(&script))?;
     } else {
-        run("ip", &["link", "set", &br, "address", &mac])?;
+        // Left by an earlier kilnd of the same tag (one that stopped with
+        // sandboxes still running, or was killed). Its address may be another
+        // subnet's: then the route to this run's sandboxes was missing and
+        // their traffic took the host's default route instead of the bridge.
+        let want = format!("{}/16", cfg.gateway());
+        let out = run("ip", &["-4", "-o", "addr", "show", "dev", &br])?;
+        let have = bridge_addresses(&out);
+        if have != [want.as_str()] {
+            tracing::warn!(bridge = %br, old = ?have, new = %want, "readdressing the bridge left by an earlier run");
+            let script = format!(
+                "addr flush dev {br}
+                 neigh flush dev {br} nud permanent
+                 addr add {want} dev {br}
+"
+            );
+            run_with_input("ip", &["-batch", "-"], Some(&script))?;
+        }
+        run("ip", &["link", "set", &br, "address", &mac, "up"])?;
     }
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| NetError::Io {
         what: "enable IPv4 forwarding".into(),
         source,
     })
+}
+
+/// The IPv4 addresses (with prefix length) in `ip -4 -o addr show` output.
+fn bridge_addresses(out: &str) -> Vec<&str> {
+    out.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            f.find(|w| *w == "inet")?;
+            f.next()
+        })
+        .collect()
 }
 
 pub(crate) fn setup_firewall(cfg: &NetConfig) -> Result<(), NetError> {
@@ -170,6 +198,14 @@ fn list_dir(dir: &str, prefix: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bridge_addresses_reads_ip_o_output() {
+        let out = "7: kb-fa    inet 10.242.0.1/16 scope global kb-fa\\       valid_lft forever preferred_lft forever\n\
+                   7: kb-fa    inet 10.9.0.1/16 scope global kb-fa\\       valid_lft forever preferred_lft forever\n";
+        assert_eq!(bridge_addresses(out), ["10.242.0.1/16", "10.9.0.1/16"]);
+        assert!(bridge_addresses("").is_empty());
+    }
 
     #[test]
     fn sandbox_mac_is_stable_unicast_and_local() {

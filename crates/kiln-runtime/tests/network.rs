@@ -161,3 +161,56 @@ async fn egress_nat_and_isolation() {
     t.finish().await;
     drop(outside);
 }
+
+/// A bridge of the same tag left by an earlier run on another subnet (a
+/// kilnd that stopped with sandboxes running, or was killed) is readdressed:
+/// this run's sandboxes are reached through it, not through the host's
+/// default route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_bridge_of_another_subnet_is_readdressed() {
+    if !is_root() {
+        return;
+    }
+    let cfg = config(10);
+    let bridge = cfg.net.bridge();
+    let gateway = cfg.net.gateway();
+    let run = |args: &[&str]| {
+        let st = Command::new("ip").args(args).status().unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    let _ = Command::new("ip").args(["link", "del", &bridge]).status();
+    run(&["link", "add", &bridge, "type", "bridge"]);
+    run(&["addr", "add", "10.219.0.1/16", "dev", &bridge]);
+    run(&[
+        "neigh",
+        "replace",
+        "10.219.0.9",
+        "lladdr",
+        "02:6b:0a:db:00:09",
+        "dev",
+        &bridge,
+        "nud",
+        "permanent",
+    ]);
+    run(&["link", "set", &bridge, "up"]);
+
+    let t = TestRuntime::new(cfg).await;
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", &bridge])
+        .output()
+        .unwrap();
+    let addrs = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(addrs.contains(&format!("inet {gateway}/16 ")), "{addrs}");
+    assert!(
+        !addrs.contains("10.219."),
+        "the old address stayed: {addrs}"
+    );
+    let out = Command::new("ip")
+        .args(["neigh", "show", "10.219.0.9", "dev", &bridge])
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty(), "the old neighbour entry stayed");
+    let a = t.rt.create(&spec("stale-a")).await.unwrap();
+    assert_eq!(ask(a.ip, "ping").await, "pong");
+    t.finish().await;
+}
