@@ -143,7 +143,7 @@ class Kilnd:
 def free_subnet(preferred: str) -> str:
     """preferred (a 10.x.0.0 /16) if no interface routes it yet, else the
     first free one of 10.220-254 (the e2b-sdk tests use 10.150-189, the
-    runtime's tests 10.201-209)."""
+    runtime's tests 10.201-210)."""
     taken = set()
     with open("/proc/net/route") as f:
         for line in f.readlines()[1:]:
