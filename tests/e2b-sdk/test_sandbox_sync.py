@@ -207,3 +207,74 @@ def test_pause_and_connect_resumes(kilnd):
         assert any(p.pid == sleeper.pid for p in resumed.commands.list())
     finally:
         sbx.kill()
+
+
+@pytest.mark.parametrize("paused", [False, True], ids=["running", "paused"])
+def test_kill_ends_open_streams(kilnd, paused):
+    """Killing a sandbox, running or paused, ends every stream a client holds
+    open into it: a command's output stream and a server's response body,
+    each cut with an error rather than left waiting."""
+    import threading
+
+    sbx = Sandbox.create(timeout=120)
+    server = (
+        "import http.server, time\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200)\n"
+        "        self.send_header('Content-Type', 'text/plain')\n"
+        "        self.send_header('Content-Length', str(10**12))\n"
+        "        self.end_headers()\n"
+        "        while True:\n"
+        "            self.wfile.write(b'tick\\n'); self.wfile.flush(); time.sleep(0.2)\n"
+        "http.server.ThreadingHTTPServer(('0.0.0.0', 8000), H).serve_forever()\n"
+    )
+    sbx.files.write("/home/user/ticker.py", server)
+    sbx.commands.run("python3 /home/user/ticker.py", background=True)
+    command = sbx.commands.run("while true; do echo out; sleep 0.2; done", background=True, timeout=0)
+
+    outcome = {}
+
+    def wait_command():
+        try:
+            command.wait()
+            outcome["command"] = "returned"
+        except Exception as e:  # the SDK's error for a cut stream
+            outcome["command"] = f"raised {type(e).__name__}"
+
+    def read_server():
+        headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8000"}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with httpx.stream("GET", kilnd.url, headers=headers, timeout=None) as r:
+                    if r.status_code != 200:
+                        time.sleep(0.2)
+                        continue
+                    outcome["server_started"] = True
+                    for _ in r.iter_bytes():
+                        pass
+                outcome["server"] = "ended"
+            except httpx.HTTPError as e:
+                outcome["server"] = f"raised {type(e).__name__}"
+            return
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (wait_command, read_server)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 15
+    while "server_started" not in outcome and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert outcome.get("server_started"), "the server in the sandbox never answered"
+    if paused:
+        assert sbx.pause() is True
+    killed_at = time.monotonic()
+    assert Sandbox.kill(sbx.sandbox_id)
+    for t in threads:
+        t.join(timeout=20)
+    took = time.monotonic() - killed_at
+    assert not any(t.is_alive() for t in threads), f"a stream still hangs after the kill: {outcome}"
+    assert outcome["command"].startswith("raised"), outcome
+    # Cut, not ended cleanly: the client can tell the sandbox went away.
+    assert outcome["server"].startswith("raised"), outcome
+    assert took < 10, f"streams ended {took:.1f} s after the kill"

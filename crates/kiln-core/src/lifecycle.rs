@@ -52,12 +52,32 @@ impl Default for CoreConfig {
 }
 
 /// How the proxy reaches a running sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Route {
     pub ip: IpAddr,
     pub agent_port: u16,
     /// Needed for ports other than the agent's; `None` if traffic is public.
     pub traffic_access_token: Option<String>,
+    /// Fires when the sandbox is gone (killed, timed out, died).
+    pub gone: Gone,
+}
+
+/// Resolves once a sandbox is gone. A killed sandbox's network namespace
+/// goes with it, so a connection into it never sees a FIN or a reset: the
+/// proxy waits on this to end the requests and streams it holds open.
+#[derive(Debug, Clone)]
+pub struct Gone(watch::Receiver<bool>);
+
+impl Gone {
+    /// Returns when the sandbox is gone (at once if it already is).
+    pub async fn wait(mut self) {
+        // An error means the live entry itself was dropped: gone too.
+        let _ = self.0.wait_for(|gone| *gone).await;
+    }
+
+    pub fn is_gone(&self) -> bool {
+        *self.0.borrow()
+    }
 }
 
 /// One resource-use sample.
@@ -78,6 +98,8 @@ pub(crate) struct Live {
     /// Serialises lifecycle operations on this sandbox.
     pub(crate) op: tokio::sync::Mutex<()>,
     last_cpu: Mutex<Option<(u64, Instant)>>,
+    /// Set once the sandbox is gone; see [`Gone`].
+    gone_tx: watch::Sender<bool>,
 }
 
 impl Live {
@@ -89,6 +111,7 @@ impl Live {
             end_tx,
             op: tokio::sync::Mutex::new(()),
             last_cpu: Mutex::new(None),
+            gone_tx: watch::channel(false).0,
         })
     }
 
@@ -374,6 +397,7 @@ impl Core {
             tracing::error!(sandbox = %id, error = %e, "runtime failed to kill a sandbox");
         }
         self.remove_live(&id);
+        live.gone_tx.send_replace(true);
         let rec = {
             let mut rec = lock(&live.record);
             rec.state = SandboxState::Killed;
@@ -633,6 +657,7 @@ impl Core {
             ip: handle.ip,
             agent_port: handle.agent_port,
             traffic_access_token: rec.traffic_access_token.clone(),
+            gone: Gone(live.gone_tx.subscribe()),
         })
     }
 

@@ -86,9 +86,18 @@ async fn create_get_kill() {
     let secs = (rec.end_at - rec.started_at).num_seconds();
     assert!((299..=301).contains(&secs), "default timeout, got {secs}");
     assert_eq!(core.get(&t, &rec.id).unwrap().id, rec.id);
-    assert!(core.route(&rec.id).is_some());
+    let route = core.route(&rec.id).unwrap();
+    assert!(!route.gone.is_gone());
+    let waiting = tokio::spawn(route.gone.clone().wait());
 
     core.kill(&t, &rec.id).await.unwrap();
+    // Whoever holds a route learns the sandbox is gone (the proxy ends
+    // its streams on this).
+    assert!(route.gone.is_gone());
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("the gone signal fired")
+        .unwrap();
     assert_eq!(rt.count(), 0);
     assert!(matches!(core.get(&t, &rec.id), Err(CoreError::NotFound(_))));
     assert!(matches!(

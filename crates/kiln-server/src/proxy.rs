@@ -9,7 +9,15 @@
 //! token). Other ports need the sandbox's traffic token unless it is public.
 //! Errors use the 502 messages the SDKs recognise: "... was not found" for a
 //! sandbox that does not run, "... port is not open" for a closed port.
+//!
+//! A sandbox's network namespace goes with it, so a connection into a killed
+//! sandbox never sees a FIN or a reset. Every proxied request, response body
+//! and upgraded connection therefore also waits on the sandbox's `Gone`
+//! signal and ends when it fires, instead of hanging.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -330,7 +338,15 @@ async fn forward(state: &AppState, id: &str, port: u16, mut req: Request) -> Res
     } else {
         &state.proxy.http1
     };
-    let mut resp = match client.request(upstream_req).await {
+    let gone = route.gone.clone();
+    let sent = tokio::select! {
+        r = client.request(upstream_req) => r,
+        () = route.gone.clone().wait() => {
+            tracing::debug!(sandbox = %id, port, "sandbox gone while proxying");
+            return sandbox_not_found(id);
+        }
+    };
+    let mut resp = match sent {
         Ok(r) => r,
         Err(e) if e.is_connect() => {
             tracing::debug!(sandbox = %id, port, error = %e, "port not open");
@@ -355,12 +371,18 @@ async fn forward(state: &AppState, id: &str, port: u16, mut req: Request) -> Res
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let id = id.to_owned();
+            let gone = gone.clone();
             tokio::spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client_io, upstream_io)) => {
                         let mut a = TokioIo::new(client_io);
                         let mut b = TokioIo::new(upstream_io);
-                        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                            () = gone.wait() => {
+                                tracing::debug!(sandbox = %id, "sandbox gone: closing an upgraded connection");
+                            }
+                        }
                     }
                     Err(e) => tracing::debug!(sandbox = %id, error = %e, "upgrade failed"),
                 }
@@ -381,7 +403,65 @@ async fn forward(state: &AppState, id: &str, port: u16, mut req: Request) -> Res
         }
     }
     parts.headers.remove(HeaderName::from_static("trailer"));
+    let body = UntilGone {
+        inner: body,
+        gone: Box::pin(gone.wait()),
+        ended: false,
+        id: id.to_owned(),
+    };
     Response::from_parts(parts, Body::new(body))
+}
+
+/// A sandbox's response body that ends with an error once the sandbox is
+/// gone: the client sees its stream cut (as when a machine dies) rather than
+/// waiting forever on a connection nobody will close.
+struct UntilGone {
+    inner: hyper::body::Incoming,
+    gone: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ended: bool,
+    id: String,
+}
+
+impl hyper::body::Body for UntilGone {
+    type Data = hyper::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        // What the sandbox sent before it went is still delivered.
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Err(e))) => {
+                this.ended = true;
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        if this.gone.as_mut().poll(cx).is_ready() {
+            this.ended = true;
+            tracing::debug!(sandbox = %this.id, "sandbox gone: ending a proxied response");
+            return Poll::Ready(Some(Err(format!("sandbox {} is gone", this.id).into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]

@@ -293,6 +293,87 @@ async fn upgrades_are_spliced() {
     }
 }
 
+/// A killed sandbox's network goes with it, so nothing ever closes the
+/// connections into it. The fake runtime's "sandbox" servers stay up after a
+/// kill, which is exactly that: the proxy itself must end the response
+/// streams, the requests still waiting and the upgraded connections.
+#[tokio::test]
+async fn a_killed_sandbox_ends_its_open_streams() {
+    let s = setup(json!({"templateID": "base"})).await;
+    let up = upstream(Arc::new(Notify::new())).await; // never released
+    let req = |path: &str, port: u16| {
+        axum::http::Request::get(format!("http://{}{path}", s.kilnd))
+            .header("E2b-Sandbox-Id", &s.sandbox)
+            .header("E2b-Sandbox-Port", port.to_string())
+            .body(Body::empty())
+            .unwrap()
+    };
+    // A response body halfway through.
+    let resp = client().request(req("/stream", up.port())).await.unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap().as_ref(), b"first");
+    // A request whose answer never comes.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let conn = silent.accept().await;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(conn);
+    });
+    let waiting = tokio::spawn(send(req("/", silent_port)));
+    // An upgraded connection.
+    let echo = upgrade_echo().await;
+    let mut sock = TcpStream::connect(s.kilnd).await.unwrap();
+    let head = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: {}\r\nE2b-Sandbox-Port: {}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        s.sandbox,
+        echo.port()
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(sock.read(&mut byte).await.unwrap(), 1);
+        got.push(byte[0]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (status, _, _) = s
+        .env
+        .json(
+            "DELETE",
+            &format!("/sandboxes/{}", s.sandbox),
+            &s.env.key_a,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let limit = Duration::from_secs(5);
+    let cut = tokio::time::timeout(limit, body.frame())
+        .await
+        .expect("the response stream outlived its sandbox");
+    assert!(
+        !matches!(cut, Some(Ok(_))),
+        "the stream went on after the kill"
+    );
+    let (status, text) = tokio::time::timeout(limit, waiting)
+        .await
+        .expect("the waiting request outlived its sandbox")
+        .unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(text.contains("was not found"), "{text}");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(limit, sock.read(&mut buf))
+        .await
+        .expect("the upgraded connection outlived its sandbox")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the upgraded connection still carries data");
+    held.abort();
+}
+
 #[tokio::test]
 async fn unknown_killed_and_closed_answer_what_the_sdk_recognises() {
     let s = setup(json!({"templateID": "base"})).await;
