@@ -116,11 +116,40 @@ async fn upgrade_echo() -> SocketAddr {
     addr
 }
 
+/// Sends an `Upgrade: echo` request through kilnd to `port` of the sandbox
+/// and reads the 101 answer; returns the spliced connection.
+async fn open_upgrade(s: &Setup, port: u16) -> TcpStream {
+    let mut sock = TcpStream::connect(s.kilnd).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: {}\r\nE2b-Sandbox-Port: {port}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        s.sandbox,
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(sock.read(&mut byte).await.unwrap(), 1);
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    sock
+}
+
 struct Setup {
     env: common::Env,
     kilnd: SocketAddr,
     sandbox: String,
     envd_token: String,
+}
+
+impl Setup {
+    /// Kills the sandbox through the control API.
+    async fn kill(&self) {
+        let path = format!("/sandboxes/{}", self.sandbox);
+        let (status, _, _) = self.env.json("DELETE", &path, &self.env.key_a, None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
 }
 
 async fn setup(create_body: serde_json::Value) -> Setup {
@@ -267,21 +296,7 @@ async fn h2c_goes_on_as_h2c_for_grpc_and_as_http1_otherwise() {
 async fn upgrades_are_spliced() {
     let s = setup(json!({"templateID": "base"})).await;
     let up = upgrade_echo().await;
-    let mut sock = TcpStream::connect(s.kilnd).await.unwrap();
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: {}\r\nE2b-Sandbox-Port: {}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-        s.sandbox,
-        up.port()
-    );
-    sock.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(sock.read(&mut byte).await.unwrap(), 1);
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut sock = open_upgrade(&s, up.port()).await;
     for msg in [&b"ping"[..], b"pong and more"] {
         sock.write_all(msg).await.unwrap();
         let mut buf = vec![0u8; msg.len()];
@@ -324,32 +339,10 @@ async fn a_killed_sandbox_ends_its_open_streams() {
     let waiting = tokio::spawn(send(req("/", silent_port)));
     // An upgraded connection.
     let echo = upgrade_echo().await;
-    let mut sock = TcpStream::connect(s.kilnd).await.unwrap();
-    let head = format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: {}\r\nE2b-Sandbox-Port: {}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-        s.sandbox,
-        echo.port()
-    );
-    sock.write_all(head.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while !got.ends_with(b"\r\n\r\n") {
-        assert_eq!(sock.read(&mut byte).await.unwrap(), 1);
-        got.push(byte[0]);
-    }
-    assert!(got.starts_with(b"HTTP/1.1 101"));
+    let mut sock = open_upgrade(&s, echo.port()).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let (status, _, _) = s
-        .env
-        .json(
-            "DELETE",
-            &format!("/sandboxes/{}", s.sandbox),
-            &s.env.key_a,
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    s.kill().await;
 
     let limit = Duration::from_secs(5);
     let cut = tokio::time::timeout(limit, body.frame())
@@ -397,16 +390,7 @@ async fn unknown_killed_and_closed_answer_what_the_sdk_recognises() {
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(body.contains("was not found"), "{body}");
 
-    let (status, _, _) = s
-        .env
-        .json(
-            "DELETE",
-            &format!("/sandboxes/{}", s.sandbox),
-            &s.env.key_a,
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    s.kill().await;
     let (status, body) = send(get(&s.sandbox, 49983)).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
