@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from e2b import ConnectionConfig, Sandbox, AsyncSandbox
+from e2b import ConnectionConfig, Sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,56 +13,23 @@ import os
 import pathlib
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-from pytest_kilnd_logs import pytest_runtest_makereport, watch  # noqa: E402,F401 (a hook)
-
-START_TIMEOUT = float(os.environ.get("KILN_E2E_START_TIMEOUT", "900"))
-
-
-def kiln_bin() -> str:
-    if os.environ.get("KILN_BIN"):
-        return os.environ["KILN_BIN"]
-    for profile in ("debug", "release"):
-        p = ROOT / "target" / profile / "kiln"
-        if p.exists():
-            return str(p)
-    raise RuntimeError("kiln binary not found: build it (cargo build -p kiln-cli) or set KILN_BIN")
+from kilnd_process import KilndStartError, free_port, kiln_bin, spawn_kilnd, subnets  # noqa: E402
+from kilnd_process import free_subnet as _free_subnet  # noqa: E402
+from pytest_kilnd_logs import pytest_runtest_makereport  # noqa: E402,F401 (a hook)
 
 
 def free_subnet() -> str:
     """A private /16 (10.190-199.0.0, apart from the e2b-sdk tests' range)
-    that no interface routes yet, for the test kilnd's bridge."""
-    taken = set()
-    try:
-        with open("/proc/net/route") as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                dest = bytes.fromhex(fields[1])[::-1]
-                if int(fields[7], 16) != 0 and fields[0] != "kb-cli":
-                    taken.add(f"{dest[0]}.{dest[1]}.0.0")
-    except OSError:
-        pass
-    for second in range(190, 200):
-        subnet = f"10.{second}.0.0"
-        if subnet not in taken:
-            return subnet
-    raise RuntimeError("no free 10.x.0.0/16 for the test kilnd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    that no interface but this suite's own bridge routes yet."""
+    return _free_subnet(subnets(190, 199), ignore_dev="kb-cli")
 
 
 @dataclass
@@ -81,14 +48,6 @@ class Kilnd:
         return env
 
 
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def kilnd(tmp_path_factory):
     data = tmp_path_factory.mktemp("kiln-cli-data")
@@ -102,22 +61,10 @@ def kilnd(tmp_path_factory):
     env["KILN_SUBNET"] = free_subnet()
     log = data / "kilnd.log"
     url = f"http://127.0.0.1:{port}"
-    watch(log)
-    with open(log, "a") as out:
-        proc = subprocess.Popen(
-            [kiln_bin(), "up", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", "--no-install"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + START_TIMEOUT
-    while not healthy(url):
-        if proc.poll() is not None:
-            pytest.fail(f"kilnd exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"kilnd did not start in {START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
-        time.sleep(0.1)
+    try:
+        proc = spawn_kilnd(data, port, env)
+    except KilndStartError as e:
+        pytest.fail(str(e))
     k = Kilnd(url, key, data, log)
     yield k
     # Every test kills what it created; make sure, then stop kilnd.

@@ -5,13 +5,11 @@ come back as images, and the session's sandboxes are gone after it ends."""
 import asyncio
 import base64
 import json
-import os
 import pathlib
 import re
 import subprocess
 import time
 
-import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 

@@ -1,7 +1,6 @@
 """`kiln shell` driven through tmux as a person would: type, see the output,
 resize the pane, exit, and find the local terminal sane again."""
 
-import os
 import re
 import shutil
 import subprocess

@@ -2,7 +2,7 @@
 points the unmodified e2b SDK at it through E2B_API_URL / E2B_SANDBOX_URL.
 
 Environment:
-  KILN_BIN           the `kiln` binary (default target/debug/kiln)
+  KILN_BIN           the `kiln` binary (default target/{debug,release}/kiln)
   KILN_E2E_RUNTIME   container (default) or fake; with fake only tests marked
                      `control` run, the others are skipped with the reason.
                      fake-host-agent: kilnd on the fake runtime, whose every
@@ -18,10 +18,8 @@ import os
 import pathlib
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 import httpx
@@ -29,47 +27,18 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-from pytest_kilnd_logs import pytest_runtest_makereport, watch  # noqa: E402,F401 (a hook)
+from kilnd_process import KilndStartError, free_port, kiln_bin, spawn_kilnd, subnets  # noqa: E402
+from kilnd_process import free_subnet as _free_subnet  # noqa: E402
+from pytest_kilnd_logs import pytest_runtest_makereport  # noqa: E402,F401 (a hook)
 
 RUNTIME = os.environ.get("KILN_E2E_RUNTIME", "container")
 KILND_RUNTIME = "fake" if RUNTIME in ("fake", "fake-host-agent") else RUNTIME
-START_TIMEOUT = float(os.environ.get("KILN_E2E_START_TIMEOUT", "900"))
-
-
-def kiln_bin() -> str:
-    if os.environ.get("KILN_BIN"):
-        return os.environ["KILN_BIN"]
-    for profile in ("debug", "release"):
-        p = ROOT / "target" / profile / "kiln"
-        if p.exists():
-            return str(p)
-    raise RuntimeError("kiln binary not found: build it (cargo build -p kiln-cli) or set KILN_BIN")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def free_subnet(avoid=()) -> str:
     """A private /16 (10.150-189.0.0) that no interface routes yet, for a
     test kilnd's bridge (other kilnds on the host use their own)."""
-    taken = set(avoid)
-    try:
-        with open("/proc/net/route") as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                dest = bytes.fromhex(fields[1])[::-1]  # host-order hex of a network-order word
-                if int(fields[7], 16) != 0:
-                    taken.add(f"{dest[0]}.{dest[1]}.0.0")
-    except OSError:
-        pass
-    for second in range(150, 190):
-        subnet = f"10.{second}.0.0"
-        if subnet not in taken:
-            return subnet
-    raise RuntimeError("no free 10.x.0.0/16 for the test kilnd")
+    return _free_subnet(subnets(150, 189), avoid)
 
 
 @dataclass
@@ -101,29 +70,10 @@ def start_kilnd(data: pathlib.Path, port: int, key: str, **extra_env) -> subproc
     env.setdefault("KILN_RUNTIME_TAG", "e2e")
     env.setdefault("KILN_SUBNET", free_subnet())
     env.update(extra_env)
-    log = data / "kilnd.log"
-    url = f"http://127.0.0.1:{port}"
-    watch(log)
-    with open(log, "a") as out:
-        proc = subprocess.Popen(
-            [kiln_bin(), "up", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", "--no-install"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"kilnd exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"kilnd did not start in {START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
-        time.sleep(0.1)
+    try:
+        return spawn_kilnd(data, port, env)
+    except KilndStartError as e:
+        pytest.fail(str(e))
 
 
 def kill_all(url: str, *keys: str):

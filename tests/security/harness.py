@@ -12,7 +12,6 @@ import os
 import pathlib
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,18 +21,8 @@ import httpx
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-from pytest_kilnd_logs import watch  # noqa: E402
-START_TIMEOUT = float(os.environ.get("KILN_E2E_START_TIMEOUT", "900"))
-
-
-def kiln_bin() -> str:
-    if os.environ.get("KILN_BIN"):
-        return os.environ["KILN_BIN"]
-    for profile in ("debug", "release"):
-        p = ROOT / "target" / profile / "kiln"
-        if p.exists():
-            return str(p)
-    raise RuntimeError("kiln binary not found: build it (cargo build -p kiln-cli) or set KILN_BIN")
+from kilnd_process import START_TIMEOUT, free_port, log_tail, spawn_kilnd, subnets  # noqa: E402
+from kilnd_process import free_subnet as _free_subnet  # noqa: E402
 
 
 def template_dir() -> str:
@@ -42,12 +31,6 @@ def template_dir() -> str:
     if pathlib.Path("/var/lib/kiln/templates").is_dir():
         return "/var/lib/kiln"
     return str(ROOT / "target" / "kiln-test-templates")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -81,33 +64,10 @@ class Kilnd:
             KILN_RUNTIME_TAG=self.tag,
         )
         env.update(self.env)
-        watch(self.log)
-        with open(self.log, "a") as out:
-            self.proc = subprocess.Popen(
-                [kiln_bin(), "up", "--data-dir", str(self.data), "--listen", f"127.0.0.1:{self.port}", "--no-install"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"kilnd exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                raise RuntimeError(f"kilnd did not start in {timeout}s:\n{self.log_tail()}")
-            time.sleep(0.1)
+        self.proc = spawn_kilnd(self.data, self.port, env, timeout)
 
     def log_tail(self, n=4000):
-        try:
-            return self.log.read_text()[-n:]
-        except OSError:
-            return ""
+        return log_tail(self.log, n)
 
     def list_ids(self):
         r = httpx.get(f"{self.url}/v2/sandboxes", params={"state": "running,paused", "limit": 1000},
@@ -144,17 +104,7 @@ def free_subnet(preferred: str) -> str:
     """preferred (a 10.x.0.0 /16) if no interface routes it yet, else the
     first free one of 10.220-254 (the e2b-sdk tests use 10.150-189, the
     runtime's tests 10.201-210)."""
-    taken = set()
-    with open("/proc/net/route") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            dest = bytes.fromhex(fields[1])[::-1]
-            if int(fields[7], 16) != 0:
-                taken.add(f"{dest[0]}.{dest[1]}.0.0")
-    for subnet in [preferred] + [f"10.{n}.0.0" for n in range(220, 255)]:
-        if subnet not in taken:
-            return subnet
-    raise RuntimeError("no free 10.x.0.0/16 for the test kilnd")
+    return _free_subnet([preferred] + subnets(220, 254))
 
 
 def new_kilnd(data: pathlib.Path, tag: str, subnet: str, **env) -> Kilnd:
