@@ -43,8 +43,10 @@ pub struct NewSandbox {
     /// Template id or alias (e.g. `base`).
     #[serde(rename = "templateID")]
     pub template_id: String,
-    /// Time to live in seconds (default 300, at most the server's maximum).
+    /// Time to live in seconds (default 300, at most the server's maximum,
+    /// `KILN_MAX_TIMEOUT`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub timeout: Option<i64>,
     /// Pause instead of killing the sandbox when its timeout expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,7 +141,9 @@ pub struct SandboxDetail {
 /// Body of `POST /sandboxes/{id}/timeout`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SandboxTimeoutRequest {
-    /// New time to live in seconds, counted from now.
+    /// New time to live in seconds, counted from now (at most the server's
+    /// maximum).
+    #[schema(minimum = 1)]
     pub timeout: i64,
 }
 
@@ -147,8 +151,9 @@ pub struct SandboxTimeoutRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SandboxRefreshRequest {
     /// Seconds to keep the sandbox alive from now (default: the server's
-    /// default timeout). Never shortens its life.
+    /// default timeout; at most the server's maximum). Never shortens its life.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub duration: Option<i64>,
 }
 
@@ -157,8 +162,10 @@ pub struct SandboxRefreshRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectSandbox {
-    /// Seconds to keep the sandbox alive from now; extends, never shortens.
+    /// Seconds to keep the sandbox alive from now (at most the server's
+    /// maximum); extends, never shortens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub timeout: Option<i64>,
     /// Resume only: pause again (instead of kill) when the timeout expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -127,6 +127,7 @@ pub struct ListQuery {
     /// Comma-separated states: `running`, `paused`.
     pub state: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Token from the `x-next-token` header of the previous page.
     pub next_token: Option<String>,
