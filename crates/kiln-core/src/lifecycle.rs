@@ -729,9 +729,14 @@ fn validate_metadata(m: &BTreeMap<String, String>) -> Result<(), CoreError> {
 
 fn validate_env(env: &BTreeMap<String, String>) -> Result<(), CoreError> {
     for (k, v) in env {
-        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(CoreError::InvalidArgument(format!(
-                "invalid environment variable name {k:?}"
+                "invalid environment variable name {k:?}: it must be non-empty, without '=' or NUL"
+            )));
+        }
+        if v.contains('\0') {
+            return Err(CoreError::InvalidArgument(format!(
+                "the value of environment variable {k:?} contains a NUL byte"
             )));
         }
     }

@@ -146,6 +146,19 @@ async fn bad_requests_leave_nothing_behind() {
         )
         .await;
     assert!(matches!(bad_env, Err(CoreError::InvalidArgument(_))));
+    let nul_value = core
+        .create(
+            &t,
+            CreateSandbox {
+                env_vars: BTreeMap::from([("A".into(), "x\0y".into())]),
+                ..req()
+            },
+        )
+        .await;
+    match nul_value {
+        Err(CoreError::InvalidArgument(m)) => assert!(m.contains("value"), "{m}"),
+        other => panic!("a NUL in a value was accepted: {other:?}"),
+    }
 
     rt.fail_next_create("no space left");
     assert!(matches!(
