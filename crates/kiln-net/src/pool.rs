@@ -94,10 +94,9 @@ pub(crate) fn setup_bridge(cfg: &NetConfig) -> Result<(), NetError> {
         if have != [want.as_str()] {
             tracing::warn!(bridge = %br, old = ?have, new = %want, "readdressing the bridge left by an earlier run");
             let script = format!(
-                "addr flush dev {br}
-                 neigh flush dev {br} nud permanent
-                 addr add {want} dev {br}
-"
+                "addr flush dev {br}\n\
+                 neigh flush dev {br} nud permanent\n\
+                 addr add {want} dev {br}\n"
             );
             run_with_input("ip", &["-batch", "-"], Some(&script))?;
         }

@@ -341,7 +341,7 @@ async fn forward(state: &AppState, id: &str, port: u16, mut req: Request) -> Res
     let gone = route.gone.clone();
     let sent = tokio::select! {
         r = client.request(upstream_req) => r,
-        () = route.gone.clone().wait() => {
+        () = gone.clone().wait() => {
             tracing::debug!(sandbox = %id, port, "sandbox gone while proxying");
             return sandbox_not_found(id);
         }
