@@ -189,9 +189,10 @@ impl Report {
              other work. Agent RSS counts the shared, file-backed text of the static agent\n\
              in every sandbox. Density stops at the count, the memory budget, a time limit\n\
              or the first failed create, whichever comes first, and says which. The\n\
-             concurrent creates start after 3 s of quiet, on kilnd's default warm pool of 64\n\
+             concurrent creates start after {} s of quiet, on kilnd's default warm pool of 64\n\
              (`KILN_WARM_POOL`): creates beyond the pool in one burst take the cold path.\n\n\
              ## Latest run\n\n{}\n\n## JSON\n\n```json\n{}\n```\n",
+            crate::measure::SETTLE.as_secs(),
             self.markdown(),
             self.json()
         )

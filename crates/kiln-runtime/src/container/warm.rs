@@ -175,14 +175,14 @@ pub(super) fn discard(inner: &Inner, mut warm: Warm) {
     }
 }
 
-/// Tops the warm pool up (and the namespace and disk pools behind it), in
-/// the background, one refill at a time.
 /// Creates and kills in flight at once that make a burst.
 const BURST: usize = 8;
 /// How long a refill waits for a burst to pass before it starts the next
 /// helper anyway.
 const BURST_YIELD: Duration = Duration::from_millis(100);
 
+/// Tops the warm pool up (and the namespace and disk pools behind it), in
+/// the background, one refill at a time.
 pub(super) fn refill(inner: &Arc<Inner>) {
     if inner.refilling.swap(true, Ordering::AcqRel) {
         return;
