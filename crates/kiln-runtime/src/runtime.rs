@@ -92,6 +92,9 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// A host primitive (cgroups, disks, ...) failed; the error names the path.
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
     #[error("{0}")]
     Other(String),
 }

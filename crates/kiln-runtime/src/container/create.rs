@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use super::cgroup::{Limits, CPU_PERIOD_US};
 use super::spawn::SpawnConfig;
 use super::warm::{self, Warm};
-use super::{blocking, sys, Inner, Record, Sandbox};
+use super::{blocking, Inner, Record, Sandbox};
+use crate::host::cgroup::{Limits, CPU_PERIOD_US};
+use crate::host::sys;
 use crate::runtime::{RuntimeError, RuntimeEvent, SandboxHandle, SandboxSpec};
 
 fn validate(spec: &SandboxSpec) -> Result<(), RuntimeError> {

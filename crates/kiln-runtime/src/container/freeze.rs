@@ -12,5 +12,5 @@ pub(super) async fn set_frozen(
 ) -> Result<(), RuntimeError> {
     let cgroup = inner.get(id)?.rec.cgroup.clone();
     let inner = inner.clone();
-    blocking(move || inner.cgroups.freeze(&cgroup, frozen)).await
+    blocking(move || Ok(inner.cgroups.freeze(&cgroup, frozen)?)).await
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::create::net_err;
 use super::{blocking, Inner, Record};
+use crate::host::HostError;
 use crate::runtime::RuntimeError;
 
 pub(super) async fn kill(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
@@ -28,15 +29,15 @@ pub(super) async fn kill(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeErro
 /// last process. `release_net` is false at start-up, where the network's own
 /// set-up already removed every namespace not kept (the slot may be reused).
 pub(super) fn destroy(inner: &Inner, rec: &Record, release_net: bool) -> Result<(), RuntimeError> {
-    if rec.pid > 0 && super::sys::start_time(rec.pid) == Some(rec.start_time) {
+    if rec.pid > 0 && crate::host::sys::start_time(rec.pid) == Some(rec.start_time) {
         let pid = nix::unistd::Pid::from_raw(rec.pid);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         // Reap it if it is our child (it is when we are its subreaper).
         let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
     }
-    let mut first_err = None;
+    let mut first_err: Option<RuntimeError> = None;
     if let Err(e) = inner.cgroups.kill_and_remove(&rec.cgroup) {
-        first_err.get_or_insert(e);
+        first_err.get_or_insert(e.into());
     }
     if rec.pid > 0 {
         // The init is dead now; collect it if it is ours. Its exit may lag
@@ -61,10 +62,7 @@ pub(super) fn destroy(inner: &Inner, rec: &Record, release_net: bool) -> Result<
     let dir = inner.sandbox_dir(&rec.id);
     if let Err(source) = std::fs::remove_dir_all(&dir) {
         if source.kind() != std::io::ErrorKind::NotFound {
-            first_err.get_or_insert(RuntimeError::Io {
-                context: format!("failed to remove {}", dir.display()),
-                source,
-            });
+            first_err.get_or_insert(HostError::io("remove", &dir)(source).into());
         }
     }
     match first_err {

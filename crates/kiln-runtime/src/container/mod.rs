@@ -2,8 +2,8 @@
 //! capabilities, cgroups and a network namespace per sandbox.
 //!
 //! One file per verb (`create.rs`, `kill.rs`, `freeze.rs`, `stats.rs`,
-//! `recover.rs`), the host objects in their own modules (`cgroup.rs`,
-//! `disk.rs`, `seccomp.rs`), and `spawn.rs`, the body of the `kiln-spawn`
+//! `recover.rs`), the host primitives shared with other runtimes in
+//! [`crate::host`] (cgroups, disks, seccomp, masks), and `spawn.rs`, the body of the `kiln-spawn`
 //! helper that does the forking, so that this multi-threaded process never
 //! forks without exec.
 //!
@@ -12,16 +12,12 @@
 //! namespaces `kiln-<tag>-<n>`, nftables table `inet kiln_<tag>`, and
 //! everything on disk under `data_dir`.
 
-mod cgroup;
 mod create;
-mod disk;
 mod freeze;
 mod kill;
 mod recover;
-pub mod seccomp;
 pub mod spawn;
 mod stats;
-mod sys;
 mod warm;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,7 +30,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-pub use cgroup::{Cgroups, Limits};
+pub use crate::host::cgroup::{Cgroups, Limits};
+use crate::host::disk;
 pub use kiln_net::NetConfig;
 
 use crate::runtime::{

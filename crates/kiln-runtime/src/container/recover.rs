@@ -4,10 +4,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
-use super::cgroup::Cgroups;
 use super::create::net_err;
-use super::disk::DiskPool;
-use super::{sys, ContainerConfig, Inner, Record, Sandbox};
+use super::{ContainerConfig, Inner, Record, Sandbox};
+use crate::host::cgroup::Cgroups;
+use crate::host::disk::DiskPool;
+use crate::host::sys;
 use crate::runtime::RuntimeError;
 
 fn alive(rec: &Record, cgroups: &Cgroups) -> bool {
@@ -26,7 +27,10 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
     let sandboxes_dir = cfg.data_dir.join("sandboxes");
     std::fs::create_dir_all(&sandboxes_dir)
         .map_err(io(format!("failed to create {}", sandboxes_dir.display())))?;
-    let cgroups = Cgroups::detect(&cfg.tag)?;
+    let cgroups = Cgroups::detect(&cfg.tag).map_err(|e| RuntimeError::Unavailable {
+        runtime: "container",
+        reason: e.to_string(),
+    })?;
     let disk = DiskPool::new(cfg.data_dir.join("disk-pool"), cfg.uid_base, cfg.disk_pool)?;
     for size in &cfg.disk_pool_sizes_mib {
         disk.want(*size);

@@ -110,27 +110,6 @@ const DEFAULT_CAPS: [u32; 14] = [
     31, // SETFCAP
 ];
 
-/// Paths masked with /dev/null (files) or an empty read-only tmpfs (dirs),
-/// and paths made read-only, as runc does.
-const MASKED: [&str; 9] = [
-    "proc/kcore",
-    "proc/keys",
-    "proc/timer_list",
-    "proc/sched_debug",
-    "proc/latency_stats",
-    "proc/acpi",
-    "proc/scsi",
-    "proc/asound",
-    "sys/firmware",
-];
-const READ_ONLY: [&str; 5] = [
-    "proc/sys",
-    "proc/sysrq-trigger",
-    "proc/irq",
-    "proc/bus",
-    "proc/fs",
-];
-
 /// Entry point of the `kiln-spawn` binary. Returns the process exit code.
 pub fn main() -> i32 {
     let mut stdin = std::io::stdin().lock();
@@ -201,7 +180,7 @@ fn prepare(cfg: &Prelude) -> Result<Vec<seccompiler::BpfProgram>, String> {
         "unshare the pid namespace",
     )?;
     if cfg.seccomp {
-        super::seccomp::compile()
+        crate::host::seccomp::compile()
     } else {
         Ok(Vec::new())
     }
@@ -322,13 +301,13 @@ fn parent(
 }
 
 fn mount_layers(image: &Path, at: &Path) -> Result<(), String> {
-    let (loopdev, loopfd) = super::disk::attach_loop(image)?;
+    let (loopdev, loopfd) = crate::host::disk::attach_loop(image)?;
     do_mount(
         Some(loopdev.to_str().unwrap_or_default()),
         at,
         Some("ext4"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(super::disk::MOUNT_OPTIONS),
+        Some(crate::host::disk::MOUNT_OPTIONS),
     )?;
     drop(loopfd);
     Ok(())
@@ -430,7 +409,7 @@ fn init(
     let proc = root.join("proc");
     mkdirs(&proc)?;
     do_mount(Some("proc"), &proc, Some("proc"), nosdx, None)?;
-    for m in MASKED {
+    for m in crate::host::masks::MASKED {
         let p = root.join(m);
         if p.is_dir() {
             do_mount(
@@ -444,7 +423,7 @@ fn init(
             do_mount(Some("/dev/null"), &p, None, MsFlags::MS_BIND, None)?;
         }
     }
-    for r in READ_ONLY {
+    for r in crate::host::masks::READ_ONLY {
         let p = root.join(r);
         if p.exists() {
             do_mount(
@@ -656,7 +635,10 @@ fn init(
 
     // Seccomp while CAP_SYS_ADMIN (in this user namespace) is still held.
     for f in filters {
-        ctx(super::seccomp::install(f), "install the seccomp filter")?;
+        ctx(
+            crate::host::seccomp::install(f),
+            "install the seccomp filter",
+        )?;
     }
     drop_capabilities()?;
 

@@ -13,7 +13,7 @@ pub(super) async fn stats(inner: &Arc<Inner>, id: &str) -> Result<SandboxStats, 
         cpu_count: sb.rec.vcpus,
         memory_used_bytes: cg.memory_used_bytes,
         memory_limit_bytes: sb.rec.memory_bytes,
-        disk_used_bytes: super::disk::usage(&std::path::PathBuf::from(format!(
+        disk_used_bytes: crate::host::disk::usage(&std::path::PathBuf::from(format!(
             "/proc/{}/root",
             sb.rec.pid
         )))

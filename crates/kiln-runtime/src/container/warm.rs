@@ -22,7 +22,8 @@ pub(super) type Stdout = tokio::io::BufReader<tokio::process::ChildStdout>;
 
 use super::create::net_err;
 use super::spawn::{Prelude, READY_FD};
-use super::{blocking, sys, Inner};
+use super::{blocking, Inner};
+use crate::host::sys;
 use crate::runtime::RuntimeError;
 
 pub(super) struct Warm {

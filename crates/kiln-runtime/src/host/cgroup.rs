@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::runtime::RuntimeError;
+use super::HostError;
 
 /// Limits of one sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,19 +44,16 @@ pub struct V2 {
     tag: String,
 }
 
-fn io_err(context: String) -> impl FnOnce(std::io::Error) -> RuntimeError {
-    move |source| RuntimeError::Io { context, source }
+fn write(path: &Path, value: &str) -> Result<(), HostError> {
+    std::fs::write(path, value).map_err(|source| HostError::Write {
+        path: path.to_owned(),
+        value: value.to_owned(),
+        source,
+    })
 }
 
-fn write(path: &Path, value: &str) -> Result<(), RuntimeError> {
-    std::fs::write(path, value).map_err(io_err(format!(
-        "failed to write {value:?} to {}",
-        path.display()
-    )))
-}
-
-fn mkdir(path: &Path) -> Result<(), RuntimeError> {
-    std::fs::create_dir_all(path).map_err(io_err(format!("failed to create {}", path.display())))
+fn mkdir(path: &Path) -> Result<(), HostError> {
+    std::fs::create_dir_all(path).map_err(HostError::io("create", path))
 }
 
 fn read_pids(path: &Path) -> Vec<i32> {
@@ -87,7 +84,7 @@ fn read_u64(path: &Path) -> u64 {
 }
 
 /// rmdir, retrying briefly while the kernel still counts exiting tasks.
-fn rmdir(path: &Path) -> Result<(), RuntimeError> {
+fn rmdir(path: &Path) -> Result<(), HostError> {
     for _ in 0..500 {
         match std::fs::remove_dir(path) {
             Ok(()) => return Ok(()),
@@ -95,13 +92,13 @@ fn rmdir(path: &Path) -> Result<(), RuntimeError> {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 std::thread::sleep(std::time::Duration::from_millis(2))
             }
-            Err(e) => return Err(io_err(format!("failed to remove {}", path.display()))(e)),
+            Err(e) => return Err(HostError::io("remove", path)(e)),
         }
     }
-    Err(RuntimeError::Other(format!(
-        "cgroup {} stayed busy",
-        path.display()
-    )))
+    Err(HostError::Stuck {
+        path: path.to_owned(),
+        what: "empty",
+    })
 }
 
 const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
@@ -109,17 +106,16 @@ const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"
 impl Cgroups {
     /// v2 if `/sys/fs/cgroup` is a cgroup2 mount, else v1 (which needs the
     /// memory, cpu, pids and freezer hierarchies).
-    pub fn detect(tag: &str) -> Result<Self, RuntimeError> {
+    pub fn detect(tag: &str) -> Result<Self, HostError> {
         let root = PathBuf::from("/sys/fs/cgroup");
         if root.join("cgroup.controllers").exists() {
             return Ok(Self::V2(V2::new(root, tag)));
         }
         for c in ["memory", "cpu", "pids", "freezer"] {
             if !root.join(c).join("cgroup.procs").exists() {
-                return Err(RuntimeError::Unavailable {
-                    runtime: "container",
-                    reason: format!("cgroup v1 controller {c} is not mounted under /sys/fs/cgroup"),
-                });
+                return Err(HostError::Unsupported(format!(
+                    "cgroup v1 controller {c} is not mounted under /sys/fs/cgroup"
+                )));
             }
         }
         Ok(Self::V1(V1 {
@@ -136,13 +132,13 @@ impl Cgroups {
     }
 
     /// Creates the sandbox's cgroup(s) with their limits.
-    pub fn create(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError> {
+    pub fn create(&self, id: &str, limits: &Limits) -> Result<(), HostError> {
         self.create_dirs(id)?;
         self.set_limits(id, limits)
     }
 
     /// Creates the cgroup(s), without limits yet.
-    pub fn create_dirs(&self, id: &str) -> Result<(), RuntimeError> {
+    pub fn create_dirs(&self, id: &str) -> Result<(), HostError> {
         match self {
             Self::V1(v) => v.create_dirs(id),
             Self::V2(v) => v.create_dirs(id),
@@ -150,7 +146,7 @@ impl Cgroups {
     }
 
     /// Writes the limits (of a cgroup made by `create_dirs`).
-    pub fn set_limits(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError> {
+    pub fn set_limits(&self, id: &str, limits: &Limits) -> Result<(), HostError> {
         match self {
             Self::V1(v) => v.set_limits(id, limits),
             Self::V2(v) => v.set_limits(id, limits),
@@ -183,7 +179,7 @@ impl Cgroups {
         }
     }
 
-    pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), RuntimeError> {
+    pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), HostError> {
         match self {
             Self::V1(v) => {
                 let state = v.root.join("freezer").join(v.rel(id)).join("freezer.state");
@@ -196,9 +192,10 @@ impl Cgroups {
                     }
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
-                Err(RuntimeError::Other(format!(
-                    "cgroup of {id} did not freeze"
-                )))
+                Err(HostError::Stuck {
+                    path: state,
+                    what: if frozen { "freeze" } else { "thaw" },
+                })
             }
             Self::V2(v) => {
                 let dir = v.dir(id);
@@ -210,16 +207,17 @@ impl Cgroups {
                     }
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
-                Err(RuntimeError::Other(format!(
-                    "cgroup of {id} did not freeze"
-                )))
+                Err(HostError::Stuck {
+                    path: dir.join("cgroup.events"),
+                    what: if frozen { "freeze" } else { "thaw" },
+                })
             }
         }
     }
 
     /// SIGKILLs every process in the cgroup until it is empty, then removes
     /// it. Frozen processes are thawed first so they can die.
-    pub fn kill_and_remove(&self, id: &str) -> Result<(), RuntimeError> {
+    pub fn kill_and_remove(&self, id: &str) -> Result<(), HostError> {
         if !self.exists(id) {
             return Ok(());
         }
@@ -338,14 +336,14 @@ impl V1 {
             .collect()
     }
 
-    fn create_dirs(&self, id: &str) -> Result<(), RuntimeError> {
+    fn create_dirs(&self, id: &str) -> Result<(), HostError> {
         for d in self.dirs(id) {
             mkdir(&d)?;
         }
         Ok(())
     }
 
-    fn set_limits(&self, id: &str, l: &Limits) -> Result<(), RuntimeError> {
+    fn set_limits(&self, id: &str, l: &Limits) -> Result<(), HostError> {
         let mem = self.root.join("memory").join(self.rel(id));
         write(
             &mem.join("memory.limit_in_bytes"),
@@ -378,7 +376,7 @@ impl V2 {
         self.root.join("kiln").join(&self.tag).join(id)
     }
 
-    fn create_dirs(&self, id: &str) -> Result<(), RuntimeError> {
+    fn create_dirs(&self, id: &str) -> Result<(), HostError> {
         // Delegate the controllers down to the sandbox's level.
         let levels = [
             self.root.clone(),
@@ -401,7 +399,7 @@ impl V2 {
         mkdir(&self.dir(id))
     }
 
-    fn set_limits(&self, id: &str, l: &Limits) -> Result<(), RuntimeError> {
+    fn set_limits(&self, id: &str, l: &Limits) -> Result<(), HostError> {
         let dir = self.dir(id);
         write(&dir.join("memory.max"), &l.memory_bytes.to_string())?;
         let swap = dir.join("memory.swap.max");

@@ -30,11 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use crate::runtime::RuntimeError;
-
-fn io(context: String) -> impl FnOnce(std::io::Error) -> RuntimeError {
-    move |source| RuntimeError::Io { context, source }
-}
+use super::HostError;
 
 /// Pre-made images, per size in MiB.
 #[derive(Debug)]
@@ -53,13 +49,14 @@ const MAX_POOLED_SIZES: usize = 4;
 
 impl DiskPool {
     /// Pool directory `dir` (emptied of a previous run's images).
-    pub fn new(dir: PathBuf, uid_base: u32, per_size: usize) -> Result<Self, RuntimeError> {
+    pub fn new(dir: PathBuf, uid_base: u32, per_size: usize) -> Result<Self, HostError> {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("skel/upper"))
             .and_then(|()| std::fs::create_dir_all(dir.join("skel/work")))
-            .map_err(io(format!("failed to create {}", dir.display())))?;
-        std::os::unix::fs::chown(dir.join("skel/upper"), Some(uid_base), Some(uid_base))
-            .map_err(io("failed to chown the upper skeleton".into()))?;
+            .map_err(HostError::io("create", &dir))?;
+        let upper = dir.join("skel/upper");
+        std::os::unix::fs::chown(&upper, Some(uid_base), Some(uid_base))
+            .map_err(HostError::io("chown", &upper))?;
         Ok(Self {
             dir,
             uid_base,
@@ -72,7 +69,7 @@ impl DiskPool {
 
     /// Moves a ready image of `size_mib` to `dest` (making one if the pool
     /// has none; that costs a mkfs). Blocking.
-    pub fn take(&self, size_mib: u64, dest: &Path) -> Result<(), RuntimeError> {
+    pub fn take(&self, size_mib: u64, dest: &Path) -> Result<(), HostError> {
         let pooled = {
             let mut ready = self.ready.lock().unwrap();
             if !ready.contains_key(&size_mib) && ready.len() >= MAX_POOLED_SIZES {
@@ -89,14 +86,11 @@ impl DiskPool {
             Some(p) => p,
             None => self.make(size_mib)?,
         };
-        std::fs::rename(&src, dest).map_err(io(format!(
-            "failed to move disk image to {}",
-            dest.display()
-        )))
+        std::fs::rename(&src, dest).map_err(HostError::io("move a disk image to", dest))
     }
 
     /// Tops every size up to `per_size` images. Blocking.
-    pub fn refill(&self) -> Result<(), RuntimeError> {
+    pub fn refill(&self) -> Result<(), HostError> {
         loop {
             let need = {
                 let ready = self.ready.lock().unwrap();
@@ -131,15 +125,14 @@ impl DiskPool {
         }
     }
 
-    fn make(&self, size_mib: u64) -> Result<PathBuf, RuntimeError> {
+    fn make(&self, size_mib: u64) -> Result<PathBuf, HostError> {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let img = self.dir.join(format!("{size_mib}-{n}.img"));
-        let f = std::fs::File::create(&img)
-            .map_err(io(format!("failed to create {}", img.display())))?;
+        let f = std::fs::File::create(&img).map_err(HostError::io("create", &img))?;
         f.set_len(size_mib << 20)
-            .map_err(io(format!("failed to size {}", img.display())))?;
+            .map_err(HostError::io("set the size of", &img))?;
         drop(f);
         let out = Command::new("mkfs.ext4")
             .args(["-q", "-F", "-m", "0", "-O", "^has_journal"])
@@ -150,14 +143,14 @@ impl DiskPool {
             .arg(self.dir.join("skel"))
             .arg(&img)
             .output()
-            .map_err(io("failed to run mkfs.ext4 (install e2fsprogs)".into()))?;
+            .map_err(HostError::io("run mkfs.ext4 (install e2fsprogs) on", &img))?;
         if !out.status.success() {
             let _ = std::fs::remove_file(&img);
-            return Err(RuntimeError::Other(format!(
-                "mkfs.ext4 {} failed: {}",
-                img.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(HostError::Tool {
+                tool: "mkfs.ext4",
+                path: img,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
         }
         Ok(img)
     }
