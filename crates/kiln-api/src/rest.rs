@@ -51,6 +51,17 @@ pub struct NewSandbox {
     /// Pause instead of killing the sandbox when its timeout expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_pause: Option<bool>,
+    /// With `autoPause`: keep memory when pausing (default true); false
+    /// keeps only the filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_pause_memory: Option<bool>,
+    /// Resume the paused sandbox when a request reaches it through the proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_resume: Option<AutoResume>,
+    /// Kiln extension: the isolation backend (`container`, `gvisor`,
+    /// `microvm`); default the template's, else the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
     /// v1 only: whether access to the agent needs the access token. Kiln
     /// always issues one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +81,47 @@ pub struct NewSandbox {
     /// Environment variables of every process started in the sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_vars: Option<BTreeMap<String, String>>,
+}
+
+/// `autoResume` of a new sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AutoResume {
+    pub enabled: bool,
+}
+
+/// What a paused sandbox's latest pause kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PauseMode {
+    /// Memory and filesystem.
+    Full,
+    Filesystem,
+}
+
+/// What happens when the sandbox's timeout expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    Kill,
+    Pause,
+}
+
+/// The sandbox's lifecycle settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxLifecycle {
+    pub auto_resume: bool,
+    pub on_timeout: OnTimeout,
+}
+
+/// Body of `POST /sandboxes/{id}/pause`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxPauseRequest {
+    /// Keep memory (default true): processes go on where they stopped.
+    /// False keeps only the filesystem: resume boots the sandbox anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bool>,
 }
 
 /// A created (or connected, or resumed) sandbox: what a client needs to reach it.
@@ -136,6 +188,15 @@ pub struct SandboxDetail {
     pub allow_internet_access: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// Present only in `GET /sandboxes/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<SandboxLifecycle>,
+    /// While paused: what the pause kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_mode: Option<PauseMode>,
+    /// Kiln extension: the isolation backend the sandbox runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 /// Body of `POST /sandboxes/{id}/timeout`.
@@ -253,6 +314,9 @@ mod tests {
             envd_access_token: None,
             allow_internet_access: None,
             domain: None,
+            lifecycle: None,
+            pause_mode: None,
+            runtime: Some("gvisor".into()),
         };
         let v = serde_json::to_value(&d).unwrap();
         for key in [

@@ -14,9 +14,11 @@ pub mod store;
 pub mod templates;
 
 pub mod recovery;
+pub mod runtimes;
 mod timers;
 
 pub use agent::{AgentClient, AgentInit, NoAgent};
 pub use error::CoreError;
-pub use lifecycle::{Core, CoreConfig};
+pub use lifecycle::{Core, CoreConfig, Gone, Metrics, Route};
+pub use runtimes::{Backend, Runtimes};
 pub use sandbox::{CreateSandbox, ListFilter, Page, SandboxRecord, SandboxState, Team};

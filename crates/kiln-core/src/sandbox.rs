@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
+use kiln_runtime::{RuntimeKind, StateMode};
 
 /// The team a caller acts for (resolved from its API key). Every sandbox
 /// belongs to exactly one team.
@@ -84,8 +85,34 @@ pub struct SandboxRecord {
     /// `None` when the sandbox's ports are public.
     pub traffic_access_token: Option<String>,
     pub auto_pause: bool,
+    /// When auto-pausing: keep memory (else the filesystem only).
+    pub auto_pause_memory: bool,
+    /// A request through the proxy to the paused sandbox resumes it.
+    pub auto_resume: bool,
     pub internet: bool,
+    /// Networks the sandbox may reach whatever `internet` says.
+    pub allow_out: Vec<String>,
+    /// Networks the sandbox may not reach.
+    pub deny_out: Vec<String>,
     pub envd_version: String,
+    /// The isolation backend the sandbox runs on.
+    pub runtime: RuntimeKind,
+    /// While paused: what the pause kept.
+    pub pause_mode: Option<StateMode>,
+    /// Why the sandbox ended, when nobody asked (timed out, died, lost
+    /// across a host restart).
+    pub end_reason: Option<String>,
+}
+
+impl SandboxRecord {
+    /// The egress policy a runtime applies.
+    pub fn egress(&self) -> kiln_runtime::EgressPolicy {
+        kiln_runtime::EgressPolicy {
+            internet: self.internet,
+            allow_out: self.allow_out.clone(),
+            deny_out: self.deny_out.clone(),
+        }
+    }
 }
 
 /// Input of [`crate::Core::create`], already parsed from the wire.
@@ -95,11 +122,18 @@ pub struct CreateSandbox {
     /// Seconds; `None` means the configured default.
     pub timeout_secs: Option<i64>,
     pub auto_pause: bool,
+    /// With `auto_pause`: keep memory (E2B's `keep_memory`, its default).
+    pub auto_pause_memory: bool,
+    pub auto_resume: bool,
     pub internet: bool,
     /// Whether the sandbox's ports need the traffic token.
     pub private_traffic: bool,
     pub metadata: BTreeMap<String, String>,
     pub env_vars: BTreeMap<String, String>,
+    pub allow_out: Vec<String>,
+    pub deny_out: Vec<String>,
+    /// The runtime asked for; `None`: the template's, else the server's default.
+    pub runtime: Option<RuntimeKind>,
 }
 
 /// Input of [`crate::Core::list`].

@@ -39,34 +39,45 @@ pub(crate) fn spawn_timer(core: &Core, live: &Arc<Live>) {
     });
 }
 
-/// Marks sandboxes killed when the runtime says they ended on their own.
+/// Marks sandboxes killed when a runtime says they ended on their own.
 pub(crate) fn watch_runtime_events(core: &Core) {
-    let weak: Weak<Inner> = Arc::downgrade(&core.inner);
-    let mut events = core.inner.runtime.subscribe();
-    tokio::spawn(async move {
-        loop {
-            match events.recv().await {
-                Ok(event) => {
-                    let Some(inner) = weak.upgrade() else { return };
-                    handle_event(&Core { inner }, event).await;
+    for backend in core.inner.runtimes.backends() {
+        let weak: Weak<Inner> = Arc::downgrade(&core.inner);
+        let mut events = backend.runtime.subscribe();
+        let runtime = backend.runtime.kind();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        let Some(inner) = weak.upgrade() else { return };
+                        handle_event(&Core { inner }, event).await;
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::error!(missed = n, %runtime, "missed runtime events");
+                    }
+                    Err(RecvError::Closed) => return,
                 }
-                Err(RecvError::Lagged(n)) => {
-                    tracing::error!(missed = n, "missed runtime events");
-                }
-                Err(RecvError::Closed) => return,
             }
-        }
-    });
+        });
+    }
 }
 
 async fn handle_event(core: &Core, event: RuntimeEvent) {
-    #[allow(unreachable_patterns)] // runtimes may report more than exits
     match event {
-        RuntimeEvent::Exited { id, oom_killed, .. } => {
-            if oom_killed {
-                tracing::info!(sandbox = %id, "sandbox was killed by the OOM killer");
-            }
-            core.exited(&id).await;
+        RuntimeEvent::Exited {
+            id,
+            oom_killed,
+            exit_code,
+        } => {
+            let reason = if oom_killed {
+                "its init was killed at the sandbox's memory limit".to_owned()
+            } else {
+                match exit_code {
+                    Some(c) => format!("its init exited with {c}"),
+                    None => "its init exited".to_owned(),
+                }
+            };
+            core.exited(&id, &reason).await;
         }
         other => tracing::debug!(event = ?other, "runtime event"),
     }

@@ -8,11 +8,12 @@ use std::time::Duration;
 use chrono::Utc;
 use kiln_core::store::{SqliteStore, Store};
 use kiln_core::templates::{TemplateCatalog, TemplateInfo};
-use kiln_core::{Core, CoreConfig};
+use kiln_core::{Core, CoreConfig, Runtimes};
 use kiln_core::{CoreError, CreateSandbox, ListFilter, NoAgent, SandboxState, Team};
 use kiln_runtime::fake::{FakeRuntime, FakeState};
 use kiln_runtime::{
-    Runtime, RuntimeError, RuntimeEvent, SandboxHandle, SandboxSpec, SandboxStats, TemplateRef,
+    Capabilities, EgressPolicy, Found, Paused, Runtime, RuntimeError, RuntimeEvent, RuntimeKind,
+    SandboxHandle, SandboxSpec, SandboxStats, StateMode, TemplateRef,
 };
 
 fn catalog() -> Arc<TemplateCatalog> {
@@ -27,6 +28,7 @@ fn catalog() -> Arc<TemplateCatalog> {
         memory_mib: 1024,
         disk_mib: 4096,
         created_at: Utc::now(),
+        runtime: None,
         start: None,
     });
     Arc::new(c)
@@ -39,8 +41,7 @@ fn core_with(store: Arc<dyn Store>, runtime: Arc<dyn Runtime>) -> Core {
             ..CoreConfig::default()
         },
         store,
-        runtime,
-        Arc::new(NoAgent),
+        Runtimes::single(runtime, Arc::new(NoAgent)),
         catalog(),
     )
 }
@@ -105,7 +106,7 @@ async fn create_get_kill() {
         Err(CoreError::NotFound(_))
     ));
     assert!(core.route(&rec.id).is_none());
-    let stored = store.get_sandbox(&rec.id).unwrap().unwrap();
+    let stored = store.get_sandbox(&rec.id).await.unwrap().unwrap();
     assert_eq!(stored.state, SandboxState::Killed);
     assert!(stored.killed_at.is_some());
 }
@@ -169,6 +170,7 @@ async fn bad_requests_leave_nothing_behind() {
     assert_eq!(rt.count(), 0);
     let live = store
         .list_sandboxes(None, &[SandboxState::Creating, SandboxState::Running])
+        .await
         .unwrap();
     assert!(live.is_empty(), "{live:?}");
     assert!(core
@@ -189,7 +191,7 @@ async fn teams_do_not_see_each_other() {
         Err(CoreError::NotFound(_))
     ));
     assert!(matches!(
-        core.set_timeout(&b, &rec.id, 60),
+        core.set_timeout(&b, &rec.id, 60).await,
         Err(CoreError::NotFound(_))
     ));
     assert!(matches!(
@@ -272,7 +274,7 @@ async fn list_filters_by_metadata_and_state_and_pages() {
         .unwrap();
     assert_eq!(even.items.len(), 3);
 
-    core.pause(&t, &ids[1]).await.unwrap();
+    core.pause(&t, &ids[1], StateMode::Memory).await.unwrap();
     let paused = core
         .list(
             &t,
@@ -319,13 +321,13 @@ async fn timeout_kills_and_set_timeout_extends() {
         )
         .await
         .unwrap();
-    core.set_timeout(&t, &extended.id, 30).unwrap();
+    core.set_timeout(&t, &extended.id, 30).await.unwrap();
     eventually("the expired sandbox is killed", || {
         rt.state(&short.id).is_none()
     })
     .await;
     assert_eq!(
-        store.get_sandbox(&short.id).unwrap().unwrap().state,
+        store.get_sandbox(&short.id).await.unwrap().unwrap().state,
         SandboxState::Killed
     );
     assert_eq!(rt.state(&extended.id), Some(FakeState::Running));
@@ -333,7 +335,7 @@ async fn timeout_kills_and_set_timeout_extends() {
     assert!((end - Utc::now()).num_seconds() >= 27);
 
     // Shortening works too.
-    core.set_timeout(&t, &extended.id, 1).unwrap();
+    core.set_timeout(&t, &extended.id, 1).await.unwrap();
     eventually("the shortened sandbox is killed", || {
         rt.state(&extended.id).is_none()
     })
@@ -350,13 +352,14 @@ async fn auto_pause_pauses_on_timeout_and_connect_resumes() {
             CreateSandbox {
                 timeout_secs: Some(1),
                 auto_pause: true,
+                auto_pause_memory: true,
                 ..req()
             },
         )
         .await
         .unwrap();
     eventually("the sandbox is paused", || {
-        rt.state(&rec.id) == Some(FakeState::Frozen)
+        rt.state(&rec.id) == Some(FakeState::Paused(StateMode::Memory))
     })
     .await;
     assert_eq!(core.get(&t, &rec.id).unwrap().state, SandboxState::Paused);
@@ -389,7 +392,7 @@ async fn crashed_sandbox_is_marked_killed() {
     })
     .await;
     assert_eq!(
-        store.get_sandbox(&rec.id).unwrap().unwrap().state,
+        store.get_sandbox(&rec.id).await.unwrap().unwrap().state,
         SandboxState::Killed
     );
 }
@@ -419,7 +422,7 @@ async fn restart_reattaches_running_and_cleans_up_the_rest() {
         memory_mib: 64,
         disk_mib: 64,
         env: BTreeMap::new(),
-        internet: false,
+        egress: EgressPolicy::internet(false),
     };
     rt.create(&orphan).await.unwrap();
 
@@ -433,12 +436,12 @@ async fn restart_reattaches_running_and_cleans_up_the_rest() {
     assert!(core.route(&kept.id).is_some());
     assert!(core.get(&t, &lost.id).is_err());
     assert_eq!(
-        store.get_sandbox(&lost.id).unwrap().unwrap().state,
+        store.get_sandbox(&lost.id).await.unwrap().unwrap().state,
         SandboxState::Killed
     );
     assert_eq!(rt.state(&orphan.id), None);
     // The re-attached sandbox's timer works.
-    core.set_timeout(&t, &kept.id, 1).unwrap();
+    core.set_timeout(&t, &kept.id, 1).await.unwrap();
     eventually("the re-attached sandbox times out", || rt.count() == 0).await;
 }
 
@@ -453,27 +456,38 @@ impl EndAtMs for kiln_core::SandboxRecord {
     }
 }
 
-/// A runtime whose creates only finish once `n` of them are in flight at once:
-/// if the core serialised creates, this would never finish.
-struct BarrierRuntime {
+/// Something a test runs before each create of a [`Hooked`] runtime.
+#[async_trait::async_trait]
+trait BeforeCreate: Send + Sync + 'static {
+    async fn before_create(&self);
+}
+
+/// The fake runtime, with a hook before each create.
+struct Hooked<H> {
     inner: FakeRuntime,
-    barrier: tokio::sync::Barrier,
+    hook: H,
 }
 
 #[async_trait::async_trait]
-impl Runtime for BarrierRuntime {
-    fn name(&self) -> &'static str {
-        "barrier"
+impl<H: BeforeCreate> Runtime for Hooked<H> {
+    fn kind(&self) -> RuntimeKind {
+        self.inner.kind()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
     }
     async fn create(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
-        self.barrier.wait().await;
+        self.hook.before_create().await;
         self.inner.create(spec).await
     }
-    async fn freeze(&self, id: &str) -> Result<(), RuntimeError> {
-        self.inner.freeze(id).await
+    async fn pause(&self, id: &str, mode: StateMode) -> Result<Paused, RuntimeError> {
+        self.inner.pause(id, mode).await
     }
-    async fn thaw(&self, id: &str) -> Result<(), RuntimeError> {
-        self.inner.thaw(id).await
+    async fn resume(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+        self.inner.resume(spec).await
+    }
+    async fn set_egress(&self, id: &str, policy: &EgressPolicy) -> Result<(), RuntimeError> {
+        self.inner.set_egress(id, policy).await
     }
     async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
         self.inner.kill(id).await
@@ -481,7 +495,7 @@ impl Runtime for BarrierRuntime {
     async fn stats(&self, id: &str) -> Result<SandboxStats, RuntimeError> {
         self.inner.stats(id).await
     }
-    async fn list(&self) -> Result<Vec<SandboxHandle>, RuntimeError> {
+    async fn list(&self) -> Result<Vec<Found>, RuntimeError> {
         self.inner.list().await
     }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent> {
@@ -489,12 +503,29 @@ impl Runtime for BarrierRuntime {
     }
 }
 
+/// Creates only finish once `n` of them are in flight at once: if the core
+/// serialised creates, they would never finish.
+#[async_trait::async_trait]
+impl BeforeCreate for tokio::sync::Barrier {
+    async fn before_create(&self) {
+        self.wait().await;
+    }
+}
+
+/// Creates wait until the test opens the gate.
+#[async_trait::async_trait]
+impl BeforeCreate for tokio::sync::Semaphore {
+    async fn before_create(&self) {
+        let _permit = self.acquire().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_run_in_parallel() {
     const N: usize = 8;
-    let rt = Arc::new(BarrierRuntime {
+    let rt = Arc::new(Hooked {
         inner: FakeRuntime::new(),
-        barrier: tokio::sync::Barrier::new(N),
+        hook: tokio::sync::Barrier::new(N),
     });
     let core = core_with(Arc::new(SqliteStore::in_memory().unwrap()), rt.clone());
     let t = team("a");
@@ -517,46 +548,11 @@ async fn concurrent_creates_run_in_parallel() {
     assert_eq!(rt.inner.count(), N);
 }
 
-/// A runtime whose creates wait until the test opens the gate.
-struct GateRuntime {
-    inner: FakeRuntime,
-    gate: tokio::sync::Semaphore,
-}
-
-#[async_trait::async_trait]
-impl Runtime for GateRuntime {
-    fn name(&self) -> &'static str {
-        "gate"
-    }
-    async fn create(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
-        let _permit = self.gate.acquire().await.unwrap();
-        self.inner.create(spec).await
-    }
-    async fn freeze(&self, id: &str) -> Result<(), RuntimeError> {
-        self.inner.freeze(id).await
-    }
-    async fn thaw(&self, id: &str) -> Result<(), RuntimeError> {
-        self.inner.thaw(id).await
-    }
-    async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
-        self.inner.kill(id).await
-    }
-    async fn stats(&self, id: &str) -> Result<SandboxStats, RuntimeError> {
-        self.inner.stats(id).await
-    }
-    async fn list(&self) -> Result<Vec<SandboxHandle>, RuntimeError> {
-        self.inner.list().await
-    }
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent> {
-        self.inner.subscribe()
-    }
-}
-
 #[tokio::test]
 async fn a_caller_that_goes_away_does_not_leave_a_half_created_sandbox() {
-    let rt = Arc::new(GateRuntime {
+    let rt = Arc::new(Hooked {
         inner: FakeRuntime::new(),
-        gate: tokio::sync::Semaphore::new(0),
+        hook: tokio::sync::Semaphore::new(0),
     });
     let store = Arc::new(SqliteStore::in_memory().unwrap());
     let core = core_with(store.clone(), rt.clone());
@@ -568,18 +564,20 @@ async fn a_caller_that_goes_away_does_not_leave_a_half_created_sandbox() {
     eventually_async(|| async {
         !store
             .list_sandboxes(None, &[SandboxState::Creating])
+            .await
             .unwrap()
             .is_empty()
     })
     .await;
     caller.abort(); // the HTTP client disconnected
-    rt.gate.add_permits(1);
+    rt.hook.add_permits(1);
     eventually("the create finished anyway", || {
         core.list(&t, &ListFilter::default()).unwrap().items.len() == 1
     })
     .await;
     assert!(store
         .list_sandboxes(None, &[SandboxState::Creating])
+        .await
         .unwrap()
         .is_empty());
     assert_eq!(rt.inner.count(), 1);
@@ -638,6 +636,7 @@ async fn a_failing_start_command_fails_the_create_and_leaves_nothing() {
         memory_mib: 1024,
         disk_mib: 4096,
         created_at: Utc::now(),
+        runtime: None,
         start: Some(kiln_core::templates::StartCommand {
             argv: vec!["/usr/local/bin/interp".into()],
             user: "user".into(),
@@ -651,8 +650,7 @@ async fn a_failing_start_command_fails_the_create_and_leaves_nothing() {
     let core = Core::new(
         CoreConfig::default(),
         store.clone(),
-        rt.clone(),
-        Arc::new(FailingStart),
+        Runtimes::single(rt.clone(), Arc::new(FailingStart)),
         templates,
     );
     let t = team("a");
@@ -675,4 +673,200 @@ async fn a_failing_start_command_fails_the_create_and_leaves_nothing() {
     let rec = core.create(&t, req()).await.unwrap();
     assert_eq!(rt.count(), 1);
     core.kill(&t, &rec.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn pause_modes_follow_the_table_and_a_filesystem_resume_boots_anew() {
+    let (core, rt, store) = setup();
+    let t = team("a");
+    let rec = core.create(&t, req()).await.unwrap();
+    core.pause(&t, &rec.id, StateMode::Filesystem)
+        .await
+        .unwrap();
+    assert_eq!(
+        rt.state(&rec.id),
+        Some(FakeState::Paused(StateMode::Filesystem))
+    );
+    let stored = store.get_sandbox(&rec.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, SandboxState::Paused);
+    assert_eq!(stored.pause_mode, Some(StateMode::Filesystem));
+    // Pausing twice is a conflict, so is resuming a running one.
+    assert!(matches!(
+        core.pause(&t, &rec.id, StateMode::Memory).await,
+        Err(CoreError::Conflict(m)) if m.contains("already paused")
+    ));
+    let resumed = core.resume(&t, &rec.id, Some(60), None).await.unwrap();
+    assert_eq!(resumed.state, SandboxState::Running);
+    assert_eq!(resumed.pause_mode, None);
+    assert_eq!(rt.boots(&rec.id), Some(2), "a filesystem resume boots anew");
+    assert!(matches!(
+        core.resume(&t, &rec.id, None, None).await,
+        Err(CoreError::Conflict(m)) if m.contains("not paused")
+    ));
+    // A memory pause and resume does not boot.
+    core.pause(&t, &rec.id, StateMode::Memory).await.unwrap();
+    core.resume(&t, &rec.id, None, None).await.unwrap();
+    assert_eq!(rt.boots(&rec.id), Some(2));
+    // A failing runtime pause leaves it running, as before.
+    rt.fail_next("pause", "disk on fire");
+    assert!(core.pause(&t, &rec.id, StateMode::Memory).await.is_err());
+    assert_eq!(core.get(&t, &rec.id).unwrap().state, SandboxState::Running);
+    assert!(core.route(&rec.id).is_some());
+    // A killed paused sandbox is gone from the runtime too.
+    core.pause(&t, &rec.id, StateMode::Filesystem)
+        .await
+        .unwrap();
+    core.kill(&t, &rec.id).await.unwrap();
+    assert_eq!(rt.count(), 0);
+}
+
+#[tokio::test]
+async fn auto_pause_without_keep_memory_keeps_the_filesystem() {
+    let (core, rt, _) = setup();
+    let t = team("a");
+    let rec = core
+        .create(
+            &t,
+            CreateSandbox {
+                timeout_secs: Some(1),
+                auto_pause: true,
+                auto_pause_memory: false,
+                ..req()
+            },
+        )
+        .await
+        .unwrap();
+    eventually("the sandbox is paused", || {
+        rt.state(&rec.id) == Some(FakeState::Paused(StateMode::Filesystem))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_or_missing_runtimes_are_refused_with_the_reason() {
+    let rt = Arc::new(FakeRuntime::new());
+    let mut runtimes = Runtimes::single(rt.clone(), Arc::new(NoAgent));
+    runtimes.mark_unavailable(RuntimeKind::Gvisor, "runsc is not installed");
+    let core = Core::new(
+        CoreConfig::default(),
+        Arc::new(SqliteStore::in_memory().unwrap()),
+        runtimes,
+        catalog(),
+    );
+    let t = team("a");
+    let asked = |runtime| CreateSandbox {
+        runtime: Some(runtime),
+        ..req()
+    };
+    let err = core
+        .create(&t, asked(RuntimeKind::Gvisor))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CoreError::InvalidArgument(m) if m.contains("gvisor") && m.contains("runsc is not installed")),
+        "{err:?}"
+    );
+    let err = core
+        .create(&t, asked(RuntimeKind::Microvm))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CoreError::InvalidArgument(m) if m.contains("microvm") && m.contains("fake")),
+        "{err:?}"
+    );
+    let rec = core.create(&t, asked(RuntimeKind::Fake)).await.unwrap();
+    assert_eq!(rec.runtime, RuntimeKind::Fake);
+    assert_eq!(rt.count(), 1);
+}
+
+#[tokio::test]
+async fn restart_reconciles_the_store_with_what_the_host_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(FakeRuntime::new());
+    let t = team("a");
+    let (on_disk, in_memory, pause_missed, resume_missed) = {
+        let store = Arc::new(SqliteStore::open_in(dir.path()).unwrap());
+        let core = core_with(store, rt.clone());
+        core.start().await.unwrap();
+        let on_disk = core.create(&t, req()).await.unwrap();
+        core.pause(&t, &on_disk.id, StateMode::Filesystem)
+            .await
+            .unwrap();
+        let in_memory = core.create(&t, req()).await.unwrap();
+        core.pause(&t, &in_memory.id, StateMode::Memory)
+            .await
+            .unwrap();
+        let pause_missed = core.create(&t, req()).await.unwrap();
+        let resume_missed = core.create(&t, req()).await.unwrap();
+        core.pause(&t, &resume_missed.id, StateMode::Filesystem)
+            .await
+            .unwrap();
+        (on_disk, in_memory, pause_missed, resume_missed)
+        // kilnd dies here.
+    };
+    // kilnd died after the runtime paused one and resumed another but
+    // before the store said so.
+    rt.pause(&pause_missed.id, StateMode::Filesystem)
+        .await
+        .unwrap();
+    let spec = rt.spec(&resume_missed.id).unwrap();
+    rt.resume(&spec).await.unwrap();
+    // Then the host rebooted: what was only in memory is gone.
+    rt.reboot();
+
+    let store = Arc::new(SqliteStore::open_in(dir.path()).unwrap());
+    let core = core_with(store.clone(), rt.clone());
+    let report = core.start().await.unwrap();
+    assert_eq!(report.paused, 2, "{report:?}");
+    assert_eq!(report.cleaned, 2, "{report:?}");
+    // The filesystem pause survived and resumes.
+    assert_eq!(
+        core.get(&t, &on_disk.id).unwrap().state,
+        SandboxState::Paused
+    );
+    core.resume(&t, &on_disk.id, None, None).await.unwrap();
+    // The pause the store missed is a pause.
+    let p = store.get_sandbox(&pause_missed.id).await.unwrap().unwrap();
+    assert_eq!(p.state, SandboxState::Paused);
+    assert_eq!(p.pause_mode, Some(StateMode::Filesystem));
+    // The memory pause was lost with the reboot, and says so.
+    let lost = store.get_sandbox(&in_memory.id).await.unwrap().unwrap();
+    assert_eq!(lost.state, SandboxState::Killed);
+    assert!(
+        lost.end_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("memory")),
+        "{:?}",
+        lost.end_reason
+    );
+    assert!(core.get(&t, &in_memory.id).is_err());
+    // The resumed one ran only in memory: gone with the reboot too.
+    let r = store.get_sandbox(&resume_missed.id).await.unwrap().unwrap();
+    assert_eq!(r.state, SandboxState::Killed);
+    assert!(r.end_reason.is_some());
+}
+
+#[tokio::test]
+async fn a_resume_the_store_missed_is_a_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(FakeRuntime::new());
+    let t = team("a");
+    let rec = {
+        let store = Arc::new(SqliteStore::open_in(dir.path()).unwrap());
+        let core = core_with(store, rt.clone());
+        core.start().await.unwrap();
+        let rec = core.create(&t, req()).await.unwrap();
+        core.pause(&t, &rec.id, StateMode::Memory).await.unwrap();
+        rec
+    };
+    rt.resume(&rt.spec(&rec.id).unwrap()).await.unwrap();
+    let store = Arc::new(SqliteStore::open_in(dir.path()).unwrap());
+    let core = core_with(store.clone(), rt.clone());
+    let report = core.start().await.unwrap();
+    assert_eq!(report.reattached, 1, "{report:?}");
+    assert_eq!(core.get(&t, &rec.id).unwrap().state, SandboxState::Running);
+    assert!(core.route(&rec.id).is_some());
+    let stored = store.get_sandbox(&rec.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, SandboxState::Running);
+    assert_eq!(stored.pause_mode, None);
 }

@@ -63,6 +63,13 @@ impl From<CoreError> for ApiError {
             CoreError::Runtime(RuntimeError::NotFound(id)) => {
                 Self::new(StatusCode::NOT_FOUND, format!("sandbox {id} not found"))
             }
+            CoreError::Runtime(ref r @ RuntimeError::SnapshotNotFound(_)) => {
+                Self::new(StatusCode::NOT_FOUND, r.to_string())
+            }
+            CoreError::Runtime(RuntimeError::WrongState(m)) => Self::new(StatusCode::CONFLICT, m),
+            CoreError::Runtime(ref r @ RuntimeError::Unsupported { .. }) => {
+                Self::new(StatusCode::BAD_REQUEST, r.to_string())
+            }
             CoreError::Runtime(ref r @ RuntimeError::Unavailable { .. }) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, r.to_string())
             }

@@ -14,7 +14,7 @@ fn is_error_body(v: &serde_json::Value, code: u16) -> bool {
 
 #[tokio::test]
 async fn create_get_list_kill() {
-    let e = env();
+    let e = env().await;
     let created = e
         .create(
             &e.key_a,
@@ -79,7 +79,7 @@ async fn create_get_list_kill() {
 
 #[tokio::test]
 async fn v1_create_and_templates() {
-    let e = env();
+    let e = env().await;
     let (status, _, created) = e
         .json(
             "POST",
@@ -99,7 +99,7 @@ async fn v1_create_and_templates() {
 
 #[tokio::test]
 async fn auth_is_required() {
-    let e = env();
+    let e = env().await;
     let (status, _, body) = e
         .json("GET", "/v2/sandboxes", "e2b_0123456789abcdef", None)
         .await;
@@ -122,7 +122,7 @@ async fn auth_is_required() {
 
 #[tokio::test]
 async fn bad_input_is_a_clear_4xx_and_leaves_nothing() {
-    let e = env();
+    let e = env().await;
     let cases = [
         (json!({"templateID": "nope"}), StatusCode::NOT_FOUND, "nope"),
         (
@@ -205,7 +205,7 @@ async fn bad_input_is_a_clear_4xx_and_leaves_nothing() {
 
 #[tokio::test]
 async fn other_teams_sandboxes_are_not_found() {
-    let e = env();
+    let e = env().await;
     let id = e.create(&e.key_a, json!({"templateID": "base"})).await["sandboxID"]
         .as_str()
         .unwrap()
@@ -241,7 +241,7 @@ async fn other_teams_sandboxes_are_not_found() {
 
 #[tokio::test]
 async fn list_pages_with_next_token_and_filters_metadata() {
-    let e = env();
+    let e = env().await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let c = e
@@ -305,7 +305,7 @@ async fn list_pages_with_next_token_and_filters_metadata() {
 
 #[tokio::test]
 async fn timeout_refresh_connect_pause_resume_metrics() {
-    let e = env();
+    let e = env().await;
     let id = e
         .create(&e.key_a, json!({"templateID": "base", "timeout": 60}))
         .await["sandboxID"]
@@ -414,7 +414,7 @@ async fn timeout_refresh_connect_pause_resume_metrics() {
 
 #[tokio::test]
 async fn openapi_is_served() {
-    let e = env();
+    let e = env().await;
     let req = Request::get("/openapi.json").body(Body::empty()).unwrap();
     let (status, _, doc) = e.call(req).await;
     assert_eq!(status, StatusCode::OK);
@@ -437,4 +437,82 @@ fn openapi_document_in_docs_is_current() {
         checked_in == generated,
         "docs/openapi.json is stale: run KILN_UPDATE_OPENAPI=1 cargo test -p kiln-server --test api openapi"
     );
+}
+
+#[tokio::test]
+async fn runtime_choice_and_pause_modes_through_the_api() {
+    let e = env().await;
+    // An unknown runtime, or one this server does not run, is a 400 naming it.
+    for (name, says) in [("bsd-jail", "bsd-jail"), ("gvisor", "gvisor")] {
+        let (status, _, body) = e
+            .json(
+                "POST",
+                "/v2/sandboxes",
+                &e.key_a,
+                Some(json!({"templateID": "base", "runtime": name})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            is_error_body(&body, 400) && body["message"].as_str().unwrap().contains(says),
+            "{body}"
+        );
+    }
+    assert_eq!(e.runtime.count(), 0);
+    let created = e
+        .create(
+            &e.key_a,
+            json!({"templateID": "base", "runtime": "fake", "autoPause": true, "autoResume": {"enabled": true}}),
+        )
+        .await;
+    let id = created["sandboxID"].as_str().unwrap().to_owned();
+    let d = detail(&e, &id).await;
+    assert_eq!(d["runtime"], "fake");
+    assert_eq!(d["lifecycle"]["onTimeout"], "pause");
+    assert_eq!(d["lifecycle"]["autoResume"], true);
+    assert!(d.get("pauseMode").is_none(), "{d}");
+
+    // Filesystem-only pause, as the SDK asks for it.
+    let (status, _, body) = e
+        .json(
+            "POST",
+            &format!("/sandboxes/{id}/pause"),
+            &e.key_a,
+            Some(json!({"memory": false})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let d = detail(&e, &id).await;
+    assert_eq!(d["state"], "paused");
+    assert_eq!(d["pauseMode"], "filesystem");
+    let (status, _, body) = e
+        .json("POST", &format!("/sandboxes/{id}/pause"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, _, _) = e
+        .json(
+            "POST",
+            &format!("/v2/sandboxes/{id}/connect"),
+            &e.key_a,
+            Some(json!({"timeout": 60})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // Resuming a running sandbox is a conflict.
+    let (status, _, body) = e
+        .json("POST", &format!("/sandboxes/{id}/resume"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // A memory pause (the default).
+    let (status, _, _) = e
+        .json("POST", &format!("/sandboxes/{id}/pause"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(detail(&e, &id).await["pauseMode"], "full");
+}
+
+async fn detail(e: &common::Env, id: &str) -> serde_json::Value {
+    e.json("GET", &format!("/sandboxes/{id}"), &e.key_a, None)
+        .await
+        .2
 }

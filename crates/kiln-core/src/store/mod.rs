@@ -29,6 +29,8 @@ pub enum StoreError {
     },
     #[error("corrupt record in the store: {0}")]
     Corrupt(String),
+    #[error("a store task failed: {0}")]
+    Task(String),
 }
 
 /// An API key as stored: only its hash, never the key.
@@ -45,23 +47,26 @@ pub struct KeyRecord {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-/// The persistence the core needs. Every method is a short query: callers
-/// may hold no lock across them and may call them from async code.
+/// The persistence the core needs, backend-neutral and async (the SQLite
+/// backend runs its short queries on the blocking pool; a PostgreSQL one
+/// would await its client). Callers hold no lock across these calls.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
     /// The unrevoked key with this hash.
-    fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError>;
-    fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError>;
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
     /// Revokes the key with this id; false if there is no such unrevoked key.
-    fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+    async fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
 
-    fn insert_sandbox(&self, sandbox: &SandboxRecord) -> Result<(), StoreError>;
-    /// Overwrites the mutable fields (state, end_at, killed_at, auto_pause).
-    fn update_sandbox(&self, sandbox: &SandboxRecord) -> Result<(), StoreError>;
-    fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError>;
+    async fn insert_sandbox(&self, sandbox: &SandboxRecord) -> Result<(), StoreError>;
+    /// Overwrites the mutable fields (state, end_at, killed_at, auto_pause,
+    /// egress, pause_mode, end_reason).
+    async fn update_sandbox(&self, sandbox: &SandboxRecord) -> Result<(), StoreError>;
+    async fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError>;
     /// Sandboxes in any of `states` (of one team, or of all with `None`),
     /// oldest first, ties broken by id.
-    fn list_sandboxes(
+    async fn list_sandboxes(
         &self,
         team_id: Option<&str>,
         states: &[SandboxState],

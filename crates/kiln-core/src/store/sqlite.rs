@@ -1,7 +1,7 @@
 //! The embedded SQLite store (one file in the data directory).
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -10,9 +10,10 @@ use super::{KeyRecord, Store, StoreError};
 use crate::sandbox::{SandboxRecord, SandboxState};
 
 /// Schema changes, applied in order, each once. Append; never edit.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE api_keys (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE api_keys (
         id TEXT PRIMARY KEY,
         team_id TEXT NOT NULL,
         name TEXT NOT NULL,
@@ -42,10 +43,21 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         envd_version TEXT NOT NULL
     );
     CREATE INDEX sandboxes_team_state ON sandboxes (team_id, state);",
-)];
+    ),
+    (
+        2,
+        "ALTER TABLE sandboxes ADD COLUMN runtime TEXT NOT NULL DEFAULT 'container';
+    ALTER TABLE sandboxes ADD COLUMN pause_mode TEXT;
+    ALTER TABLE sandboxes ADD COLUMN end_reason TEXT;
+    ALTER TABLE sandboxes ADD COLUMN allow_out TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE sandboxes ADD COLUMN deny_out TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE sandboxes ADD COLUMN auto_pause_memory BOOLEAN NOT NULL DEFAULT TRUE;
+    ALTER TABLE sandboxes ADD COLUMN auto_resume BOOLEAN NOT NULL DEFAULT FALSE;",
+    ),
+];
 
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
 }
 
 fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -110,13 +122,24 @@ impl SqliteStore {
             tx.commit().map_err(db("committing a migration"))?;
         }
         Ok(Self {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `f` on the connection, on the blocking pool.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || f(&lock(&conn)))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
+}
+
+fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    conn.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn key_from_row(r: &Row<'_>) -> rusqlite::Result<(KeyRecord, i64, Option<i64>)> {
@@ -146,7 +169,8 @@ fn finish_key(
 const KEY_COLUMNS: &str = "id, team_id, name, hash, prefix, created_at, revoked_at";
 const SANDBOX_COLUMNS: &str = "id, team_id, template_id, alias, state, started_at, end_at, \
     killed_at, vcpus, memory_mib, disk_mib, metadata, env_vars, envd_access_token, \
-    traffic_access_token, auto_pause, internet, envd_version";
+    traffic_access_token, auto_pause, internet, envd_version, runtime, pause_mode, end_reason, \
+    allow_out, deny_out, auto_pause_memory, auto_resume";
 
 /// The raw columns of a sandbox row, converted outside rusqlite's closure so
 /// conversion errors keep their meaning.
@@ -169,6 +193,13 @@ struct RawSandbox {
     auto_pause: bool,
     internet: bool,
     envd_version: String,
+    runtime: String,
+    pause_mode: Option<String>,
+    end_reason: Option<String>,
+    allow_out: String,
+    deny_out: String,
+    auto_pause_memory: bool,
+    auto_resume: bool,
 }
 
 fn raw_sandbox(r: &Row<'_>) -> rusqlite::Result<RawSandbox> {
@@ -191,6 +222,13 @@ fn raw_sandbox(r: &Row<'_>) -> rusqlite::Result<RawSandbox> {
         auto_pause: r.get(15)?,
         internet: r.get(16)?,
         envd_version: r.get(17)?,
+        runtime: r.get(18)?,
+        pause_mode: r.get(19)?,
+        end_reason: r.get(20)?,
+        allow_out: r.get(21)?,
+        deny_out: r.get(22)?,
+        auto_pause_memory: r.get(23)?,
+        auto_resume: r.get(24)?,
     })
 }
 
@@ -207,6 +245,17 @@ impl TryFrom<RawSandbox> for SandboxRecord {
             disk_mib: u64::try_from(r.disk_mib).map_err(|_| corrupt("disk"))?,
             metadata: serde_json::from_str(&r.metadata).map_err(|_| corrupt("metadata"))?,
             env_vars: serde_json::from_str(&r.env_vars).map_err(|_| corrupt("env vars"))?,
+            runtime: r.runtime.parse().map_err(|_| corrupt("runtime"))?,
+            pause_mode: r
+                .pause_mode
+                .map(|m| m.parse())
+                .transpose()
+                .map_err(|_| corrupt("pause mode"))?,
+            allow_out: serde_json::from_str(&r.allow_out).map_err(|_| corrupt("allowOut"))?,
+            deny_out: serde_json::from_str(&r.deny_out).map_err(|_| corrupt("denyOut"))?,
+            end_reason: r.end_reason,
+            auto_pause_memory: r.auto_pause_memory,
+            auto_resume: r.auto_resume,
             id: r.id,
             team_id: r.team_id,
             template_id: r.template_id,
@@ -221,14 +270,16 @@ impl TryFrom<RawSandbox> for SandboxRecord {
     }
 }
 
-fn to_json(map: &std::collections::BTreeMap<String, String>) -> String {
-    serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("maps and lists of strings serialize")
 }
 
+#[async_trait::async_trait]
 impl Store for SqliteStore {
-    fn insert_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
+    async fn insert_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
+        let k = k.clone();
+        self.run(move |conn| {
+            conn.execute(
                 &format!(
                     "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
                 ),
@@ -243,56 +294,68 @@ impl Store for SqliteStore {
                 ],
             )
             .map_err(db("inserting an API key"))?;
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
-    fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let raw = self
-            .conn()
-            .query_row(
-                &format!(
-                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL"
-                ),
-                [hash],
-                key_from_row,
-            )
-            .optional()
-            .map_err(db("looking up an API key"))?;
-        raw.map(finish_key).transpose()
+    async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let hash = hash.to_owned();
+        self.run(move |conn| {
+            let raw = conn
+                .query_row(
+                    &format!(
+                        "SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL"
+                    ),
+                    [hash],
+                    key_from_row,
+                )
+                .optional()
+                .map_err(db("looking up an API key"))?;
+            raw.map(finish_key).transpose()
+        })
+        .await
     }
 
-    fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
-            ))
-            .map_err(db("listing API keys"))?;
-        let rows = stmt
-            .query_map([], key_from_row)
-            .map_err(db("listing API keys"))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(db("listing API keys"))?;
-        rows.into_iter().map(finish_key).collect()
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.run(|conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+                ))
+                .map_err(db("listing API keys"))?;
+            let rows = stmt
+                .query_map([], key_from_row)
+                .map_err(db("listing API keys"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db("listing API keys"))?;
+            rows.into_iter().map(finish_key).collect()
+        })
+        .await
     }
 
-    fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        let n = self
-            .conn()
-            .execute(
-                "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
-                params![ms(at), id],
-            )
-            .map_err(db("revoking an API key"))?;
-        Ok(n > 0)
+    async fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.run(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+                    params![ms(at), id],
+                )
+                .map_err(db("revoking an API key"))?;
+            Ok(n > 0)
+        })
+        .await
     }
 
-    fn insert_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
+    async fn insert_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
+        let s = s.clone();
+        self.run(move |conn| {
+            conn.execute(
                 &format!(
                     "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                      ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
                 ),
                 params![
                     s.id,
@@ -313,43 +376,66 @@ impl Store for SqliteStore {
                     s.auto_pause,
                     s.internet,
                     s.envd_version,
+                    s.runtime.as_str(),
+                    s.pause_mode.map(|m| m.as_str()),
+                    s.end_reason,
+                    to_json(&s.allow_out),
+                    to_json(&s.deny_out),
+                    s.auto_pause_memory,
+                    s.auto_resume,
                 ],
             )
             .map_err(db("inserting a sandbox"))?;
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
-    fn update_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "UPDATE sandboxes SET state = ?1, end_at = ?2, killed_at = ?3, auto_pause = ?4 \
-                 WHERE id = ?5",
+    async fn update_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
+        let s = s.clone();
+        self.run(move |conn| {
+            conn.execute(
+                "UPDATE sandboxes SET state = ?1, end_at = ?2, killed_at = ?3, auto_pause = ?4, \
+                 internet = ?5, allow_out = ?6, deny_out = ?7, pause_mode = ?8, end_reason = ?9, \
+                 auto_pause_memory = ?10, auto_resume = ?11 WHERE id = ?12",
                 params![
                     s.state.as_str(),
                     ms(s.end_at),
                     s.killed_at.map(ms),
                     s.auto_pause,
+                    s.internet,
+                    to_json(&s.allow_out),
+                    to_json(&s.deny_out),
+                    s.pause_mode.map(|m| m.as_str()),
+                    s.end_reason,
+                    s.auto_pause_memory,
+                    s.auto_resume,
                     s.id
                 ],
             )
             .map_err(db("updating a sandbox"))?;
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
-    fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
-        let raw = self
-            .conn()
-            .query_row(
-                &format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = ?1"),
-                [id],
-                raw_sandbox,
-            )
-            .optional()
-            .map_err(db("reading a sandbox"))?;
-        raw.map(SandboxRecord::try_from).transpose()
+    async fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |conn| {
+            let raw = conn
+                .query_row(
+                    &format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = ?1"),
+                    [id],
+                    raw_sandbox,
+                )
+                .optional()
+                .map_err(db("reading a sandbox"))?;
+            raw.map(SandboxRecord::try_from).transpose()
+        })
+        .await
     }
 
-    fn list_sandboxes(
+    async fn list_sandboxes(
         &self,
         team_id: Option<&str>,
         states: &[SandboxState],
@@ -367,14 +453,16 @@ impl Store for SqliteStore {
         );
         let mut values: Vec<Option<String>> = vec![team_id.map(str::to_owned)];
         values.extend(states.iter().map(|s| Some(s.as_str().to_owned())));
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&sql).map_err(db("listing sandboxes"))?;
-        let raws = stmt
-            .query_map(rusqlite::params_from_iter(values.iter()), raw_sandbox)
-            .map_err(db("listing sandboxes"))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(db("listing sandboxes"))?;
-        raws.into_iter().map(SandboxRecord::try_from).collect()
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(&sql).map_err(db("listing sandboxes"))?;
+            let raws = stmt
+                .query_map(rusqlite::params_from_iter(values.iter()), raw_sandbox)
+                .map_err(db("listing sandboxes"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db("listing sandboxes"))?;
+            raws.into_iter().map(SandboxRecord::try_from).collect()
+        })
+        .await
     }
 }
 
@@ -402,43 +490,63 @@ mod tests {
             envd_access_token: "tok".into(),
             traffic_access_token: None,
             auto_pause: false,
+            auto_pause_memory: true,
+            auto_resume: false,
             internet: true,
+            allow_out: vec!["10.0.0.0/8".into()],
+            deny_out: Vec::new(),
             envd_version: "0.5.7".into(),
+            runtime: kiln_runtime::RuntimeKind::Gvisor,
+            pause_mode: None,
+            end_reason: None,
         }
     }
 
-    #[test]
-    fn sandboxes_round_trip_and_filter_by_team_and_state() {
+    #[tokio::test]
+    async fn sandboxes_round_trip_and_filter_by_team_and_state() {
         let s = SqliteStore::in_memory().unwrap();
-        s.insert_sandbox(&record("b", "t1", 2)).unwrap();
-        s.insert_sandbox(&record("a", "t1", 1)).unwrap();
-        s.insert_sandbox(&record("c", "t2", 1)).unwrap();
+        s.insert_sandbox(&record("b", "t1", 2)).await.unwrap();
+        s.insert_sandbox(&record("a", "t1", 1)).await.unwrap();
+        s.insert_sandbox(&record("c", "t2", 1)).await.unwrap();
         let mut killed = record("d", "t1", 3);
         killed.state = SandboxState::Killed;
-        s.insert_sandbox(&killed).unwrap();
+        s.insert_sandbox(&killed).await.unwrap();
 
-        assert_eq!(s.get_sandbox("a").unwrap().unwrap(), record("a", "t1", 1));
+        assert_eq!(
+            s.get_sandbox("a").await.unwrap().unwrap(),
+            record("a", "t1", 1)
+        );
         let ids = |v: Vec<SandboxRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
         let live = [SandboxState::Running, SandboxState::Paused];
         assert_eq!(
-            ids(s.list_sandboxes(Some("t1"), &live).unwrap()),
+            ids(s.list_sandboxes(Some("t1"), &live).await.unwrap()),
             ["a", "b"]
         );
-        assert_eq!(ids(s.list_sandboxes(None, &live).unwrap()), ["a", "c", "b"]);
         assert_eq!(
-            ids(s.list_sandboxes(None, &[SandboxState::Killed]).unwrap()),
+            ids(s.list_sandboxes(None, &live).await.unwrap()),
+            ["a", "c", "b"]
+        );
+        assert_eq!(
+            ids(s
+                .list_sandboxes(None, &[SandboxState::Killed])
+                .await
+                .unwrap()),
             ["d"]
         );
 
-        let mut a = s.get_sandbox("a").unwrap().unwrap();
+        let mut a = s.get_sandbox("a").await.unwrap().unwrap();
         a.state = SandboxState::Paused;
         a.end_at = from_ms(99_000).unwrap();
-        s.update_sandbox(&a).unwrap();
-        assert_eq!(s.get_sandbox("a").unwrap().unwrap(), a);
+        a.pause_mode = Some(kiln_runtime::StateMode::Filesystem);
+        a.end_reason = Some("why".into());
+        a.internet = false;
+        a.deny_out = vec!["192.0.2.1".into()];
+        s.update_sandbox(&a).await.unwrap();
+        assert_eq!(s.get_sandbox("a").await.unwrap().unwrap(), a);
     }
 
-    #[test]
-    fn keys_are_found_by_hash_until_revoked() {
+    #[tokio::test]
+    async fn keys_are_found_by_hash_until_revoked() {
         let s = SqliteStore::in_memory().unwrap();
         let k = KeyRecord {
             id: "k1".into(),
@@ -449,25 +557,26 @@ mod tests {
             created_at: from_ms(5).unwrap(),
             revoked_at: None,
         };
-        s.insert_key(&k).unwrap();
-        assert_eq!(s.key_by_hash("h").unwrap(), Some(k.clone()));
-        assert!(s.revoke_key("k1", from_ms(6).unwrap()).unwrap());
-        assert!(!s.revoke_key("k1", from_ms(7).unwrap()).unwrap());
-        assert_eq!(s.key_by_hash("h").unwrap(), None);
+        s.insert_key(&k).await.unwrap();
+        assert_eq!(s.key_by_hash("h").await.unwrap(), Some(k.clone()));
+        assert!(s.revoke_key("k1", from_ms(6).unwrap()).await.unwrap());
+        assert!(!s.revoke_key("k1", from_ms(7).unwrap()).await.unwrap());
+        assert_eq!(s.key_by_hash("h").await.unwrap(), None);
         assert_eq!(
-            s.list_keys().unwrap()[0].revoked_at,
+            s.list_keys().await.unwrap()[0].revoked_at,
             Some(from_ms(6).unwrap())
         );
     }
 
-    #[test]
-    fn migrations_apply_once_on_reopen() {
+    #[tokio::test]
+    async fn migrations_apply_once_on_reopen() {
         let dir = tempfile::tempdir().unwrap();
         SqliteStore::open_in(dir.path())
             .unwrap()
             .insert_sandbox(&record("a", "t", 1))
+            .await
             .unwrap();
         let again = SqliteStore::open_in(dir.path()).unwrap();
-        assert!(again.get_sandbox("a").unwrap().is_some());
+        assert!(again.get_sandbox("a").await.unwrap().is_some());
     }
 }

@@ -2,8 +2,8 @@
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -59,6 +59,7 @@ pub(super) async fn create(
     spec: &SandboxSpec,
 ) -> Result<SandboxHandle, RuntimeError> {
     validate(spec)?;
+    super::egress::check(&spec.egress)?;
     {
         let exists = inner.sandboxes.lock().unwrap().contains_key(&spec.id);
         if exists || !inner.busy.lock().unwrap().insert(spec.id.clone()) {
@@ -117,11 +118,8 @@ pub(super) async fn create(
     };
     match r {
         Ok(rec) => {
-            let sb = Arc::new(Sandbox {
-                oom_kills: AtomicU64::new(inner.cgroups.stats(&rec.cgroup).oom_kills),
-                rec,
-                watcher: Mutex::new(None),
-            });
+            let oom = inner.cgroups.stats(&rec.cgroup).oom_kills;
+            let sb = Arc::new(Sandbox::new(rec, oom, false));
             let handle = sb.rec.handle();
             watch(inner, &sb);
             inner
@@ -183,7 +181,7 @@ fn prepare(
                 cfg.uid_base
             )));
         }
-        if !spec.internet {
+        if !spec.egress.internet {
             inner.net.set_offline(&rec.lease(), true).map_err(net_err)?;
             rec.internet = false;
         }

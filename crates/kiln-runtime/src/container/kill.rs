@@ -16,7 +16,7 @@ pub(super) async fn kill(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeErro
         w.abort();
     }
     let inner2 = inner.clone();
-    let rec = sb.rec.clone();
+    let rec = sb.record();
     blocking(move || destroy(&inner2, &rec, true)).await?;
     tracing::debug!(id, "sandbox killed");
     Ok(())

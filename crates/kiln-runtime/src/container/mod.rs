@@ -1,8 +1,8 @@
 //! The `container` backend: Linux namespaces, an overlayfs root, seccomp,
 //! capabilities, cgroups and a network namespace per sandbox.
 //!
-//! One file per verb (`create.rs`, `kill.rs`, `freeze.rs`, `stats.rs`,
-//! `recover.rs`), the host primitives shared with other runtimes in
+//! One file per verb (`create.rs`, `kill.rs`, `pause.rs` (and resume),
+//! `egress.rs`, `stats.rs`, `recover.rs`), the host primitives shared with other runtimes in
 //! [`crate::host`] (cgroups, disks, seccomp, masks), and `spawn.rs`, the body of the `kiln-spawn`
 //! helper that does the forking, so that this multi-threaded process never
 //! forks without exec.
@@ -13,8 +13,9 @@
 //! everything on disk under `data_dir`.
 
 mod create;
-mod freeze;
+mod egress;
 mod kill;
+mod pause;
 mod recover;
 pub mod spawn;
 mod stats;
@@ -35,7 +36,8 @@ use crate::host::disk;
 pub use kiln_net::NetConfig;
 
 use crate::runtime::{
-    Runtime, RuntimeError, RuntimeEvent, SandboxHandle, SandboxSpec, SandboxStats, AGENT_PORT,
+    Capabilities, EgressPolicy, Found, Paused, Runtime, RuntimeError, RuntimeEvent, RuntimeKind,
+    SandboxHandle, SandboxSpec, SandboxStats, StateMode, AGENT_PORT,
 };
 
 /// Configuration of the container backend.
@@ -153,8 +155,32 @@ impl Record {
 
 struct Sandbox {
     rec: Record,
+    /// Egress now (`rec.internet` is what it was created with).
+    internet: AtomicBool,
+    /// Paused with memory (its cgroup is frozen).
+    frozen: AtomicBool,
     oom_kills: AtomicU64,
     watcher: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Sandbox {
+    fn new(rec: Record, oom_kills: u64, frozen: bool) -> Self {
+        Self {
+            internet: AtomicBool::new(rec.internet),
+            frozen: AtomicBool::new(frozen),
+            oom_kills: AtomicU64::new(oom_kills),
+            rec,
+            watcher: Mutex::new(None),
+        }
+    }
+
+    /// The record as it is now.
+    fn record(&self) -> Record {
+        Record {
+            internet: self.internet.load(Ordering::Acquire),
+            ..self.rec.clone()
+        }
+    }
 }
 
 struct Inner {
@@ -283,20 +309,31 @@ fn spawn_oom_poller(inner: Weak<Inner>) {
 
 #[async_trait::async_trait]
 impl Runtime for ContainerRuntime {
-    fn name(&self) -> &'static str {
-        "container"
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Container
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            pause_memory: true,
+            ..Capabilities::default()
+        }
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
         create::create(&self.inner, spec).await
     }
 
-    async fn freeze(&self, id: &str) -> Result<(), RuntimeError> {
-        freeze::set_frozen(&self.inner, id, true).await
+    async fn pause(&self, id: &str, mode: StateMode) -> Result<Paused, RuntimeError> {
+        pause::pause(&self.inner, id, mode).await
     }
 
-    async fn thaw(&self, id: &str) -> Result<(), RuntimeError> {
-        freeze::set_frozen(&self.inner, id, false).await
+    async fn resume(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+        pause::resume(&self.inner, spec).await
+    }
+
+    async fn set_egress(&self, id: &str, policy: &EgressPolicy) -> Result<(), RuntimeError> {
+        egress::set_egress(&self.inner, id, policy).await
     }
 
     async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
@@ -307,18 +344,31 @@ impl Runtime for ContainerRuntime {
         stats::stats(&self.inner, id).await
     }
 
-    async fn list(&self) -> Result<Vec<SandboxHandle>, RuntimeError> {
+    async fn list(&self) -> Result<Vec<Found>, RuntimeError> {
         Ok(self
             .inner
             .sandboxes
             .lock()
             .unwrap()
             .values()
-            .map(|s| s.rec.handle())
+            .map(|s| {
+                if s.frozen.load(Ordering::Acquire) {
+                    Found::Paused {
+                        id: s.rec.id.clone(),
+                        mode: StateMode::Memory,
+                    }
+                } else {
+                    Found::Running(s.rec.handle())
+                }
+            })
             .collect())
     }
 
     fn subscribe(&self) -> broadcast::Receiver<RuntimeEvent> {
         self.inner.events.subscribe()
+    }
+
+    async fn shutdown(&self) -> Result<(), RuntimeError> {
+        ContainerRuntime::shutdown(self).await
     }
 }

@@ -96,14 +96,8 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
         for rec in live {
             tracing::info!(id = %rec.id, "re-attached a running sandbox");
             let oom = inner.cgroups.stats(&rec.cgroup).oom_kills;
-            map.insert(
-                rec.id.clone(),
-                Arc::new(Sandbox {
-                    rec,
-                    oom_kills: AtomicU64::new(oom),
-                    watcher: Mutex::new(None),
-                }),
-            );
+            let frozen = inner.cgroups.is_frozen(&rec.cgroup);
+            map.insert(rec.id.clone(), Arc::new(Sandbox::new(rec, oom, frozen)));
         }
     }
     Ok(inner)

@@ -9,10 +9,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kiln_api::rest::{
-    ConnectSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxMetric, SandboxRefreshRequest,
-    SandboxState as WireState, SandboxTimeoutRequest,
+    ConnectSandbox, NewSandbox, OnTimeout, PauseMode, Sandbox, SandboxDetail, SandboxLifecycle,
+    SandboxMetric, SandboxPauseRequest, SandboxRefreshRequest, SandboxState as WireState,
+    SandboxTimeoutRequest,
 };
 use kiln_core::{CreateSandbox, ListFilter, SandboxRecord, SandboxState};
+use kiln_runtime::{RuntimeKind, StateMode};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
@@ -57,6 +59,19 @@ fn detail_body(state: &AppState, r: &SandboxRecord, with_secrets: bool) -> Sandb
         envd_access_token: with_secrets.then(|| r.envd_access_token.clone()),
         allow_internet_access: with_secrets.then_some(r.internet),
         domain: with_secrets.then(|| state.domain.clone()),
+        lifecycle: with_secrets.then_some(SandboxLifecycle {
+            auto_resume: r.auto_resume,
+            on_timeout: if r.auto_pause {
+                OnTimeout::Pause
+            } else {
+                OnTimeout::Kill
+            },
+        }),
+        pause_mode: r.pause_mode.map(|m| match m {
+            StateMode::Memory => PauseMode::Full,
+            StateMode::Filesystem => PauseMode::Filesystem,
+        }),
+        runtime: Some(r.runtime.to_string()),
     }
 }
 
@@ -100,6 +115,14 @@ pub async fn create(
         .as_ref()
         .and_then(|n| n.allow_public_traffic)
         .is_some_and(|public| !public);
+    let runtime = match req.runtime.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(
+            name.parse::<RuntimeKind>()
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        ),
+    };
+    let network = req.network.unwrap_or_default();
     let rec = state
         .core
         .create(
@@ -108,10 +131,15 @@ pub async fn create(
                 template: req.template_id,
                 timeout_secs: req.timeout,
                 auto_pause: req.auto_pause.unwrap_or(false),
+                auto_pause_memory: req.auto_pause_memory.unwrap_or(true),
+                auto_resume: req.auto_resume.is_some_and(|a| a.enabled),
                 internet: req.allow_internet_access.unwrap_or(true),
                 private_traffic: private,
                 metadata: req.metadata.unwrap_or_default(),
                 env_vars: req.env_vars.unwrap_or_default(),
+                allow_out: network.allow_out.unwrap_or_default(),
+                deny_out: network.deny_out.unwrap_or_default(),
+                runtime,
             },
         )
         .await?;
@@ -286,7 +314,7 @@ pub async fn set_timeout(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     let req: SandboxTimeoutRequest = required_json_body(&body?)?;
-    state.core.set_timeout(&team, &id, req.timeout)?;
+    state.core.set_timeout(&team, &id, req.timeout).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -301,7 +329,7 @@ pub async fn refresh(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     let req: SandboxRefreshRequest = json_body(&body?)?;
-    state.core.refresh(&team, &id, req.duration)?;
+    state.core.refresh(&team, &id, req.duration).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -342,16 +370,25 @@ pub async fn connect(
     Ok((status, Json(sandbox_body(&state, &rec))))
 }
 
-/// Pause a sandbox (its processes are frozen; its timeout stops).
+/// Pause a sandbox, keeping its memory (the default) or only its
+/// filesystem (`{"memory": false}`: processes end, resume boots anew). Its
+/// timeout stops while paused.
 #[utoipa::path(post, path = "/sandboxes/{sandboxID}/pause", tag = "sandboxes",
-    params(("sandboxID" = String, Path)),
-    responses((status = 204), (status = 404, body = kiln_api::rest::Error), (status = 409, body = kiln_api::rest::Error)))]
+    params(("sandboxID" = String, Path)), request_body = SandboxPauseRequest,
+    responses((status = 204), (status = 400, description = "The sandbox's runtime cannot pause that way", body = kiln_api::rest::Error), (status = 404, body = kiln_api::rest::Error), (status = 409, body = kiln_api::rest::Error)))]
 pub async fn pause(
     State(state): State<AppState>,
     Auth(team): Auth,
     Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    state.core.pause(&team, &id).await?;
+    let req: SandboxPauseRequest = json_body(&body?)?;
+    let mode = if req.memory.unwrap_or(true) {
+        StateMode::Memory
+    } else {
+        StateMode::Filesystem
+    };
+    state.core.pause(&team, &id, mode).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

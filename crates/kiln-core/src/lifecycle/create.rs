@@ -1,0 +1,126 @@
+//! `create`: a new sandbox from a template, on the runtime the request,
+//! the template or the server names.
+
+use chrono::{Duration, Utc};
+
+use super::transitions::{check, leads_to, Op};
+use super::validate::{validate_env, validate_metadata};
+use super::{lock, Core, Live};
+use crate::error::CoreError;
+use crate::ids::{new_sandbox_id, random_hex};
+use crate::sandbox::{CreateSandbox, SandboxRecord, SandboxState, Team};
+use crate::timers;
+
+impl Core {
+    /// Creates and starts a sandbox. On any failure nothing is left behind:
+    /// the runtime's sandbox is killed and the record marked killed.
+    pub async fn create(
+        &self,
+        team: &Team,
+        req: CreateSandbox,
+    ) -> Result<SandboxRecord, CoreError> {
+        let (core, team) = (self.clone(), team.clone());
+        self.detached(async move { core.create_inner(&team, req).await })
+            .await
+    }
+
+    async fn create_inner(
+        &self,
+        team: &Team,
+        req: CreateSandbox,
+    ) -> Result<SandboxRecord, CoreError> {
+        let timeout = self.validate_timeout(
+            req.timeout_secs
+                .unwrap_or(self.inner.config.default_timeout_secs),
+        )?;
+        validate_metadata(&req.metadata)?;
+        validate_env(&req.env_vars)?;
+        let template =
+            self.inner.templates.resolve(&req.template).ok_or_else(|| {
+                CoreError::NotFound(format!("template {:?} not found", req.template))
+            })?;
+        let runtime = req
+            .runtime
+            .or(template.runtime)
+            .unwrap_or(self.inner.runtimes.default_kind());
+        let backend = self.inner.runtimes.get(runtime)?;
+        let caps = backend.runtime.capabilities();
+        if (!req.allow_out.is_empty() || !req.deny_out.is_empty()) && !caps.egress_lists {
+            return Err(CoreError::InvalidArgument(format!(
+                "the {runtime} runtime does not enforce network allowOut/denyOut lists yet; \
+                 use allow_internet_access to turn egress on or off"
+            )));
+        }
+
+        let now = Utc::now();
+        let record = SandboxRecord {
+            id: new_sandbox_id(),
+            team_id: team.id.clone(),
+            template_id: template.template.id.clone(),
+            alias: (req.template != template.template.id).then(|| req.template.clone()),
+            state: SandboxState::Creating,
+            started_at: now,
+            end_at: now + Duration::seconds(timeout),
+            killed_at: None,
+            vcpus: template.vcpus,
+            memory_mib: template.memory_mib,
+            disk_mib: template.disk_mib,
+            metadata: req.metadata,
+            env_vars: req.env_vars,
+            envd_access_token: random_hex(32),
+            traffic_access_token: req.private_traffic.then(|| random_hex(32)),
+            auto_pause: req.auto_pause,
+            auto_pause_memory: req.auto_pause_memory,
+            auto_resume: req.auto_resume,
+            internet: req.internet,
+            allow_out: req.allow_out,
+            deny_out: req.deny_out,
+            envd_version: self.inner.config.envd_version.clone(),
+            runtime,
+            pause_mode: None,
+            end_reason: None,
+        };
+        self.inner.store.insert_sandbox(&record).await?;
+        let live = Live::new(record.clone(), None);
+        let guard = live.op.lock().await;
+        self.insert_live(live.clone());
+
+        let started = async {
+            let spec = self.spec_for(&record)?;
+            let handle = backend.runtime.create(&spec).await?;
+            *lock(&live.handle) = Some(handle.clone());
+            self.init_agent(&handle, &record).await?;
+            self.run_start_command(&handle, &record).await
+        }
+        .await;
+        if let Err(e) = started {
+            tracing::error!(sandbox = %record.id, error = %e, "creating a sandbox failed");
+            self.finish_kill(&live, Some("its creation failed")).await;
+            return Err(e);
+        }
+
+        check(Op::Started, &record.id, live.state())?;
+        debug_assert!(leads_to(
+            Op::Started,
+            SandboxState::Creating,
+            SandboxState::Running
+        ));
+        let record = {
+            let mut rec = lock(&live.record);
+            rec.state = SandboxState::Running;
+            // The timeout counts from when the sandbox is usable.
+            rec.end_at = Self::deadline(timeout);
+            rec.clone()
+        };
+        live.end_tx.send_replace(record.end_at);
+        if let Err(e) = self.inner.store.update_sandbox(&record).await {
+            self.finish_kill(&live, Some("recording its creation failed"))
+                .await;
+            return Err(e.into());
+        }
+        drop(guard);
+        timers::spawn_timer(self, &live);
+        tracing::info!(sandbox = %record.id, template = %record.template_id, runtime = %runtime, team = %team.id, "sandbox created");
+        Ok(record)
+    }
+}
