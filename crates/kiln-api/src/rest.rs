@@ -231,6 +231,17 @@ pub struct ConnectSandbox {
     /// Resume only: pause again (instead of kill) when the timeout expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_pause: Option<bool>,
+    /// For a paused sandbox: restore its memory (true, the default) or boot
+    /// it anew on its kept filesystem (false, E2B's `on_resume: reboot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bool>,
+}
+
+impl ConnectSandbox {
+    /// Whether the caller asked for a reboot rather than a restore.
+    pub fn reboot(&self) -> bool {
+        self.memory == Some(false)
+    }
 }
 
 /// One resource-use sample of a sandbox.

@@ -12,8 +12,8 @@ use kiln_core::{Core, CoreConfig, Runtimes};
 use kiln_core::{CoreError, CreateSandbox, ListFilter, NoAgent, SandboxState, Team};
 use kiln_runtime::fake::{FakeRuntime, FakeState};
 use kiln_runtime::{
-    Capabilities, EgressPolicy, Found, Paused, Runtime, RuntimeError, RuntimeEvent, RuntimeKind,
-    SandboxHandle, SandboxSpec, SandboxStats, StateMode, TemplateRef,
+    Capabilities, EgressPolicy, Found, Paused, ResumeMode, Runtime, RuntimeError, RuntimeEvent,
+    RuntimeKind, SandboxHandle, SandboxSpec, SandboxStats, StateMode, TemplateRef,
 };
 
 fn catalog() -> Arc<TemplateCatalog> {
@@ -195,7 +195,7 @@ async fn teams_do_not_see_each_other() {
         Err(CoreError::NotFound(_))
     ));
     assert!(matches!(
-        core.connect(&b, &rec.id, None).await,
+        core.connect(&b, &rec.id, None, ResumeMode::Restore).await,
         Err(CoreError::NotFound(_))
     ));
     assert!(core
@@ -368,14 +368,21 @@ async fn auto_pause_pauses_on_timeout_and_connect_resumes() {
         "a paused sandbox is not routable"
     );
 
-    let (resumed, was_paused) = core.connect(&t, &rec.id, Some(60)).await.unwrap();
+    let (resumed, was_paused) = core
+        .connect(&t, &rec.id, Some(60), ResumeMode::Restore)
+        .await
+        .unwrap();
     assert!(was_paused);
     assert_eq!(resumed.state, SandboxState::Running);
     assert_eq!(rt.state(&rec.id), Some(FakeState::Running));
-    let (_, was_paused) = core.connect(&t, &rec.id, Some(60)).await.unwrap();
+    let (_, was_paused) = core
+        .connect(&t, &rec.id, Some(60), ResumeMode::Restore)
+        .await
+        .unwrap();
     assert!(!was_paused);
     assert!(matches!(
-        core.resume(&t, &rec.id, None, None).await,
+        core.resume(&t, &rec.id, None, None, ResumeMode::Restore)
+            .await,
         Err(CoreError::Conflict(_))
     ));
 }
@@ -483,8 +490,12 @@ impl<H: BeforeCreate> Runtime for Hooked<H> {
     async fn pause(&self, id: &str, mode: StateMode) -> Result<Paused, RuntimeError> {
         self.inner.pause(id, mode).await
     }
-    async fn resume(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
-        self.inner.resume(spec).await
+    async fn resume(
+        &self,
+        spec: &SandboxSpec,
+        mode: ResumeMode,
+    ) -> Result<SandboxHandle, RuntimeError> {
+        self.inner.resume(spec, mode).await
     }
     async fn set_egress(&self, id: &str, policy: &EgressPolicy) -> Result<(), RuntimeError> {
         self.inner.set_egress(id, policy).await
@@ -695,18 +706,28 @@ async fn pause_modes_follow_the_table_and_a_filesystem_resume_boots_anew() {
         core.pause(&t, &rec.id, StateMode::Memory).await,
         Err(CoreError::Conflict(m)) if m.contains("already paused")
     ));
-    let resumed = core.resume(&t, &rec.id, Some(60), None).await.unwrap();
+    let resumed = core
+        .resume(&t, &rec.id, Some(60), None, ResumeMode::Restore)
+        .await
+        .unwrap();
     assert_eq!(resumed.state, SandboxState::Running);
     assert_eq!(resumed.pause_mode, None);
     assert_eq!(rt.boots(&rec.id), Some(2), "a filesystem resume boots anew");
     assert!(matches!(
-        core.resume(&t, &rec.id, None, None).await,
+        core.resume(&t, &rec.id, None, None, ResumeMode::Restore).await,
         Err(CoreError::Conflict(m)) if m.contains("not paused")
     ));
-    // A memory pause and resume does not boot.
+    // A memory pause and resume does not boot; a reboot does.
     core.pause(&t, &rec.id, StateMode::Memory).await.unwrap();
-    core.resume(&t, &rec.id, None, None).await.unwrap();
+    core.resume(&t, &rec.id, None, None, ResumeMode::Restore)
+        .await
+        .unwrap();
     assert_eq!(rt.boots(&rec.id), Some(2));
+    core.pause(&t, &rec.id, StateMode::Memory).await.unwrap();
+    core.resume(&t, &rec.id, None, None, ResumeMode::Reboot)
+        .await
+        .unwrap();
+    assert_eq!(rt.boots(&rec.id), Some(3));
     // A failing runtime pause leaves it running, as before.
     rt.fail_next("pause", "disk on fire");
     assert!(core.pause(&t, &rec.id, StateMode::Memory).await.is_err());
@@ -810,7 +831,7 @@ async fn restart_reconciles_the_store_with_what_the_host_holds() {
         .await
         .unwrap();
     let spec = rt.spec(&resume_missed.id).unwrap();
-    rt.resume(&spec).await.unwrap();
+    rt.resume(&spec, ResumeMode::Restore).await.unwrap();
     // Then the host rebooted: what was only in memory is gone.
     rt.reboot();
 
@@ -824,7 +845,9 @@ async fn restart_reconciles_the_store_with_what_the_host_holds() {
         core.get(&t, &on_disk.id).unwrap().state,
         SandboxState::Paused
     );
-    core.resume(&t, &on_disk.id, None, None).await.unwrap();
+    core.resume(&t, &on_disk.id, None, None, ResumeMode::Restore)
+        .await
+        .unwrap();
     // The pause the store missed is a pause.
     let p = store.get_sandbox(&pause_missed.id).await.unwrap().unwrap();
     assert_eq!(p.state, SandboxState::Paused);
@@ -859,7 +882,9 @@ async fn a_resume_the_store_missed_is_a_resume() {
         core.pause(&t, &rec.id, StateMode::Memory).await.unwrap();
         rec
     };
-    rt.resume(&rt.spec(&rec.id).unwrap()).await.unwrap();
+    rt.resume(&rt.spec(&rec.id).unwrap(), ResumeMode::Restore)
+        .await
+        .unwrap();
     let store = Arc::new(SqliteStore::open_in(dir.path()).unwrap());
     let core = core_with(store.clone(), rt.clone());
     let report = core.start().await.unwrap();

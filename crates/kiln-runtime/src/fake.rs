@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use tokio::sync::broadcast;
 
 use crate::runtime::{
-    Capabilities, EgressPolicy, Found, Paused, Runtime, RuntimeError, RuntimeEvent, RuntimeKind,
-    SandboxHandle, SandboxSpec, SandboxStats, SnapshotInfo, StateMode, AGENT_PORT,
+    Capabilities, EgressPolicy, Found, Paused, ResumeMode, Runtime, RuntimeError, RuntimeEvent,
+    RuntimeKind, SandboxHandle, SandboxSpec, SandboxStats, SnapshotInfo, StateMode, AGENT_PORT,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +186,11 @@ impl Runtime for FakeRuntime {
         })
     }
 
-    async fn resume(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+    async fn resume(
+        &self,
+        spec: &SandboxSpec,
+        mode: ResumeMode,
+    ) -> Result<SandboxHandle, RuntimeError> {
         self.failing("resume")?;
         let mut map = self.sandboxes.lock().unwrap();
         let sb = map
@@ -200,6 +204,7 @@ impl Runtime for FakeRuntime {
                 )))
             }
             FakeState::Paused(StateMode::Filesystem) => sb.boots += 1,
+            FakeState::Paused(StateMode::Memory) if mode == ResumeMode::Reboot => sb.boots += 1,
             FakeState::Paused(StateMode::Memory) => {}
         }
         sb.state = FakeState::Running;

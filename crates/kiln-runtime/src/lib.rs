@@ -10,7 +10,7 @@ pub mod fake;
 pub mod host;
 
 pub use runtime::{
-    Capabilities, EgressPolicy, Found, Paused, Runtime, RuntimeError, RuntimeEvent, RuntimeKind,
-    SandboxHandle, SandboxSpec, SandboxStats, SnapshotInfo, StateMode, TemplateRef, UnknownRuntime,
-    AGENT_PORT,
+    Capabilities, EgressPolicy, Found, Paused, ResumeMode, Runtime, RuntimeError, RuntimeEvent,
+    RuntimeKind, SandboxHandle, SandboxSpec, SandboxStats, SnapshotInfo, StateMode, TemplateRef,
+    UnknownRuntime, AGENT_PORT,
 };

@@ -133,6 +133,18 @@ impl FromStr for StateMode {
     }
 }
 
+/// How a paused sandbox comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResumeMode {
+    /// As it was paused: from memory if the pause kept it, else booted
+    /// anew on its kept filesystem.
+    Restore,
+    /// Booted anew on its kept filesystem, whatever the pause kept (E2B's
+    /// `on_resume: reboot`); a memory state is discarded.
+    Reboot,
+}
+
 /// A template as a runtime needs it: a root filesystem on disk and its defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TemplateRef {
@@ -342,7 +354,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// Resumes a paused sandbox (`spec` describes it as it was created) and
     /// returns how to reach it now (a restored or rebooted sandbox may have
     /// a new address). On error it is still paused, its state intact.
-    async fn resume(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError>;
+    async fn resume(
+        &self,
+        spec: &SandboxSpec,
+        mode: ResumeMode,
+    ) -> Result<SandboxHandle, RuntimeError>;
 
     /// Takes a snapshot of a running or paused sandbox under `snapshot_id`;
     /// the sandbox goes on as it was. The snapshot is complete and durable

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kiln_runtime::{Found, Runtime, RuntimeEvent, StateMode};
+use kiln_runtime::{Found, ResumeMode, Runtime, RuntimeEvent, StateMode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_and_isolation_from_inside() {
@@ -65,7 +65,12 @@ async fn lifecycle_and_isolation_from_inside() {
     assert!(ask_timeout(h.ip, "ping", Duration::from_millis(500))
         .await
         .is_err());
-    assert_eq!(rt.resume(&spec("life-1")).await.unwrap(), h);
+    assert_eq!(
+        rt.resume(&spec("life-1"), ResumeMode::Restore)
+            .await
+            .unwrap(),
+        h
+    );
     assert_eq!(ask(h.ip, "ping").await, "pong");
 
     let st = rt.stats("life-1").await.unwrap();
@@ -192,7 +197,9 @@ fn recovery_after_server_crash() {
             }
             // The re-attached sandbox works like any other.
             rt.pause("rec-alive", StateMode::Memory).await.unwrap();
-            rt.resume(&spec("rec-alive")).await.unwrap();
+            rt.resume(&spec("rec-alive"), ResumeMode::Restore)
+                .await
+                .unwrap();
             rt.kill("rec-alive").await.unwrap();
             assert!(ask_timeout(alive.ip, "ping", Duration::from_millis(300))
                 .await

@@ -2,7 +2,7 @@
 //! booted anew on its kept filesystem); connecting to a running one only
 //! extends it.
 
-use kiln_runtime::StateMode;
+use kiln_runtime::{ResumeMode, StateMode};
 
 use super::transitions::{check, Op};
 use super::{lock, Core, Live};
@@ -18,6 +18,7 @@ impl Core {
         team: &Team,
         id: &str,
         secs: Option<i64>,
+        mode: ResumeMode,
     ) -> Result<(SandboxRecord, bool), CoreError> {
         let secs = self.validate_timeout(secs.unwrap_or(self.inner.config.default_timeout_secs))?;
         let live = self.owned(team, id)?;
@@ -26,7 +27,7 @@ impl Core {
         check(Op::Connect, id, state)?;
         if state == SandboxState::Paused {
             drop(guard);
-            let rec = self.resume(team, id, Some(secs), None).await?;
+            let rec = self.resume(team, id, Some(secs), None, mode).await?;
             return Ok((rec, true));
         }
         self.extend(&live, secs).await?;
@@ -40,11 +41,12 @@ impl Core {
         id: &str,
         secs: Option<i64>,
         auto_pause: Option<bool>,
+        mode: ResumeMode,
     ) -> Result<SandboxRecord, CoreError> {
         let secs = self.validate_timeout(secs.unwrap_or(self.inner.config.default_timeout_secs))?;
         let live = self.owned(team, id)?;
         let core = self.clone();
-        self.detached(async move { core.resume_owned(live, secs, auto_pause).await })
+        self.detached(async move { core.resume_owned(live, secs, auto_pause, mode).await })
             .await
     }
 
@@ -53,14 +55,15 @@ impl Core {
         live: Arc<Live>,
         secs: i64,
         auto_pause: Option<bool>,
+        mode: ResumeMode,
     ) -> Result<SandboxRecord, CoreError> {
         let _guard = live.op.lock().await;
         let rec = live.record();
         check(Op::Resume, &rec.id, rec.state)?;
         let spec = self.spec_for(&rec)?;
-        let handle = self.backend_of(&rec)?.runtime.resume(&spec).await?;
+        let handle = self.backend_of(&rec)?.runtime.resume(&spec, mode).await?;
         *lock(&live.handle) = Some(handle.clone());
-        let booted = rec.pause_mode == Some(StateMode::Filesystem);
+        let booted = rec.pause_mode == Some(StateMode::Filesystem) || mode == ResumeMode::Reboot;
         let ready = async {
             self.init_agent(&handle, &rec).await?;
             if booted {

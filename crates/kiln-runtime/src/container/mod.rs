@@ -36,8 +36,8 @@ use crate::host::disk;
 pub use kiln_net::NetConfig;
 
 use crate::runtime::{
-    Capabilities, EgressPolicy, Found, Paused, Runtime, RuntimeError, RuntimeEvent, RuntimeKind,
-    SandboxHandle, SandboxSpec, SandboxStats, StateMode, AGENT_PORT,
+    Capabilities, EgressPolicy, Found, Paused, ResumeMode, Runtime, RuntimeError, RuntimeEvent,
+    RuntimeKind, SandboxHandle, SandboxSpec, SandboxStats, StateMode, AGENT_PORT,
 };
 
 /// Configuration of the container backend.
@@ -328,8 +328,12 @@ impl Runtime for ContainerRuntime {
         pause::pause(&self.inner, id, mode).await
     }
 
-    async fn resume(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
-        pause::resume(&self.inner, spec).await
+    async fn resume(
+        &self,
+        spec: &SandboxSpec,
+        mode: ResumeMode,
+    ) -> Result<SandboxHandle, RuntimeError> {
+        pause::resume(&self.inner, spec, mode).await
     }
 
     async fn set_egress(&self, id: &str, policy: &EgressPolicy) -> Result<(), RuntimeError> {

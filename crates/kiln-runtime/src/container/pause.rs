@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{blocking, Inner};
-use crate::runtime::{Paused, RuntimeError, RuntimeKind, SandboxHandle, SandboxSpec, StateMode};
+use crate::runtime::{
+    Paused, ResumeMode, RuntimeError, RuntimeKind, SandboxHandle, SandboxSpec, StateMode,
+};
 
 pub(super) async fn pause(
     inner: &Arc<Inner>,
@@ -39,7 +41,14 @@ pub(super) async fn pause(
 pub(super) async fn resume(
     inner: &Arc<Inner>,
     spec: &SandboxSpec,
+    mode: ResumeMode,
 ) -> Result<SandboxHandle, RuntimeError> {
+    if mode == ResumeMode::Reboot {
+        return Err(RuntimeError::unsupported(
+            RuntimeKind::Container,
+            "reboot a paused sandbox yet",
+        ));
+    }
     let sb = inner.get(&spec.id)?;
     if !sb.frozen.load(Ordering::Acquire) {
         return Err(RuntimeError::WrongState(format!(

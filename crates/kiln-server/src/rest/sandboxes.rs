@@ -14,7 +14,7 @@ use kiln_api::rest::{
     SandboxTimeoutRequest,
 };
 use kiln_core::{CreateSandbox, ListFilter, SandboxRecord, SandboxState};
-use kiln_runtime::{RuntimeKind, StateMode};
+use kiln_runtime::{ResumeMode, RuntimeKind, StateMode};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
@@ -361,7 +361,10 @@ pub async fn connect(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
     let req: ConnectSandbox = json_body(&body?)?;
-    let (rec, resumed) = state.core.connect(&team, &id, req.timeout).await?;
+    let (rec, resumed) = state
+        .core
+        .connect(&team, &id, req.timeout, resume_mode(&req))
+        .await?;
     let status = if resumed {
         StatusCode::CREATED
     } else {
@@ -405,9 +408,17 @@ pub async fn resume(
     let req: ConnectSandbox = json_body(&body?)?;
     let rec = state
         .core
-        .resume(&team, &id, req.timeout, req.auto_pause)
+        .resume(&team, &id, req.timeout, req.auto_pause, resume_mode(&req))
         .await?;
     Ok((StatusCode::CREATED, Json(sandbox_body(&state, &rec))))
+}
+
+fn resume_mode(req: &ConnectSandbox) -> ResumeMode {
+    if req.reboot() {
+        ResumeMode::Reboot
+    } else {
+        ResumeMode::Restore
+    }
 }
 
 /// Current resource use (one sample, from cgroups).
