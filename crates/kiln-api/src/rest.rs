@@ -289,6 +289,64 @@ pub struct Template {
     pub build_status: String,
 }
 
+/// Body of `POST /sandboxes/{id}/snapshots`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxSnapshotRequest {
+    /// A name for the snapshot; one that is taken gets the new content
+    /// under its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Keep memory (sandboxes started from it go on where the source was)
+    /// or only the filesystem (they boot). Default: memory where the
+    /// sandbox's runtime keeps it, else the filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bool>,
+}
+
+/// A snapshot: `Sandbox.create(snapshotID)` starts sandboxes from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotInfo {
+    /// `<id>:default`.
+    #[serde(rename = "snapshotID")]
+    pub snapshot_id: String,
+    /// `<team>/<name>:default` when named.
+    pub names: Vec<String>,
+    /// Kiln extension: the sandbox it was taken of.
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    /// Kiln extension: `memory` or `filesystem`.
+    pub mode: String,
+    /// Kiln extension: bytes it holds on disk beyond the template.
+    pub size_bytes: u64,
+    /// Kiln extension: SHA-256 of its content.
+    pub content_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Body of `POST /sandboxes/{id}/fork`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxForkRequest {
+    /// Time to live of each copy in seconds (default 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub timeout: Option<i64>,
+    /// How many copies, 1 to 100 (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub count: Option<u32>,
+}
+
+/// One copy of a fork: exactly one of `sandbox` and `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxForkResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Sandbox>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Error>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod keys;
 pub mod lifecycle;
 pub mod sandbox;
+pub mod snapshots;
 pub mod store;
 pub mod templates;
 
@@ -19,6 +20,7 @@ mod timers;
 
 pub use agent::{AgentClient, AgentInit, NoAgent};
 pub use error::CoreError;
-pub use lifecycle::{Core, CoreConfig, Gone, Metrics, Route};
+pub use lifecycle::{Core, CoreConfig, Gone, Metrics, Route, SnapshotFilter};
 pub use runtimes::{Backend, Runtimes};
 pub use sandbox::{CreateSandbox, ListFilter, Page, SandboxRecord, SandboxState, Team};
+pub use snapshots::{SnapshotRecord, SnapshotState};

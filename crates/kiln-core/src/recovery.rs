@@ -10,11 +10,12 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use kiln_runtime::{Found, RuntimeKind, StateMode};
+use kiln_runtime::{Found, RuntimeKind, SnapshotInfo, StateMode};
 
 use crate::error::CoreError;
 use crate::lifecycle::{Core, Live};
 use crate::sandbox::{SandboxRecord, SandboxState};
+use crate::snapshots::SnapshotState;
 use crate::timers;
 
 /// What recovery found.
@@ -29,6 +30,10 @@ pub struct RecoveryReport {
     pub cleaned: usize,
     /// Found in a runtime with no live record: killed.
     pub orphans_killed: usize,
+    /// Snapshots whose taking a crash interrupted, settled either way, plus
+    /// a fork's leftover snapshots and content no record names: removed or
+    /// completed.
+    pub snapshots_settled: usize,
 }
 
 pub(crate) async fn recover(core: &Core) -> Result<RecoveryReport, CoreError> {
@@ -140,12 +145,14 @@ pub(crate) async fn recover(core: &Core) -> Result<RecoveryReport, CoreError> {
         kill_orphan(core, kind, &id).await;
         report.orphans_killed += 1;
     }
+    report.snapshots_settled = reconcile_snapshots(core).await?;
     if report != RecoveryReport::default() {
         tracing::info!(
             reattached = report.reattached,
             paused = report.paused,
             cleaned = report.cleaned,
             orphans_killed = report.orphans_killed,
+            snapshots_settled = report.snapshots_settled,
             "recovered sandboxes of the previous run"
         );
     }
@@ -190,4 +197,64 @@ async fn mark_killed(core: &Core, rec: &mut SandboxRecord, why: &str) -> Result<
     rec.end_reason = Some(why.to_owned());
     core.inner.store.update_sandbox(rec).await?;
     Ok(())
+}
+
+/// Makes the snapshot records and the runtimes' snapshots agree: a record
+/// still `creating` is ready if its content is complete on disk, else
+/// dropped; a fork's snapshot is dropped; a ready record whose content is
+/// gone is dropped (and said); content no record names is deleted.
+async fn reconcile_snapshots(core: &Core) -> Result<usize, CoreError> {
+    let inner = &core.inner;
+    let mut settled = 0;
+    let records = inner.store.list_snapshots(None).await?;
+    for backend in inner.runtimes.backends() {
+        let kind = backend.runtime.kind();
+        let on_disk: HashMap<String, SnapshotInfo> = backend
+            .runtime
+            .list_snapshots()
+            .await?
+            .into_iter()
+            .map(|i| (i.id.clone(), i))
+            .collect();
+        let mut named = std::collections::HashSet::new();
+        for mut rec in records.iter().filter(|r| r.runtime == kind).cloned() {
+            let info = on_disk.get(&rec.build_id);
+            match (rec.state, info) {
+                _ if rec.internal => {
+                    tracing::info!(snapshot = %rec.id, "removing a fork's snapshot left by the previous run");
+                    inner.store.delete_snapshot(&rec.id).await?;
+                    settled += 1;
+                }
+                (SnapshotState::Creating, Some(info)) => {
+                    rec.state = SnapshotState::Ready;
+                    rec.size_bytes = info.size_bytes;
+                    rec.content_hash = info.content_hash.clone();
+                    rec.mode = info.mode;
+                    inner.store.update_snapshot(&rec).await?;
+                    named.insert(rec.build_id.clone());
+                    settled += 1;
+                }
+                (SnapshotState::Creating, None) => {
+                    inner.store.delete_snapshot(&rec.id).await?;
+                    settled += 1;
+                }
+                (SnapshotState::Ready, Some(_)) => {
+                    named.insert(rec.build_id.clone());
+                }
+                (SnapshotState::Ready, None) => {
+                    tracing::error!(snapshot = %rec.id, runtime = %kind, "a snapshot's content is gone from the host; forgetting it");
+                    inner.store.delete_snapshot(&rec.id).await?;
+                    settled += 1;
+                }
+            }
+        }
+        for build in on_disk.keys().filter(|b| !named.contains(*b)) {
+            tracing::info!(build = %build, runtime = %kind, "deleting snapshot content no record names");
+            if let Err(e) = backend.runtime.delete_snapshot(build).await {
+                tracing::error!(build = %build, error = %e, "deleting leftover snapshot content failed");
+            }
+            settled += 1;
+        }
+    }
+    Ok(settled)
 }

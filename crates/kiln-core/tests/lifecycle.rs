@@ -895,3 +895,277 @@ async fn a_resume_the_store_missed_is_a_resume() {
     assert_eq!(stored.state, SandboxState::Running);
     assert_eq!(stored.pause_mode, None);
 }
+
+#[tokio::test]
+async fn snapshots_start_sandboxes_and_names_keep_their_id() {
+    let (core, rt, _) = setup();
+    let t = team("a");
+    let src = core.create(&t, req()).await.unwrap();
+    let snap = core
+        .create_snapshot(&t, &src.id, Some("mine".into()), None)
+        .await
+        .unwrap();
+    assert_eq!(snap.state, kiln_core::SnapshotState::Ready);
+    assert_eq!(snap.mode, StateMode::Memory, "the fake keeps memory");
+    assert_eq!(snap.tagged_id(), format!("{}:default", snap.id));
+    // Any number of sandboxes, by id, tagged id or name; independent.
+    let mut made = Vec::new();
+    for name in [
+        snap.id.clone(),
+        snap.tagged_id(),
+        "mine".into(),
+        "a/mine:default".into(),
+    ] {
+        let rec = core
+            .create(
+                &t,
+                CreateSandbox {
+                    template: name.clone(),
+                    ..req()
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(rec.template_id, "base-v1");
+        assert_eq!(rec.alias.as_deref(), Some(name.as_str()));
+        made.push(rec.id);
+    }
+    assert_eq!(rt.count(), 5);
+    // Another team sees no such template.
+    let other = core
+        .create(
+            &team("b"),
+            CreateSandbox {
+                template: snap.id.clone(),
+                ..req()
+            },
+        )
+        .await;
+    assert!(matches!(other, Err(CoreError::NotFound(_))), "{other:?}");
+    // A tag other than default is not Kiln's.
+    let tagged = core
+        .create(
+            &t,
+            CreateSandbox {
+                template: format!("{}:v2", snap.id),
+                ..req()
+            },
+        )
+        .await;
+    assert!(matches!(tagged, Err(CoreError::NotFound(_))));
+
+    // The same name again: same id, new content, old content deleted.
+    let before = rt.snapshot_ids();
+    let again = core
+        .create_snapshot(&t, &src.id, Some("mine".into()), Some(true))
+        .await
+        .unwrap();
+    assert_eq!(again.id, snap.id);
+    assert_ne!(again.build_id, snap.build_id);
+    assert_eq!(rt.snapshot_ids(), vec![again.build_id.clone()]);
+    assert_eq!(before, vec![snap.build_id.clone()]);
+
+    let page = core
+        .list_snapshots(&t, &kiln_core::SnapshotFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    let by_sandbox = kiln_core::SnapshotFilter {
+        sandbox_id: Some(made[0].clone()),
+        ..Default::default()
+    };
+    assert!(core
+        .list_snapshots(&t, &by_sandbox)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    assert!(core.delete_snapshot(&t, "mine").await.unwrap());
+    assert!(!core.delete_snapshot(&t, "mine").await.unwrap());
+    assert!(rt.snapshot_ids().is_empty());
+    // The sandboxes made from it live on.
+    assert_eq!(rt.count(), 5);
+    let gone = core
+        .create(
+            &t,
+            CreateSandbox {
+                template: snap.id.clone(),
+                ..req()
+            },
+        )
+        .await;
+    assert!(matches!(gone, Err(CoreError::NotFound(_))));
+    // Bad names are refused.
+    assert!(matches!(
+        core.create_snapshot(&t, &src.id, Some("no/slash".into()), None)
+            .await,
+        Err(CoreError::InvalidArgument(_))
+    ));
+}
+
+#[tokio::test]
+async fn fork_makes_independent_copies_and_checks_its_count() {
+    let (core, rt, store) = setup();
+    let t = team("a");
+    let mut r = req();
+    r.metadata.insert("k".into(), "v".into());
+    let src = core.create(&t, r).await.unwrap();
+    let forks = core.fork(&t, &src.id, Some(3), None).await.unwrap();
+    assert_eq!(forks.len(), 3);
+    let ids: Vec<_> = forks
+        .iter()
+        .map(|f| f.as_ref().unwrap().id.clone())
+        .collect();
+    for f in &forks {
+        let f = f.as_ref().unwrap();
+        assert_ne!(f.id, src.id);
+        assert_eq!(f.metadata["k"], "v");
+        assert_ne!(f.envd_access_token, src.envd_access_token);
+        let secs = (f.end_at - Utc::now()).num_seconds();
+        assert!((10..=15).contains(&secs), "default fork timeout: {secs}");
+    }
+    assert_eq!(
+        ids.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        3
+    );
+    assert_eq!(rt.count(), 4, "the source and three copies");
+    assert!(rt.snapshot_ids().is_empty(), "the fork's snapshot is gone");
+    assert!(store.list_snapshots(None).await.unwrap().is_empty());
+    core.kill(&t, &ids[0]).await.unwrap();
+    assert_eq!(rt.state(&ids[1]), Some(FakeState::Running));
+    for bad in [0, 101] {
+        assert!(matches!(
+            core.fork(&t, &src.id, Some(bad), None).await,
+            Err(CoreError::InvalidArgument(_))
+        ));
+    }
+    core.pause(&t, &src.id, StateMode::Memory).await.unwrap();
+    assert!(matches!(
+        core.fork(&t, &src.id, Some(1), None).await,
+        Err(CoreError::Conflict(_))
+    ));
+    // One copy failing does not fail the others.
+    core.resume(&t, &src.id, None, None, ResumeMode::Restore)
+        .await
+        .unwrap();
+    rt.fail_next("restore", "no room");
+    let forks = core.fork(&t, &src.id, Some(2), None).await.unwrap();
+    assert_eq!(forks.iter().filter(|f| f.is_err()).count(), 1);
+    assert_eq!(forks.iter().filter(|f| f.is_ok()).count(), 1);
+}
+
+#[tokio::test]
+async fn restart_settles_snapshots_a_crash_interrupted() {
+    use kiln_core::{SnapshotRecord, SnapshotState};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(FakeRuntime::new());
+    let t = team("a");
+    let src = {
+        let store = Arc::new(SqliteStore::open_in(dir.path()).unwrap());
+        let core = core_with(store.clone(), rt.clone());
+        core.start().await.unwrap();
+        let src = core.create(&t, req()).await.unwrap();
+        let rec = |id: &str, build: &str, internal: bool| SnapshotRecord {
+            id: id.into(),
+            team_id: "a".into(),
+            name: None,
+            source_sandbox_id: src.id.clone(),
+            runtime: RuntimeKind::Fake,
+            template_id: "base-v1".into(),
+            mode: StateMode::Memory,
+            vcpus: 2,
+            memory_mib: 1024,
+            disk_mib: 4096,
+            build_id: build.into(),
+            state: SnapshotState::Creating,
+            size_bytes: 0,
+            content_hash: String::new(),
+            created_at: Utc::now(),
+            internal,
+        };
+        // kilnd died: after the runtime saved one; before it saved another;
+        // during a fork; and after a replacement's content was saved but
+        // before the record pointed to it.
+        rt.snapshot(&src.id, "b-done", StateMode::Memory)
+            .await
+            .unwrap();
+        store
+            .insert_snapshot(&rec("snapdone", "b-done", false))
+            .await
+            .unwrap();
+        store
+            .insert_snapshot(&rec("snaphalf", "b-half", false))
+            .await
+            .unwrap();
+        rt.snapshot(&src.id, "b-fork", StateMode::Memory)
+            .await
+            .unwrap();
+        store
+            .insert_snapshot(&rec("snapfork", "b-fork", true))
+            .await
+            .unwrap();
+        rt.snapshot(&src.id, "b-orphan", StateMode::Memory)
+            .await
+            .unwrap();
+        src
+    };
+    let store = Arc::new(SqliteStore::open_in(dir.path()).unwrap());
+    let core = core_with(store.clone(), rt.clone());
+    let report = core.start().await.unwrap();
+    // Completed, dropped, the fork's record and its content, the orphan.
+    assert_eq!(report.snapshots_settled, 5, "{report:?}");
+    let left = store.list_snapshots(None).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, "snapdone");
+    assert_eq!(left[0].state, SnapshotState::Ready);
+    assert_eq!(left[0].size_bytes, 4096);
+    assert_eq!(rt.snapshot_ids(), vec!["b-done".to_string()]);
+    // And it starts sandboxes.
+    core.create(
+        &t,
+        CreateSandbox {
+            template: "snapdone".into(),
+            ..req()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(core.get(&t, &src.id).is_ok());
+}
+
+#[tokio::test]
+async fn traffic_resumes_a_paused_sandbox_only_with_auto_resume() {
+    let (core, rt, _) = setup();
+    let t = team("a");
+    let waking = core
+        .create(
+            &t,
+            CreateSandbox {
+                auto_resume: true,
+                ..req()
+            },
+        )
+        .await
+        .unwrap();
+    let sleeping = core.create(&t, req()).await.unwrap();
+    for id in [&waking.id, &sleeping.id] {
+        core.pause(&t, id, StateMode::Memory).await.unwrap();
+    }
+    assert!(core.route_or_resume(&sleeping.id).await.is_none());
+    assert_eq!(
+        rt.state(&sleeping.id),
+        Some(FakeState::Paused(StateMode::Memory))
+    );
+    // Two requests at once: both get through, one resume happens.
+    let (a, b) = tokio::join!(
+        core.route_or_resume(&waking.id),
+        core.route_or_resume(&waking.id)
+    );
+    assert!(a.is_some() && b.is_some());
+    assert_eq!(rt.state(&waking.id), Some(FakeState::Running));
+    assert_eq!(
+        core.get(&t, &waking.id).unwrap().state,
+        SandboxState::Running
+    );
+    assert!(core.route_or_resume("nosuchsandbox").await.is_none());
+}

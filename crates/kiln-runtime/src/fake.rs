@@ -29,7 +29,7 @@ struct FakeSandbox {
 /// In-memory runtime. `fail_next` lets tests exercise error paths.
 pub struct FakeRuntime {
     sandboxes: Mutex<BTreeMap<String, FakeSandbox>>,
-    snapshots: Mutex<BTreeMap<String, (StateMode, SandboxSpec)>>,
+    snapshots: Mutex<BTreeMap<String, (SnapshotInfo, SandboxSpec)>>,
     events: broadcast::Sender<RuntimeEvent>,
     fail_next: Mutex<BTreeMap<&'static str, String>>,
 }
@@ -222,16 +222,17 @@ impl Runtime for FakeRuntime {
         let spec = self
             .spec(id)
             .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        let info = SnapshotInfo {
+            id: snapshot_id.to_owned(),
+            mode,
+            size_bytes: 4096,
+            content_hash: crate::host::sys::sha256_hex(snapshot_id.as_bytes()),
+        };
         self.snapshots
             .lock()
             .unwrap()
-            .insert(snapshot_id.to_owned(), (mode, spec));
-        Ok(SnapshotInfo {
-            id: snapshot_id.to_owned(),
-            mode,
-            size_bytes: 0,
-            content_hash: crate::host::sys::sha256_hex(snapshot_id.as_bytes()),
-        })
+            .insert(snapshot_id.to_owned(), (info.clone(), spec));
+        Ok(info)
     }
 
     async fn restore(
@@ -251,8 +252,14 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn list_snapshots(&self) -> Result<Vec<String>, RuntimeError> {
-        Ok(self.snapshot_ids())
+    async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, RuntimeError> {
+        Ok(self
+            .snapshots
+            .lock()
+            .unwrap()
+            .values()
+            .map(|(i, _)| i.clone())
+            .collect())
     }
 
     async fn set_egress(&self, id: &str, policy: &EgressPolicy) -> Result<(), RuntimeError> {

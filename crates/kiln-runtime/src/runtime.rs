@@ -396,9 +396,9 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The snapshots this backend holds on disk (for reconciling the store
-    /// at start).
-    async fn list_snapshots(&self) -> Result<Vec<String>, RuntimeError> {
+    /// The complete snapshots this backend holds on disk (for reconciling
+    /// the store at start; half-written ones are not listed and are removed).
+    async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, RuntimeError> {
         Ok(Vec::new())
     }
 

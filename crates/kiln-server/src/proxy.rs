@@ -262,7 +262,7 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 async fn forward(state: &AppState, id: &str, port: u16, mut req: Request) -> Response {
-    let Some(route) = state.core.route(id) else {
+    let Some(route) = state.core.route_or_resume(id).await else {
         return sandbox_not_found(id);
     };
     if port != route.agent_port {

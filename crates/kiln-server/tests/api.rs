@@ -516,3 +516,95 @@ async fn detail(e: &common::Env, id: &str) -> serde_json::Value {
         .await
         .2
 }
+
+#[tokio::test]
+async fn snapshots_and_forks_through_the_api() {
+    let e = env().await;
+    let created = e.create(&e.key_a, json!({"templateID": "base"})).await;
+    let id = created["sandboxID"].as_str().unwrap().to_owned();
+    let (status, _, snap) = e
+        .json(
+            "POST",
+            &format!("/sandboxes/{id}/snapshots"),
+            &e.key_a,
+            Some(json!({"name": "first"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{snap}");
+    let snap_id = snap["snapshotID"].as_str().unwrap().to_owned();
+    assert!(snap_id.ends_with(":default"), "{snap}");
+    assert_eq!(snap["names"][0], "team-a/first:default");
+    assert_eq!(snap["sandboxID"], id.as_str());
+    // Two sandboxes from it.
+    for _ in 0..2 {
+        let made = e.create(&e.key_a, json!({"templateID": snap_id})).await;
+        assert_ne!(made["sandboxID"], id.as_str());
+    }
+    assert_eq!(e.runtime.count(), 3);
+    // Listing, with filters; team b sees none.
+    let (_, _, list) = e.json("GET", "/snapshots", &e.key_a, None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let (_, _, list) = e
+        .json(
+            "GET",
+            &format!("/snapshots?sandboxID={id}&name=first"),
+            &e.key_a,
+            None,
+        )
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let (_, _, list) = e.json("GET", "/snapshots", &e.key_b, None).await;
+    assert!(list.as_array().unwrap().is_empty(), "{list}");
+    let (status, _, _) = e.json("GET", "/snapshots?limit=0", &e.key_a, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Fork: three copies, then bad counts.
+    let (status, _, forks) = e
+        .json(
+            "POST",
+            &format!("/sandboxes/{id}/fork"),
+            &e.key_a,
+            Some(json!({"count": 3, "timeout": 60})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{forks}");
+    let forks = forks.as_array().unwrap();
+    assert_eq!(forks.len(), 3);
+    assert!(forks.iter().all(|f| f["sandbox"]["sandboxID"].is_string()));
+    assert_eq!(e.runtime.count(), 6);
+    for count in [0, 101] {
+        let (status, _, body) = e
+            .json(
+                "POST",
+                &format!("/sandboxes/{id}/fork"),
+                &e.key_a,
+                Some(json!({"count": count})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    let (status, _, _) = e
+        .json("POST", &format!("/sandboxes/{id}/fork"), &e.key_b, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another team's sandbox");
+    // Delete (as the SDK does, through /templates); then it is gone.
+    let enc = snap_id.replace(':', "%3A");
+    let (status, _, _) = e
+        .json("DELETE", &format!("/templates/{enc}"), &e.key_b, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another team's snapshot");
+    let (status, _, _) = e
+        .json("DELETE", &format!("/templates/{enc}"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, body) = e
+        .json(
+            "POST",
+            "/v2/sandboxes",
+            &e.key_a,
+            Some(json!({"templateID": snap_id})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, _) = e.json("DELETE", "/templates/base", &e.key_a, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

@@ -3,13 +3,33 @@
 
 use chrono::{Duration, Utc};
 
+use kiln_runtime::StateMode;
+
 use super::transitions::{check, leads_to, Op};
 use super::validate::{validate_env, validate_metadata};
 use super::{lock, Core, Live};
 use crate::error::CoreError;
 use crate::ids::{new_sandbox_id, random_hex};
 use crate::sandbox::{CreateSandbox, SandboxRecord, SandboxState, Team};
+use crate::snapshots::SnapshotRecord;
+use crate::templates::TemplateInfo;
 use crate::timers;
+
+/// What a new sandbox starts from.
+#[derive(Clone)]
+pub(crate) enum Source {
+    Template(TemplateInfo),
+    /// A snapshot, and the template it was taken on top of.
+    Snapshot(Box<SnapshotRecord>, TemplateInfo),
+}
+
+impl Source {
+    fn template(&self) -> &TemplateInfo {
+        match self {
+            Source::Template(t) | Source::Snapshot(_, t) => t,
+        }
+    }
+}
 
 impl Core {
     /// Creates and starts a sandbox. On any failure nothing is left behind:
@@ -24,25 +44,75 @@ impl Core {
             .await
     }
 
+    /// The template, or else the team's snapshot, that `name` names.
+    pub(crate) async fn resolve_source(
+        &self,
+        team: &Team,
+        name: &str,
+    ) -> Result<Source, CoreError> {
+        if let Some(t) = self.inner.templates.resolve(name) {
+            return Ok(Source::Template(t));
+        }
+        let snapshot = self
+            .find_snapshot(team, name)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(format!("template {name:?} not found")))?;
+        let template = self
+            .inner
+            .templates
+            .resolve(&snapshot.template_id)
+            .ok_or_else(|| {
+                CoreError::NotFound(format!(
+                    "template {:?} of snapshot {} is gone",
+                    snapshot.template_id, snapshot.id
+                ))
+            })?;
+        Ok(Source::Snapshot(Box::new(snapshot), template))
+    }
+
     async fn create_inner(
         &self,
         team: &Team,
         req: CreateSandbox,
     ) -> Result<SandboxRecord, CoreError> {
+        validate_metadata(&req.metadata)?;
+        validate_env(&req.env_vars)?;
+        let source = self.resolve_source(team, &req.template).await?;
+        self.create_from(team, req, source).await
+    }
+
+    /// Creates a sandbox from a resolved source (a template, or a snapshot:
+    /// a fork's copies come here).
+    pub(crate) async fn create_from(
+        &self,
+        team: &Team,
+        req: CreateSandbox,
+        source: Source,
+    ) -> Result<SandboxRecord, CoreError> {
         let timeout = self.validate_timeout(
             req.timeout_secs
                 .unwrap_or(self.inner.config.default_timeout_secs),
         )?;
-        validate_metadata(&req.metadata)?;
-        validate_env(&req.env_vars)?;
-        let template =
-            self.inner.templates.resolve(&req.template).ok_or_else(|| {
-                CoreError::NotFound(format!("template {:?} not found", req.template))
-            })?;
-        let runtime = req
-            .runtime
-            .or(template.runtime)
-            .unwrap_or(self.inner.runtimes.default_kind());
+        let template = source.template().clone();
+        let runtime = match &source {
+            Source::Snapshot(snap, _) => {
+                if let Some(asked) = req.runtime.filter(|r| *r != snap.runtime) {
+                    return Err(CoreError::InvalidArgument(format!(
+                        "snapshot {} was taken on the {} runtime; it cannot start on {asked}",
+                        snap.id, snap.runtime
+                    )));
+                }
+                snap.runtime
+            }
+            Source::Template(t) => req
+                .runtime
+                .or(t.runtime)
+                .unwrap_or(self.inner.runtimes.default_kind()),
+        };
+        let (vcpus, memory_mib, disk_mib) = match &source {
+            Source::Snapshot(s, _) => (s.vcpus, s.memory_mib, s.disk_mib),
+            Source::Template(t) => (t.vcpus, t.memory_mib, t.disk_mib),
+        };
         let backend = self.inner.runtimes.get(runtime)?;
         let caps = backend.runtime.capabilities();
         if (!req.allow_out.is_empty() || !req.deny_out.is_empty()) && !caps.egress_lists {
@@ -62,9 +132,9 @@ impl Core {
             started_at: now,
             end_at: now + Duration::seconds(timeout),
             killed_at: None,
-            vcpus: template.vcpus,
-            memory_mib: template.memory_mib,
-            disk_mib: template.disk_mib,
+            vcpus,
+            memory_mib,
+            disk_mib,
             metadata: req.metadata,
             env_vars: req.env_vars,
             envd_access_token: random_hex(32),
@@ -87,10 +157,19 @@ impl Core {
 
         let started = async {
             let spec = self.spec_for(&record)?;
-            let handle = backend.runtime.create(&spec).await?;
+            let (handle, booted) = match &source {
+                Source::Template(_) => (backend.runtime.create(&spec).await?, true),
+                Source::Snapshot(snap, _) => (
+                    backend.runtime.restore(&spec, &snap.build_id).await?,
+                    snap.mode == StateMode::Filesystem,
+                ),
+            };
             *lock(&live.handle) = Some(handle.clone());
             self.init_agent(&handle, &record).await?;
-            self.run_start_command(&handle, &record).await
+            if booted {
+                self.run_start_command(&handle, &record).await?;
+            }
+            Ok::<_, CoreError>(())
         }
         .await;
         if let Err(e) = started {

@@ -1,7 +1,7 @@
 //! [`Core`]: the typed operations kilnd's handlers call, and the state
 //! machine they drive. One file per verb (`create.rs`, `kill.rs`,
-//! `pause.rs`, `resume.rs`, `timeout.rs`, `list.rs`, `metrics.rs`,
-//! `route.rs`); which verb is legal in which state is the one table in
+//! `pause.rs`, `resume.rs`, `snapshot.rs`, `fork.rs`, `timeout.rs`,
+//! `list.rs`, `metrics.rs`, `route.rs`); which verb is legal in which state is the one table in
 //! `transitions.rs`.
 //!
 //! Concurrency: each live sandbox has its own async lock serialising the
@@ -10,12 +10,14 @@
 //! Concurrent creates therefore run in parallel up to the runtime.
 
 mod create;
+mod fork;
 mod kill;
 mod list;
 mod metrics;
 mod pause;
 mod resume;
 mod route;
+mod snapshot;
 mod timeout;
 pub mod transitions;
 mod validate;
@@ -28,8 +30,10 @@ use chrono::{DateTime, Duration, Utc};
 use kiln_runtime::{SandboxHandle, SandboxSpec};
 use tokio::sync::watch;
 
+pub use fork::{DEFAULT_FORK_TIMEOUT, MAX_FORK_COUNT};
 pub use metrics::Metrics;
 pub use route::{Gone, Route};
+pub use snapshot::SnapshotFilter;
 
 use crate::agent::AgentInit;
 use crate::error::CoreError;

@@ -5,7 +5,8 @@ use std::net::IpAddr;
 use tokio::sync::watch;
 
 use super::{lock, Core};
-use crate::sandbox::SandboxState;
+use crate::error::CoreError;
+use crate::sandbox::{SandboxState, Team};
 
 /// How the proxy reaches a running sandbox.
 #[derive(Debug, Clone)]
@@ -51,6 +52,34 @@ impl Core {
             traffic_access_token: rec.traffic_access_token.clone(),
             gone: Gone(live.gone_tx.subscribe()),
         })
+    }
+
+    /// Like [`Core::route`], but a paused sandbox created with autoResume is
+    /// resumed first (E2B's auto-resume: traffic wakes it), with the
+    /// default timeout. `None` if it does not run afterwards.
+    pub async fn route_or_resume(&self, id: &str) -> Option<Route> {
+        if let Some(r) = self.route(id) {
+            return Some(r);
+        }
+        let live = self.live_entry(id)?;
+        let rec = live.record();
+        if rec.state != SandboxState::Paused || !rec.auto_resume {
+            return None;
+        }
+        let team = Team { id: rec.team_id };
+        match self
+            .resume(&team, id, None, None, kiln_runtime::ResumeMode::Restore)
+            .await
+        {
+            // A concurrent request may have resumed it first.
+            Ok(_) | Err(CoreError::Conflict(_)) => {}
+            Err(e) => {
+                tracing::error!(sandbox = %id, error = %e, "auto-resume failed");
+                return None;
+            }
+        }
+        tracing::info!(sandbox = %id, "sandbox auto-resumed by a request");
+        self.route(id)
     }
 
     /// The running sandbox whose access token satisfies `matches` (used to

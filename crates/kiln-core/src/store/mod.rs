@@ -10,6 +10,7 @@ pub mod sqlite;
 use chrono::{DateTime, Utc};
 
 use crate::sandbox::{SandboxRecord, SandboxState};
+use crate::snapshots::SnapshotRecord;
 
 pub use sqlite::SqliteStore;
 
@@ -71,4 +72,18 @@ pub trait Store: Send + Sync + 'static {
         team_id: Option<&str>,
         states: &[SandboxState],
     ) -> Result<Vec<SandboxRecord>, StoreError>;
+
+    async fn insert_snapshot(&self, snapshot: &SnapshotRecord) -> Result<(), StoreError>;
+    /// Overwrites the mutable fields (mode, build_id, state, size_bytes,
+    /// content_hash, created_at).
+    async fn update_snapshot(&self, snapshot: &SnapshotRecord) -> Result<(), StoreError>;
+    async fn get_snapshot(&self, id: &str) -> Result<Option<SnapshotRecord>, StoreError>;
+    /// Snapshots of one team (or of all with `None`), oldest first, ties
+    /// broken by id.
+    async fn list_snapshots(
+        &self,
+        team_id: Option<&str>,
+    ) -> Result<Vec<SnapshotRecord>, StoreError>;
+    /// Deletes the record; false if there was none.
+    async fn delete_snapshot(&self, id: &str) -> Result<bool, StoreError>;
 }

@@ -8,6 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{KeyRecord, Store, StoreError};
 use crate::sandbox::{SandboxRecord, SandboxState};
+use crate::snapshots::SnapshotRecord;
 
 /// Schema changes, applied in order, each once. Append; never edit.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -53,6 +54,29 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE sandboxes ADD COLUMN deny_out TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE sandboxes ADD COLUMN auto_pause_memory BOOLEAN NOT NULL DEFAULT TRUE;
     ALTER TABLE sandboxes ADD COLUMN auto_resume BOOLEAN NOT NULL DEFAULT FALSE;",
+    ),
+    (
+        3,
+        "CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        team_id TEXT NOT NULL,
+        name TEXT,
+        source_sandbox_id TEXT NOT NULL,
+        runtime TEXT NOT NULL,
+        template_id TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        vcpus INTEGER NOT NULL,
+        memory_mib BIGINT NOT NULL,
+        disk_mib BIGINT NOT NULL,
+        build_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        size_bytes BIGINT NOT NULL,
+        content_hash TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        internal BOOLEAN NOT NULL
+    );
+    CREATE INDEX snapshots_team ON snapshots (team_id, created_at);
+    CREATE UNIQUE INDEX snapshots_team_name ON snapshots (team_id, name);",
     ),
 ];
 
@@ -274,6 +298,74 @@ fn to_json(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).expect("maps and lists of strings serialize")
 }
 
+const SNAPSHOT_COLUMNS: &str = "id, team_id, name, source_sandbox_id, runtime, template_id, \
+    mode, vcpus, memory_mib, disk_mib, build_id, state, size_bytes, content_hash, created_at, \
+    internal";
+
+type RawSnapshot = (
+    (
+        String,
+        String,
+        Option<String>,
+        String,
+        String,
+        String,
+        String,
+    ),
+    (u32, i64, i64, String, String, i64, String, i64, bool),
+);
+
+fn raw_snapshot(r: &Row<'_>) -> rusqlite::Result<RawSnapshot> {
+    Ok((
+        (
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ),
+        (
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+            r.get(12)?,
+            r.get(13)?,
+            r.get(14)?,
+            r.get(15)?,
+        ),
+    ))
+}
+
+fn snapshot_from_raw(raw: RawSnapshot) -> Result<SnapshotRecord, StoreError> {
+    let (
+        (id, team_id, name, source_sandbox_id, runtime, template_id, mode),
+        (vcpus, memory_mib, disk_mib, build_id, state, size, content_hash, created_at, internal),
+    ) = raw;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("{what} of snapshot {id}"));
+    Ok(SnapshotRecord {
+        runtime: runtime.parse().map_err(|_| corrupt("runtime"))?,
+        mode: mode.parse().map_err(|_| corrupt("mode"))?,
+        memory_mib: u64::try_from(memory_mib).map_err(|_| corrupt("memory"))?,
+        disk_mib: u64::try_from(disk_mib).map_err(|_| corrupt("disk"))?,
+        state: state.parse().map_err(|_| corrupt("state"))?,
+        size_bytes: u64::try_from(size).map_err(|_| corrupt("size"))?,
+        created_at: from_ms(created_at)?,
+        id,
+        team_id,
+        name,
+        source_sandbox_id,
+        template_id,
+        vcpus,
+        build_id,
+        content_hash,
+        internal,
+    })
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn insert_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
@@ -464,6 +556,110 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StoreError> {
+        let s = s.clone();
+        self.run(move |conn| {
+            conn.execute(
+                &format!(
+                    "INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                ),
+                params![
+                    s.id,
+                    s.team_id,
+                    s.name,
+                    s.source_sandbox_id,
+                    s.runtime.as_str(),
+                    s.template_id,
+                    s.mode.as_str(),
+                    s.vcpus,
+                    s.memory_mib as i64,
+                    s.disk_mib as i64,
+                    s.build_id,
+                    s.state.as_str(),
+                    s.size_bytes as i64,
+                    s.content_hash,
+                    ms(s.created_at),
+                    s.internal,
+                ],
+            )
+            .map_err(db("inserting a snapshot"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_snapshot(&self, s: &SnapshotRecord) -> Result<(), StoreError> {
+        let s = s.clone();
+        self.run(move |conn| {
+            conn.execute(
+                "UPDATE snapshots SET mode = ?1, build_id = ?2, state = ?3, size_bytes = ?4, \
+                 content_hash = ?5, created_at = ?6 WHERE id = ?7",
+                params![
+                    s.mode.as_str(),
+                    s.build_id,
+                    s.state.as_str(),
+                    s.size_bytes as i64,
+                    s.content_hash,
+                    ms(s.created_at),
+                    s.id
+                ],
+            )
+            .map_err(db("updating a snapshot"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_snapshot(&self, id: &str) -> Result<Option<SnapshotRecord>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |conn| {
+            let raw = conn
+                .query_row(
+                    &format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ?1"),
+                    [id],
+                    raw_snapshot,
+                )
+                .optional()
+                .map_err(db("reading a snapshot"))?;
+            raw.map(snapshot_from_raw).transpose()
+        })
+        .await
+    }
+
+    async fn list_snapshots(
+        &self,
+        team_id: Option<&str>,
+    ) -> Result<Vec<SnapshotRecord>, StoreError> {
+        let team = team_id.map(str::to_owned);
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE (?1 IS NULL OR team_id = ?1) \
+                     ORDER BY created_at, id"
+                ))
+                .map_err(db("listing snapshots"))?;
+            let raws = stmt
+                .query_map([team], raw_snapshot)
+                .map_err(db("listing snapshots"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db("listing snapshots"))?;
+            raws.into_iter().map(snapshot_from_raw).collect()
+        })
+        .await
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.run(move |conn| {
+            let n = conn
+                .execute("DELETE FROM snapshots WHERE id = ?1", [id])
+                .map_err(db("deleting a snapshot"))?;
+            Ok(n > 0)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -566,6 +762,61 @@ mod tests {
             s.list_keys().await.unwrap()[0].revoked_at,
             Some(from_ms(6).unwrap())
         );
+    }
+
+    #[tokio::test]
+    async fn snapshots_round_trip_and_names_are_unique_per_team() {
+        use crate::snapshots::SnapshotState;
+        let s = SqliteStore::in_memory().unwrap();
+        let snap = |id: &str, team: &str, name: Option<&str>| SnapshotRecord {
+            id: id.into(),
+            team_id: team.into(),
+            name: name.map(str::to_owned),
+            source_sandbox_id: "sb".into(),
+            runtime: kiln_runtime::RuntimeKind::Container,
+            template_id: "base".into(),
+            mode: kiln_runtime::StateMode::Filesystem,
+            vcpus: 2,
+            memory_mib: 512,
+            disk_mib: 1024,
+            build_id: format!("b-{id}"),
+            state: SnapshotState::Creating,
+            size_bytes: 0,
+            content_hash: String::new(),
+            created_at: from_ms(10).unwrap(),
+            internal: false,
+        };
+        s.insert_snapshot(&snap("a", "t1", Some("n")))
+            .await
+            .unwrap();
+        s.insert_snapshot(&snap("b", "t2", Some("n")))
+            .await
+            .unwrap();
+        s.insert_snapshot(&snap("c", "t1", None)).await.unwrap();
+        s.insert_snapshot(&snap("d", "t1", None)).await.unwrap();
+        assert!(s
+            .insert_snapshot(&snap("e", "t1", Some("n")))
+            .await
+            .is_err());
+        let mut a = s.get_snapshot("a").await.unwrap().unwrap();
+        assert_eq!(a, snap("a", "t1", Some("n")));
+        a.state = SnapshotState::Ready;
+        a.size_bytes = 77;
+        a.content_hash = "h".into();
+        a.build_id = "b2".into();
+        s.update_snapshot(&a).await.unwrap();
+        assert_eq!(s.get_snapshot("a").await.unwrap().unwrap(), a);
+        let ids: Vec<_> = s
+            .list_snapshots(Some("t1"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["a", "c", "d"]);
+        assert!(s.delete_snapshot("a").await.unwrap());
+        assert!(!s.delete_snapshot("a").await.unwrap());
+        assert_eq!(s.list_snapshots(None).await.unwrap().len(), 3);
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 
 pub mod openapi;
 pub mod sandboxes;
+pub mod snapshots;
 pub mod templates;
 
 use axum::body::Bytes;

@@ -25,7 +25,7 @@ use crate::state::AppState;
 
 pub const NEXT_TOKEN_HEADER: &str = "x-next-token";
 
-fn sandbox_body(state: &AppState, r: &SandboxRecord) -> Sandbox {
+pub(crate) fn sandbox_body(state: &AppState, r: &SandboxRecord) -> Sandbox {
     Sandbox {
         template_id: r.template_id.clone(),
         sandbox_id: r.id.clone(),
