@@ -315,21 +315,12 @@ pub struct TemplateBuild {
     pub envd_version: String,
 }
 
-/// Answer of `GET /templates/{templateID}`: the template and its builds.
+/// Answer of `GET /templates/{templateID}`: the template (as the listing
+/// shows it) and its builds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
 pub struct TemplateWithBuilds {
-    #[serde(rename = "templateID")]
-    pub template_id: String,
-    pub public: bool,
-    pub aliases: Vec<String>,
-    pub names: Vec<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    /// When the caller's team last started a sandbox from it.
-    pub last_spawned_at: Option<DateTime<Utc>>,
-    /// How many sandboxes the caller's team started from it.
-    pub spawn_count: u64,
+    #[serde(flatten)]
+    pub template: Template,
     pub builds: Vec<TemplateBuild>,
 }
 
@@ -362,6 +353,10 @@ pub struct Template {
     pub envd_version: String,
     /// `ready` for every template Kiln lists.
     pub build_status: TemplateBuildStatus,
+    /// Whether it is one of the server's own templates (true for the
+    /// catalog's, false for a team's snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_default: Option<bool>,
 }
 
 /// Body of `POST /sandboxes/{id}/snapshots`.

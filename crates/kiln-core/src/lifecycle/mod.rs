@@ -334,6 +334,12 @@ impl Core {
     /// (with why, when nobody asked for it). The caller holds `live.op`.
     pub(crate) async fn finish_kill(&self, live: &Live, reason: Option<&str>) {
         let rec = live.record();
+        // Gone for everyone before the runtime starts tearing it down: a
+        // request arriving meanwhile (the SDK probes `/health` when its
+        // command's stream is cut) must hear "not found", not reach a
+        // half-killed sandbox and be told its port is closed.
+        self.remove_live(&rec.id);
+        live.gone_tx.send_replace(true);
         match self.inner.runtimes.backend(rec.runtime) {
             Some(b) => {
                 if let Err(e) = b.runtime.kill(&rec.id).await {
@@ -346,8 +352,6 @@ impl Core {
                 "the sandbox's runtime is not available: its host objects stay until it is"
             ),
         }
-        self.remove_live(&rec.id);
-        live.gone_tx.send_replace(true);
         let rec = {
             let mut rec = lock(&live.record);
             rec.state = SandboxState::Killed;

@@ -13,6 +13,7 @@ use kiln_api::rest::{
 };
 use kiln_core::lifecycle::FoundTemplate;
 use kiln_core::store::TemplateUsage;
+use kiln_core::templates::TemplateInfo;
 use sha2::{Digest, Sha256};
 
 use super::PathParam;
@@ -58,6 +59,30 @@ async fn usage(
         .collect())
 }
 
+/// A catalog template as the listing shows it, with the caller's use.
+fn catalog_body(t: &TemplateInfo, envd: &str, usage: &HashMap<String, TemplateUsage>) -> Template {
+    let used = usage.get(&t.template.id);
+    Template {
+        build_id: catalog_build_id(&t.template.id, t.created_at),
+        template_id: t.template.id.clone(),
+        cpu_count: t.vcpus,
+        memory_mb: t.memory_mib,
+        disk_size_mb: t.disk_mib,
+        public: true,
+        names: t.aliases.clone(),
+        aliases: t.aliases.clone(),
+        created_at: t.created_at,
+        updated_at: t.created_at,
+        created_by: None,
+        last_spawned_at: used.map(|u| u.last_spawned_at),
+        spawn_count: used.map_or(0, |u| u.spawn_count),
+        build_count: 1,
+        envd_version: envd.to_owned(),
+        build_status: TemplateBuildStatus::Ready,
+        is_default: Some(true),
+    }
+}
+
 /// Templates sandboxes can be created from.
 #[utoipa::path(get, path = "/templates", tag = "templates",
     responses((status = 200, body = Vec<Template>), (status = 401, body = kiln_api::rest::Error)))]
@@ -71,28 +96,8 @@ pub async fn list(
         state
             .core
             .templates()
-            .into_iter()
-            .map(|t| {
-                let used = usage.get(&t.template.id);
-                Template {
-                    build_id: catalog_build_id(&t.template.id, t.created_at),
-                    template_id: t.template.id.clone(),
-                    cpu_count: t.vcpus,
-                    memory_mb: t.memory_mib,
-                    disk_size_mb: t.disk_mib,
-                    public: true,
-                    names: t.aliases.clone(),
-                    aliases: t.aliases,
-                    created_at: t.created_at,
-                    updated_at: t.created_at,
-                    created_by: None,
-                    last_spawned_at: used.map(|u| u.last_spawned_at),
-                    spawn_count: used.map_or(0, |u| u.spawn_count),
-                    build_count: 1,
-                    envd_version: envd.clone(),
-                    build_status: TemplateBuildStatus::Ready,
-                }
-            })
+            .iter()
+            .map(|t| catalog_body(t, &envd, &usage))
             .collect(),
     ))
 }
@@ -115,54 +120,44 @@ pub async fn get(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Template {id} not found")))?;
     let envd = state.core.config().envd_version.clone();
-    let usage = usage(&state, &team).await?;
-    Ok(Json(match found {
-        FoundTemplate::Catalog(t) => {
-            let used = usage.get(&t.template.id);
-            TemplateWithBuilds {
-                builds: vec![TemplateBuild {
-                    build_id: catalog_build_id(&t.template.id, t.created_at),
-                    status: TemplateBuildStatus::Ready,
-                    created_at: t.created_at,
-                    updated_at: t.created_at,
-                    finished_at: Some(t.created_at),
-                    cpu_count: t.vcpus,
-                    memory_mb: t.memory_mib,
-                    disk_size_mb: t.disk_mib,
-                    envd_version: envd,
-                }],
-                template_id: t.template.id,
-                public: true,
-                names: t.aliases.clone(),
-                aliases: t.aliases,
-                created_at: t.created_at,
-                updated_at: t.created_at,
-                last_spawned_at: used.map(|u| u.last_spawned_at),
-                spawn_count: used.map_or(0, |u| u.spawn_count),
-            }
-        }
-        FoundTemplate::Snapshot(s) => TemplateWithBuilds {
-            builds: vec![TemplateBuild {
-                build_id: build_uuid(&s.build_id),
-                status: TemplateBuildStatus::Ready,
-                created_at: s.created_at,
-                updated_at: s.created_at,
-                finished_at: Some(s.created_at),
-                cpu_count: s.vcpus,
-                memory_mb: s.memory_mib,
-                disk_size_mb: s.disk_mib,
-                envd_version: envd,
-            }],
+    let template = match found {
+        FoundTemplate::Catalog(t) => catalog_body(&t, &envd, &usage(&state, &team).await?),
+        FoundTemplate::Snapshot(s) => Template {
             template_id: s.tagged_id(),
+            build_id: build_uuid(&s.build_id),
+            cpu_count: s.vcpus,
+            memory_mb: s.memory_mib,
+            disk_size_mb: s.disk_mib,
             public: false,
             aliases: s.name.iter().cloned().collect(),
             names: s.names(),
             created_at: s.created_at,
             updated_at: s.created_at,
-            // Sandboxes started from a snapshot record the template under it.
+            created_by: None,
+            // Sandboxes started from a snapshot are counted under the
+            // template it was taken on.
             last_spawned_at: None,
             spawn_count: 0,
+            build_count: 1,
+            envd_version: envd.clone(),
+            build_status: TemplateBuildStatus::Ready,
+            is_default: Some(false),
         },
+    };
+    let build = TemplateBuild {
+        build_id: template.build_id.clone(),
+        status: TemplateBuildStatus::Ready,
+        created_at: template.created_at,
+        updated_at: template.updated_at,
+        finished_at: Some(template.created_at),
+        cpu_count: template.cpu_count,
+        memory_mb: template.memory_mb,
+        disk_size_mb: template.disk_size_mb,
+        envd_version: envd,
+    };
+    Ok(Json(TemplateWithBuilds {
+        template,
+        builds: vec![build],
     }))
 }
 
