@@ -2,7 +2,7 @@
 //! capabilities, cgroups and a network namespace per sandbox.
 //!
 //! One file per verb (`create.rs`, `kill.rs`, `pause.rs` (and resume),
-//! `egress.rs`, `stats.rs`, `recover.rs`), the host primitives shared with other runtimes in
+//! `snapshot.rs` (and restore), `egress.rs`, `stats.rs`, `recover.rs`), the host primitives shared with other runtimes in
 //! [`crate::host`] (cgroups, disks, seccomp, masks), and `spawn.rs`, the body of the `kiln-spawn`
 //! helper that does the forking, so that this multi-threaded process never
 //! forks without exec.
@@ -17,6 +17,7 @@ mod egress;
 mod kill;
 mod pause;
 mod recover;
+mod snapshot;
 pub mod spawn;
 mod stats;
 mod warm;
@@ -37,7 +38,7 @@ pub use kiln_net::NetConfig;
 
 use crate::runtime::{
     Capabilities, EgressPolicy, Found, Paused, ResumeMode, Runtime, RuntimeError, RuntimeEvent,
-    RuntimeKind, SandboxHandle, SandboxSpec, SandboxStats, StateMode, AGENT_PORT,
+    RuntimeKind, SandboxHandle, SandboxSpec, SandboxStats, SnapshotInfo, StateMode, AGENT_PORT,
 };
 
 /// Configuration of the container backend.
@@ -129,6 +130,34 @@ struct Record {
     vcpus: u32,
     memory_bytes: u64,
     disk_bytes: u64,
+    /// File name of the sandbox's disk image (its writable upper) in its
+    /// directory.
+    #[serde(default)]
+    disk_image: String,
+    /// Snapshot layers between the upper and the template, top first.
+    #[serde(default)]
+    layers: Vec<String>,
+    #[serde(default)]
+    phase: Phase,
+}
+
+/// Where a sandbox's kept state is. Written (durably) before each step
+/// that could lose it, so recovery after a crash knows to keep the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Phase {
+    /// Running (possibly frozen by a memory pause); a dead one's leftovers
+    /// are removed.
+    #[default]
+    Running,
+    /// A filesystem pause is under way: whatever is left running is
+    /// killed and the disk kept.
+    PausingFs,
+    /// Paused keeping its disk: no process, no cgroup, no network.
+    PausedFs,
+    /// Booting again from its kept disk: if it dies before it answers, it
+    /// is paused again with its disk.
+    Resuming,
 }
 
 impl Record {
@@ -189,6 +218,11 @@ struct Inner {
     disk: disk::DiskPool,
     cgroups: Cgroups,
     sandboxes: Mutex<BTreeMap<String, Arc<Sandbox>>>,
+    /// Sandboxes paused keeping only their disk (no process).
+    paused: Mutex<BTreeMap<String, Record>>,
+    /// Snapshot layers of sandboxes being started from them (not yet in
+    /// `sandboxes`), which garbage collection must keep.
+    booting_layers: Mutex<BTreeMap<String, Vec<String>>>,
     /// Ids being created or killed right now.
     busy: Mutex<BTreeSet<String>>,
     events: broadcast::Sender<RuntimeEvent>,
@@ -207,6 +241,11 @@ pub struct ContainerRuntime {
 impl Inner {
     fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.cfg.data_dir.join("sandboxes").join(id)
+    }
+
+    /// Where snapshots' layers live (`<build>/layer.img`, `meta.json`).
+    fn snapshots_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("snapshots")
     }
 
     fn get(&self, id: &str) -> Result<Arc<Sandbox>, RuntimeError> {
@@ -316,6 +355,9 @@ impl Runtime for ContainerRuntime {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             pause_memory: true,
+            pause_filesystem: true,
+            snapshot_filesystem: true,
+            fork: true,
             ..Capabilities::default()
         }
     }
@@ -336,6 +378,31 @@ impl Runtime for ContainerRuntime {
         pause::resume(&self.inner, spec, mode).await
     }
 
+    async fn snapshot(
+        &self,
+        id: &str,
+        snapshot_id: &str,
+        mode: StateMode,
+    ) -> Result<SnapshotInfo, RuntimeError> {
+        snapshot::snapshot(&self.inner, id, snapshot_id, mode).await
+    }
+
+    async fn restore(
+        &self,
+        spec: &SandboxSpec,
+        snapshot_id: &str,
+    ) -> Result<SandboxHandle, RuntimeError> {
+        snapshot::restore(&self.inner, spec, snapshot_id).await
+    }
+
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), RuntimeError> {
+        snapshot::delete(&self.inner, snapshot_id).await
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, RuntimeError> {
+        snapshot::list(&self.inner).await
+    }
+
     async fn set_egress(&self, id: &str, policy: &EgressPolicy) -> Result<(), RuntimeError> {
         egress::set_egress(&self.inner, id, policy).await
     }
@@ -349,6 +416,17 @@ impl Runtime for ContainerRuntime {
     }
 
     async fn list(&self) -> Result<Vec<Found>, RuntimeError> {
+        let paused: Vec<Found> = self
+            .inner
+            .paused
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|id| Found::Paused {
+                id: id.clone(),
+                mode: StateMode::Filesystem,
+            })
+            .collect();
         Ok(self
             .inner
             .sandboxes
@@ -365,6 +443,7 @@ impl Runtime for ContainerRuntime {
                     Found::Running(s.rec.handle())
                 }
             })
+            .chain(paused)
             .collect())
     }
 

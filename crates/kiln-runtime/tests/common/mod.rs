@@ -137,6 +137,13 @@ impl TestRuntime {
         }
     }
 
+    /// Forgets the runtime without tearing it down, as a crashed kilnd
+    /// would: its sandboxes keep running.
+    pub fn abandon(mut self) -> ContainerRuntime {
+        self.done = true;
+        self.rt.clone()
+    }
+
     pub async fn finish(mut self) {
         teardown(&self.rt).await;
         self.done = true;
