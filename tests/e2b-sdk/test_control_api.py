@@ -30,7 +30,6 @@ from e2b.api.client_async import get_api_client as get_async_api_client
 from e2b.api.client_sync import get_api_client
 from e2b.connection_config import ConnectionConfig
 
-from conftest import KILND_RUNTIME
 
 control = pytest.mark.control
 
@@ -168,8 +167,7 @@ def test_timeout_zero_kills_now(kilnd):
         ("pause", "full"),
         ({"action": "pause", "keep_memory": True}, "full"),
         ({"action": "pause", "mode": "full"}, "full"),
-        # The container runtime keeps memory only: it pauses with memory.
-        ({"action": "pause", "mode": "filesystem"}, "filesystem" if KILND_RUNTIME == "fake" else "full"),
+        ({"action": "pause", "mode": "filesystem"}, "filesystem"),
     ],
 )
 def test_timeout_zero_runs_the_pause_action(kilnd, on_timeout, mode):
