@@ -203,8 +203,9 @@ pub struct SandboxDetail {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SandboxTimeoutRequest {
     /// New time to live in seconds, counted from now (at most the server's
-    /// maximum).
-    #[schema(minimum = 1)]
+    /// maximum). `0` ends the sandbox now: its on-timeout action (kill, or
+    /// pause) runs before the answer.
+    #[schema(minimum = 0)]
     pub timeout: i64,
 }
 
@@ -261,12 +262,75 @@ pub struct SandboxMetric {
     pub disk_total: u64,
 }
 
+/// Body of `GET /sandboxes/metrics`: the latest sample of each sandbox
+/// asked about that the caller has, by sandbox id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxesWithMetrics {
+    pub sandboxes: BTreeMap<String, SandboxMetric>,
+}
+
+/// State of a template's build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TemplateBuildStatus {
+    Building,
+    Waiting,
+    Ready,
+    Error,
+}
+
+/// Who made a template; Kiln has no user accounts, so always null.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TeamUser {
+    pub id: String,
+    pub email: Option<String>,
+}
+
+/// Answer of `GET /templates/aliases/{alias}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateAliasResponse {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    /// Whether every team may use it (Kiln's built-in templates), or only
+    /// its team (a snapshot).
+    pub public: bool,
+}
+
+/// One build of a template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateBuild {
+    /// A UUID.
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+    pub status: TemplateBuildStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub cpu_count: u32,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: u64,
+    #[serde(rename = "diskSizeMB")]
+    pub disk_size_mb: u64,
+    pub envd_version: String,
+}
+
+/// Answer of `GET /templates/{templateID}`: the template (as the listing
+/// shows it) and its builds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateWithBuilds {
+    #[serde(flatten)]
+    pub template: Template,
+    pub builds: Vec<TemplateBuild>,
+}
+
 /// A template sandboxes can be created from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Template {
     #[serde(rename = "templateID")]
     pub template_id: String,
+    /// Its latest build (a UUID).
     #[serde(rename = "buildID")]
     pub build_id: String,
     pub cpu_count: u32,
@@ -280,13 +344,19 @@ pub struct Template {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Always null in Kiln (no user accounts).
-    pub created_by: Option<String>,
+    pub created_by: Option<TeamUser>,
+    /// When the caller's team last started a sandbox from it.
     pub last_spawned_at: Option<DateTime<Utc>>,
+    /// How many sandboxes the caller's team started from it.
     pub spawn_count: u64,
     pub build_count: u64,
     pub envd_version: String,
     /// `ready` for every template Kiln lists.
-    pub build_status: String,
+    pub build_status: TemplateBuildStatus,
+    /// Whether it is one of the server's own templates (true for the
+    /// catalog's, false for a team's snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_default: Option<bool>,
 }
 
 /// Body of `POST /sandboxes/{id}/snapshots`.

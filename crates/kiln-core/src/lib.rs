@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod error;
+pub mod history;
 pub mod ids;
 pub mod keys;
 pub mod lifecycle;
@@ -20,7 +21,11 @@ mod timers;
 
 pub use agent::{AgentClient, AgentInit, NoAgent};
 pub use error::CoreError;
-pub use lifecycle::{Core, CoreConfig, Gone, Metrics, Route, SnapshotFilter};
+pub use lifecycle::{
+    Core, CoreConfig, FoundTemplate, Gone, Metrics, Route, SnapshotFilter, MAX_METRICS_SANDBOXES,
+};
 pub use runtimes::{Backend, Runtimes};
-pub use sandbox::{CreateSandbox, ListFilter, Page, SandboxRecord, SandboxState, Team};
+pub use sandbox::{
+    CreateSandbox, ListFilter, Order, Page, SandboxList, SandboxRecord, SandboxState, Team,
+};
 pub use snapshots::{SnapshotRecord, SnapshotState};

@@ -143,12 +143,36 @@ pub struct ListFilter {
     pub metadata: BTreeMap<String, String>,
     /// States to include; empty means running and paused.
     pub states: Vec<SandboxState>,
-    /// Page size (1..=100; default 100).
+    /// Page size (1..=1000; default 100).
     pub limit: Option<usize>,
     /// Token from the previous page.
     pub next_token: Option<String>,
-    /// Newest first instead of oldest first.
-    pub newest_first: bool,
+    /// By start time; newest first unless asked otherwise (E2B's default).
+    pub order: Order,
+    /// Only sandboxes started at or after this time.
+    pub started_after: Option<DateTime<Utc>>,
+    /// Only sandboxes started at or before this time.
+    pub started_before: Option<DateTime<Utc>>,
+    /// Only sandboxes of this template (its id or an alias; a snapshot by
+    /// the id or name the sandboxes were created with). Untagged.
+    pub template: Option<String>,
+}
+
+/// The order of a listing by start time (ties broken by id, the same way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    #[default]
+    NewestFirst,
+    OldestFirst,
+}
+
+/// A page of [`crate::Core::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxList {
+    pub page: Page<SandboxRecord>,
+    /// With running sandboxes asked for: how many match the filters in all
+    /// (E2B's `X-Total-Running`), before paging.
+    pub total_running: Option<usize>,
 }
 
 /// One page of a listing.

@@ -1,6 +1,8 @@
-//! Per-sandbox timeout timers and the runtime's event watcher.
+//! Per-sandbox timeout timers, the metrics sampler and the runtime's event
+//! watcher.
 
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use chrono::Utc;
 use kiln_runtime::RuntimeEvent;
@@ -35,6 +37,27 @@ pub(crate) fn spawn_timer(core: &Core, live: &Arc<Live>) {
             }
             // Loop with the new deadline (the value was not yet marked seen
             // by `changed`; borrow_and_update reads it).
+        }
+    });
+}
+
+/// Samples every running sandbox's resource use each
+/// `CoreConfig::metrics_interval` (one task for all sandboxes, so that a
+/// thousand idle ones cost one timer). Ends with the core.
+pub(crate) fn spawn_metrics_sampler(core: &Core) {
+    let weak: Weak<Inner> = Arc::downgrade(&core.inner);
+    let every = core
+        .inner
+        .config
+        .metrics_interval
+        .max(Duration::from_millis(100));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else { return };
+            Core { inner }.sample_metrics().await;
         }
     });
 }

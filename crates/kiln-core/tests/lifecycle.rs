@@ -9,7 +9,7 @@ use chrono::Utc;
 use kiln_core::store::{SqliteStore, Store};
 use kiln_core::templates::{TemplateCatalog, TemplateInfo};
 use kiln_core::{Core, CoreConfig, Runtimes};
-use kiln_core::{CoreError, CreateSandbox, ListFilter, NoAgent, SandboxState, Team};
+use kiln_core::{CoreError, CreateSandbox, ListFilter, NoAgent, Order, SandboxState, Team};
 use kiln_runtime::fake::{FakeRuntime, FakeState};
 use kiln_runtime::{
     Capabilities, EgressPolicy, Found, Paused, ResumeMode, Runtime, RuntimeError, RuntimeEvent,
@@ -176,6 +176,7 @@ async fn bad_requests_leave_nothing_behind() {
     assert!(core
         .list(&t, &ListFilter::default())
         .unwrap()
+        .page
         .items
         .is_empty());
 }
@@ -201,6 +202,7 @@ async fn teams_do_not_see_each_other() {
     assert!(core
         .list(&b, &ListFilter::default())
         .unwrap()
+        .page
         .items
         .is_empty());
     assert_eq!(rt.count(), 1);
@@ -232,10 +234,11 @@ async fn list_filters_by_metadata_and_state_and_pages() {
     let mut seen = Vec::new();
     let mut filter = ListFilter {
         limit: Some(2),
+        order: Order::OldestFirst,
         ..ListFilter::default()
     };
     loop {
-        let page = core.list(&t, &filter).unwrap();
+        let page = core.list(&t, &filter).unwrap().page;
         assert!(page.items.len() <= 2);
         seen.extend(page.items.into_iter().map(|r| r.id));
         match page.next_token {
@@ -248,11 +251,10 @@ async fn list_filters_by_metadata_and_state_and_pages() {
     let mut newest = Vec::new();
     let mut filter = ListFilter {
         limit: Some(2),
-        newest_first: true,
         ..ListFilter::default()
     };
     loop {
-        let page = core.list(&t, &filter).unwrap();
+        let page = core.list(&t, &filter).unwrap().page;
         newest.extend(page.items.into_iter().map(|r| r.id));
         match page.next_token {
             Some(tok) => filter.next_token = Some(tok),
@@ -271,7 +273,8 @@ async fn list_filters_by_metadata_and_state_and_pages() {
                 ..ListFilter::default()
             },
         )
-        .unwrap();
+        .unwrap()
+        .page;
     assert_eq!(even.items.len(), 3);
 
     core.pause(&t, &ids[1], StateMode::Memory).await.unwrap();
@@ -283,7 +286,8 @@ async fn list_filters_by_metadata_and_state_and_pages() {
                 ..ListFilter::default()
             },
         )
-        .unwrap();
+        .unwrap()
+        .page;
     assert_eq!(paused.items.len(), 1);
     assert_eq!(paused.items[0].id, ids[1]);
 
@@ -583,7 +587,12 @@ async fn a_caller_that_goes_away_does_not_leave_a_half_created_sandbox() {
     caller.abort(); // the HTTP client disconnected
     rt.hook.add_permits(1);
     eventually("the create finished anyway", || {
-        core.list(&t, &ListFilter::default()).unwrap().items.len() == 1
+        core.list(&t, &ListFilter::default())
+            .unwrap()
+            .page
+            .items
+            .len()
+            == 1
     })
     .await;
     assert!(store
@@ -678,7 +687,7 @@ async fn a_failing_start_command_fails_the_create_and_leaves_nothing() {
     assert!(matches!(err, CoreError::StartCommand(_)), "{err:?}");
     assert!(err.to_string().contains("/usr/local/bin/interp exited"));
     assert_eq!(rt.count(), 0);
-    let page = core.list(&t, &ListFilter::default()).unwrap();
+    let page = core.list(&t, &ListFilter::default()).unwrap().page;
     assert!(page.items.is_empty());
     // A template without a start command is unaffected.
     let rec = core.create(&t, req()).await.unwrap();
@@ -1168,4 +1177,267 @@ async fn traffic_resumes_a_paused_sandbox_only_with_auto_resume() {
         SandboxState::Running
     );
     assert!(core.route_or_resume("nosuchsandbox").await.is_none());
+}
+
+#[tokio::test]
+async fn list_is_newest_first_and_filters_by_time_and_template() {
+    let (core, _, _) = setup();
+    let t = team("a");
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(core.create(&t, req()).await.unwrap());
+        // Distinct start times (microseconds apart at least).
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let list = |f: ListFilter| core.list(&t, &f).unwrap();
+    let ids_of =
+        |l: kiln_core::SandboxList| l.page.items.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let newest: Vec<String> = ids.iter().rev().map(|r| r.id.clone()).collect();
+    assert_eq!(
+        ids_of(list(ListFilter::default())),
+        newest,
+        "newest first by default"
+    );
+
+    // Paging goes on in the order asked for across running and paused
+    // sandboxes alike.
+    core.pause(&t, &ids[2].id, StateMode::Memory).await.unwrap();
+    for (order, want) in [
+        (Order::NewestFirst, newest.clone()),
+        (
+            Order::OldestFirst,
+            ids.iter().map(|r| r.id.clone()).collect(),
+        ),
+    ] {
+        let mut f = ListFilter {
+            limit: Some(1),
+            order,
+            ..ListFilter::default()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let l = list(f.clone());
+            assert_eq!(l.total_running, Some(3), "before paging, paused ones apart");
+            seen.extend(l.page.items.into_iter().map(|r| r.id));
+            match l.page.next_token {
+                Some(tok) => f.next_token = Some(tok),
+                None => break,
+            }
+        }
+        assert_eq!(seen, want, "{order:?}");
+    }
+    let paused_only = list(ListFilter {
+        states: vec![SandboxState::Paused],
+        ..ListFilter::default()
+    });
+    assert_eq!(paused_only.total_running, None);
+
+    // startedAfter / startedBefore are inclusive bounds.
+    let after = list(ListFilter {
+        started_after: Some(ids[1].started_at),
+        ..ListFilter::default()
+    });
+    assert_eq!(ids_of(after), newest[..3]);
+    let before = list(ListFilter {
+        started_before: Some(ids[1].started_at),
+        ..ListFilter::default()
+    });
+    assert_eq!(ids_of(before), newest[2..]);
+    let between = list(ListFilter {
+        started_after: Some(ids[1].started_at),
+        started_before: Some(ids[2].started_at),
+        ..ListFilter::default()
+    });
+    assert_eq!(ids_of(between), newest[1..3]);
+    assert!(matches!(
+        core.list(
+            &t,
+            &ListFilter {
+                started_after: Some(ids[2].started_at),
+                started_before: Some(ids[1].started_at),
+                ..ListFilter::default()
+            }
+        ),
+        Err(CoreError::InvalidArgument(_))
+    ));
+
+    // By template id or alias; an unknown one matches nothing; tags are refused.
+    for name in ["base", "base-v1"] {
+        let l = list(ListFilter {
+            template: Some(name.into()),
+            ..ListFilter::default()
+        });
+        assert_eq!(l.page.items.len(), 4, "{name}");
+    }
+    let none = list(ListFilter {
+        template: Some("other".into()),
+        ..ListFilter::default()
+    });
+    assert!(none.page.items.is_empty());
+    assert_eq!(none.total_running, Some(0));
+    assert!(matches!(
+        core.list(
+            &t,
+            &ListFilter {
+                template: Some("base:v2".into()),
+                ..ListFilter::default()
+            }
+        ),
+        Err(CoreError::InvalidArgument(m)) if m.contains("tag")
+    ));
+}
+
+#[tokio::test]
+async fn a_zero_timeout_ends_the_sandbox_now_with_its_timeout_action() {
+    let (core, rt, store) = setup();
+    let t = team("a");
+    let killed = core.create(&t, req()).await.unwrap();
+    core.set_timeout(&t, &killed.id, 0).await.unwrap();
+    assert_eq!(rt.state(&killed.id), None, "killed before the answer");
+    assert_eq!(
+        store.get_sandbox(&killed.id).await.unwrap().unwrap().state,
+        SandboxState::Killed
+    );
+    assert!(matches!(
+        core.set_timeout(&t, &killed.id, 0).await,
+        Err(CoreError::NotFound(_))
+    ));
+
+    for (keep_memory, mode) in [(true, StateMode::Memory), (false, StateMode::Filesystem)] {
+        let rec = core
+            .create(
+                &t,
+                CreateSandbox {
+                    auto_pause: true,
+                    auto_pause_memory: keep_memory,
+                    ..req()
+                },
+            )
+            .await
+            .unwrap();
+        core.set_timeout(&t, &rec.id, 0).await.unwrap();
+        assert_eq!(rt.state(&rec.id), Some(FakeState::Paused(mode)));
+        assert_eq!(core.get(&t, &rec.id).unwrap().state, SandboxState::Paused);
+        // Paused: a zero timeout only records the deadline.
+        core.set_timeout(&t, &rec.id, 0).await.unwrap();
+        assert_eq!(rt.state(&rec.id), Some(FakeState::Paused(mode)));
+    }
+
+    let live = core.create(&t, req()).await.unwrap();
+    for bad in [-1, 3601] {
+        assert!(matches!(
+            core.set_timeout(&t, &live.id, bad).await,
+            Err(CoreError::InvalidArgument(m)) if m.contains("between 0")
+        ));
+    }
+    assert_eq!(rt.state(&live.id), Some(FakeState::Running));
+}
+
+#[tokio::test]
+async fn metrics_keep_a_history_and_answer_ranges() {
+    let (core, _, _) = setup();
+    let t = team("a");
+    let a = core.create(&t, req()).await.unwrap();
+    let b = core.create(&t, req()).await.unwrap();
+    let other = core.create(&team("b"), req()).await.unwrap();
+
+    // A sandbox not sampled yet is sampled on the first request.
+    let first = core.metrics(&t, &a.id, None, None).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].cpu_count, 2);
+    assert_eq!(first[0].mem_total, 1024 * 1024 * 1024);
+    for _ in 0..3 {
+        core.sample_metrics().await;
+    }
+    let all = core.metrics(&t, &a.id, None, None).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(all.windows(2).all(|w| w[0].at <= w[1].at), "oldest first");
+    let t0 = all[0].at.timestamp();
+    assert_eq!(
+        core.metrics(&t, &a.id, Some(t0), Some(t0 + 3600))
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+    assert!(core
+        .metrics(&t, &a.id, Some(t0 - 100), Some(t0 - 1))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        core.metrics(&t, &a.id, Some(t0 + 1), Some(t0)).await,
+        Err(CoreError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        core.metrics(&team("b"), &a.id, None, None).await,
+        Err(CoreError::NotFound(_))
+    ));
+
+    // A paused sandbox keeps its history and gets no new samples.
+    core.pause(&t, &b.id, StateMode::Memory).await.unwrap();
+    let before = core.metrics(&t, &b.id, None, None).await.unwrap().len();
+    core.sample_metrics().await;
+    assert_eq!(
+        core.metrics(&t, &b.id, None, None).await.unwrap().len(),
+        before
+    );
+
+    // Several at once: the team's own, latest sample each; others left out.
+    let ids = vec![
+        a.id.clone(),
+        format!("{}-6532622b", b.id),
+        other.id.clone(),
+        "nosuchsandbox".into(),
+    ];
+    let many = core.metrics_of(&t, &ids).await.unwrap();
+    let got: Vec<&str> = many.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(got, [a.id.as_str(), b.id.as_str()]);
+    let latest = core.metrics(&t, &a.id, None, None).await.unwrap();
+    assert_eq!(many[0].1, *latest.last().unwrap());
+    let too_many: Vec<String> = (0..101).map(|i| format!("s{i}")).collect();
+    assert!(matches!(
+        core.metrics_of(&t, &too_many).await,
+        Err(CoreError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        core.metrics_of(&t, &["Bad-Id".into()]).await,
+        Err(CoreError::InvalidArgument(_))
+    ));
+}
+
+#[tokio::test]
+async fn templates_are_found_by_id_alias_or_own_snapshot_and_counted() {
+    let (core, _, _) = setup();
+    let t = team("a");
+    for name in ["base", "base-v1", "base:default"] {
+        let found = core.find_template(&t, name).await.unwrap().unwrap();
+        assert_eq!(found.id(), "base-v1", "{name}");
+        assert!(found.public());
+    }
+    assert!(core.find_template(&t, "base:v2").await.unwrap().is_none());
+    assert!(core.find_template(&t, "nope").await.unwrap().is_none());
+
+    let rec = core.create(&t, req()).await.unwrap();
+    let snap = core
+        .create_snapshot(&t, &rec.id, Some("mine".into()), None)
+        .await
+        .unwrap();
+    let found = core.find_template(&t, "mine").await.unwrap().unwrap();
+    assert_eq!(found.id(), snap.tagged_id());
+    assert!(!found.public());
+    assert!(
+        core.find_template(&team("b"), "mine")
+            .await
+            .unwrap()
+            .is_none(),
+        "another team's snapshot does not exist for the caller"
+    );
+
+    core.create(&t, req()).await.unwrap();
+    let usage = core.template_usage(&t).await.unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].template_id, "base-v1");
+    assert_eq!(usage[0].spawn_count, 2);
+    assert!(core.template_usage(&team("b")).await.unwrap().is_empty());
 }

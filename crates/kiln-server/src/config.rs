@@ -31,6 +31,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KILN_SPAWN_BIN", "The container runtime's kiln-spawn helper (default: kiln-spawn next to this program). TOML: runtime.container.spawn_bin."),
     ("KILN_RUNTIME_TAG", "Tag naming the container runtime's host objects (cgroups, bridge, namespaces, firewall table), 1-4 of [a-z0-9]; two kilnds on one host need different tags (default k0)."),
     ("KILN_SUBNET", "The sandbox bridge's private /16, given by its first address (default 10.88.0.0); distinct per tag."),
+    ("KILN_METRICS_INTERVAL", "Seconds between two resource-use samples of every running sandbox, 1-3600 (default 5); the last 720 samples of each are kept in memory for GET /sandboxes/{id}/metrics."),
     ("KILN_NODE_NAME", "This node's name, reported as clientID (default kiln)."),
     ("KILN_API_KEY", "An API key kilnd accepts (added to the store at start, team `default`); environment only, never in the file."),
     ("KILN_LOG", "Log filter in tracing's EnvFilter syntax (default info)."),
@@ -53,6 +54,7 @@ pub struct Config {
     pub sandbox_memory_mib: u64,
     pub sandbox_disk_mib: u64,
     pub node_name: String,
+    pub metrics_interval_secs: u64,
     pub agent_bin: Option<PathBuf>,
     /// `None`: when the interpreter binary is there.
     pub code_interpreter: Option<bool>,
@@ -78,6 +80,7 @@ impl Default for Config {
             sandbox_memory_mib: 1024,
             sandbox_disk_mib: 4096,
             node_name: "kiln".into(),
+            metrics_interval_secs: 5,
             agent_bin: None,
             code_interpreter: None,
             interpreter_bin: None,
@@ -286,6 +289,9 @@ impl Config {
         if let Some(v) = env("KILN_WARM_POOL") {
             self.runtime.container.warm_pool = parse("KILN_WARM_POOL", v)?;
         }
+        if let Some(v) = env("KILN_METRICS_INTERVAL") {
+            self.metrics_interval_secs = parse("KILN_METRICS_INTERVAL", v)?;
+        }
         if let Some(v) = env("KILN_NODE_NAME") {
             self.node_name = v;
         }
@@ -351,6 +357,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "sandbox vCPUs, memory and disk must be positive".into(),
             ));
+        }
+        if !(1..=3600).contains(&self.metrics_interval_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "metrics_interval_secs {} must be between 1 and 3600",
+                self.metrics_interval_secs
+            )));
         }
         if self.runtime.container.warm_pool > 1000 {
             return Err(ConfigError::Invalid(format!(

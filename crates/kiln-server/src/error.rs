@@ -28,6 +28,10 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
     fn internal(what: &str, error: &dyn std::error::Error) -> Self {
         let mut chain = error.to_string();
         let mut source = error.source();

@@ -92,6 +92,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
             envd_version: ENVD_VERSION.into(),
             client_id: config.node_name.clone(),
             domain: Some(config.domain()),
+            metrics_interval: Duration::from_secs(config.metrics_interval_secs),
         },
         store,
         runtimes,

@@ -11,9 +11,34 @@ use super::{lock, Core, Live};
 use crate::error::CoreError;
 use crate::ids::{new_sandbox_id, random_hex};
 use crate::sandbox::{CreateSandbox, SandboxRecord, SandboxState, Team};
-use crate::snapshots::SnapshotRecord;
+use crate::snapshots::{strip_tag, SnapshotRecord};
+use crate::store::TemplateUsage;
 use crate::templates::TemplateInfo;
 use crate::timers;
+
+/// A template found by [`Core::find_template`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FoundTemplate {
+    /// One of the catalog's, which every team may use.
+    Catalog(Box<TemplateInfo>),
+    /// One of the caller's snapshots (E2B's snapshots are templates).
+    Snapshot(Box<SnapshotRecord>),
+}
+
+impl FoundTemplate {
+    /// Its id as the SDKs show it (a snapshot's is `<id>:default`).
+    pub fn id(&self) -> String {
+        match self {
+            FoundTemplate::Catalog(t) => t.template.id.clone(),
+            FoundTemplate::Snapshot(s) => s.tagged_id(),
+        }
+    }
+
+    /// Whether every team may use it.
+    pub fn public(&self) -> bool {
+        matches!(self, FoundTemplate::Catalog(_))
+    }
+}
 
 /// What a new sandbox starts from.
 #[derive(Clone)]
@@ -42,6 +67,32 @@ impl Core {
         let (core, team) = (self.clone(), team.clone());
         self.detached(async move { core.create_inner(&team, req).await })
             .await
+    }
+
+    /// What `name` (an id or alias, maybe with E2B's `:default` tag) names
+    /// for the team: a template of the catalog (public) or one of the
+    /// team's snapshots (its own). Other teams' snapshots do not exist for
+    /// the caller.
+    pub async fn find_template(
+        &self,
+        team: &Team,
+        name: &str,
+    ) -> Result<Option<FoundTemplate>, CoreError> {
+        let Some(untagged) = strip_tag(name) else {
+            return Ok(None);
+        };
+        if let Some(t) = self.inner.templates.resolve(untagged) {
+            return Ok(Some(FoundTemplate::Catalog(Box::new(t))));
+        }
+        Ok(self
+            .find_snapshot(team, name)
+            .await?
+            .map(|s| FoundTemplate::Snapshot(Box::new(s))))
+    }
+
+    /// How often the team's sandboxes used each template, and when last.
+    pub async fn template_usage(&self, team: &Team) -> Result<Vec<TemplateUsage>, CoreError> {
+        Ok(self.inner.store.template_usage(&team.id).await?)
     }
 
     /// The template, or else the team's snapshot, that `name` names.

@@ -3,7 +3,8 @@
 use super::Core;
 use crate::error::CoreError;
 use crate::ids::is_sandbox_id;
-use crate::sandbox::{ListFilter, Page, SandboxRecord, SandboxState, Team};
+use crate::sandbox::{ListFilter, Order, Page, SandboxList, SandboxRecord, SandboxState, Team};
+use crate::snapshots::strip_tag;
 
 impl Core {
     /// The sandbox as its team sees it.
@@ -12,8 +13,12 @@ impl Core {
     }
 
     /// The team's sandboxes (running and paused unless `filter.states` says
-    /// otherwise), oldest first, one page at a time.
-    pub fn list(&self, team: &Team, filter: &ListFilter) -> Result<Page<SandboxRecord>, CoreError> {
+    /// otherwise), by start time in `filter.order`, one page at a time.
+    ///
+    /// Running and paused sandboxes are one sequence, sorted and paged by
+    /// the same key (start time, then id), so a page token taken in one
+    /// order goes on in that order whatever changed state in between.
+    pub fn list(&self, team: &Team, filter: &ListFilter) -> Result<SandboxList, CoreError> {
         let limit = filter.limit.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
             return Err(CoreError::InvalidArgument(format!(
@@ -30,6 +35,17 @@ impl Core {
                 "state must be running or paused".into(),
             ));
         }
+        if let (Some(after), Some(before)) = (filter.started_after, filter.started_before) {
+            if after > before {
+                return Err(CoreError::InvalidArgument(format!(
+                    "startedAfter ({after}) is later than startedBefore ({before})"
+                )));
+            }
+        }
+        let template = match filter.template.as_deref().filter(|t| !t.is_empty()) {
+            Some(t) => Some(self.template_filter(t)?),
+            None => None,
+        };
         let after = filter.next_token.as_deref().map(decode_token).transpose()?;
         let mut all: Vec<SandboxRecord> = self
             .inner
@@ -45,14 +61,35 @@ impl Core {
                     .iter()
                     .all(|(k, v)| r.metadata.get(k) == Some(v))
             })
+            // On the microsecond grid of the page key (and of the times a
+            // client read from RFC 3339 with microseconds), so that a
+            // sandbox's own startedAt, fed back, includes it.
+            .filter(|r| {
+                filter
+                    .started_after
+                    .is_none_or(|t| r.started_at.timestamp_micros() >= t.timestamp_micros())
+            })
+            .filter(|r| {
+                filter
+                    .started_before
+                    .is_none_or(|t| r.started_at.timestamp_micros() <= t.timestamp_micros())
+            })
+            .filter(|r| template.as_ref().is_none_or(|t| t.matches(r)))
             .collect();
+        let total_running = states.contains(&SandboxState::Running).then(|| {
+            all.iter()
+                .filter(|r| r.state == SandboxState::Running)
+                .count()
+        });
         let key = |r: &SandboxRecord| (r.started_at.timestamp_micros(), r.id.clone());
         all.sort_by_key(key);
-        if filter.newest_first {
+        if filter.order == Order::NewestFirst {
             all.reverse();
         }
         let start = match after {
-            Some(after) if filter.newest_first => all.partition_point(|r| key(r) >= after),
+            Some(after) if filter.order == Order::NewestFirst => {
+                all.partition_point(|r| key(r) >= after)
+            }
             Some(after) => all.partition_point(|r| key(r) <= after),
             None => 0,
         };
@@ -61,7 +98,44 @@ impl Core {
         let next_token = (rest.len() > limit)
             .then(|| items.last().map(encode_token))
             .flatten();
-        Ok(Page { items, next_token })
+        Ok(SandboxList {
+            page: Page { items, next_token },
+            total_running,
+        })
+    }
+
+    /// What a `template` filter matches: a template of the catalog by id or
+    /// alias, else the name sandboxes were created with (a snapshot's id or
+    /// name). A tagged name is refused, as E2B does: sandboxes do not
+    /// record the tag they were started from.
+    fn template_filter(&self, name: &str) -> Result<TemplateFilter, CoreError> {
+        if name.contains(':') {
+            return Err(CoreError::InvalidArgument(format!(
+                "invalid template {name:?}: tags are not supported here because sandboxes are not tag-scoped"
+            )));
+        }
+        Ok(match self.inner.templates.resolve(name) {
+            Some(t) => TemplateFilter::Id(t.template.id),
+            None => TemplateFilter::CreatedAs(name.to_owned()),
+        })
+    }
+}
+
+enum TemplateFilter {
+    Id(String),
+    CreatedAs(String),
+}
+
+impl TemplateFilter {
+    fn matches(&self, r: &SandboxRecord) -> bool {
+        match self {
+            TemplateFilter::Id(id) => r.template_id == *id,
+            TemplateFilter::CreatedAs(name) => r
+                .alias
+                .as_deref()
+                .and_then(strip_tag)
+                .is_some_and(|a| a == name),
+        }
     }
 }
 

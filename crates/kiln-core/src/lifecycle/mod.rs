@@ -24,19 +24,21 @@ mod validate;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 use kiln_runtime::{SandboxHandle, SandboxSpec};
 use tokio::sync::watch;
 
+pub use crate::history::Metrics;
+pub use create::FoundTemplate;
 pub use fork::{DEFAULT_FORK_TIMEOUT, MAX_FORK_COUNT};
-pub use metrics::Metrics;
+pub use metrics::MAX_METRICS_SANDBOXES;
 pub use route::{Gone, Route};
 pub use snapshot::SnapshotFilter;
 
 use crate::agent::AgentInit;
 use crate::error::CoreError;
+use crate::history::MetricsHistory;
 use crate::ids::is_sandbox_id;
 use crate::keys;
 use crate::runtimes::{Backend, Runtimes};
@@ -58,6 +60,8 @@ pub struct CoreConfig {
     pub client_id: String,
     /// Domain reported to the SDKs for `<port>-<id>.<domain>` routing.
     pub domain: Option<String>,
+    /// How often every running sandbox's resource use is sampled.
+    pub metrics_interval: std::time::Duration,
 }
 
 impl Default for CoreConfig {
@@ -65,9 +69,10 @@ impl Default for CoreConfig {
         Self {
             default_timeout_secs: 300,
             max_timeout_secs: 24 * 3600,
-            envd_version: "0.5.7".into(),
+            envd_version: "0.6.4".into(),
             client_id: "kiln".into(),
             domain: None,
+            metrics_interval: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -81,7 +86,8 @@ pub(crate) struct Live {
     pub(crate) end_tx: watch::Sender<DateTime<Utc>>,
     /// Serialises lifecycle operations on this sandbox.
     pub(crate) op: tokio::sync::Mutex<()>,
-    last_cpu: Mutex<Option<(u64, Instant)>>,
+    /// Resource-use samples (see `metrics.rs`).
+    pub(crate) metrics: Mutex<MetricsHistory>,
     /// Set once the sandbox is gone; see [`Gone`].
     gone_tx: watch::Sender<bool>,
 }
@@ -94,7 +100,7 @@ impl Live {
             handle: Mutex::new(handle),
             end_tx,
             op: tokio::sync::Mutex::new(()),
-            last_cpu: Mutex::new(None),
+            metrics: Mutex::new(MetricsHistory::default()),
             gone_tx: watch::channel(false).0,
         })
     }
@@ -159,6 +165,7 @@ impl Core {
     pub async fn start(&self) -> Result<recovery::RecoveryReport, CoreError> {
         let report = recovery::recover(self).await?;
         timers::watch_runtime_events(self);
+        timers::spawn_metrics_sampler(self);
         Ok(report)
     }
 
@@ -327,6 +334,12 @@ impl Core {
     /// (with why, when nobody asked for it). The caller holds `live.op`.
     pub(crate) async fn finish_kill(&self, live: &Live, reason: Option<&str>) {
         let rec = live.record();
+        // Gone for everyone before the runtime starts tearing it down: a
+        // request arriving meanwhile (the SDK probes `/health` when its
+        // command's stream is cut) must hear "not found", not reach a
+        // half-killed sandbox and be told its port is closed.
+        self.remove_live(&rec.id);
+        live.gone_tx.send_replace(true);
         match self.inner.runtimes.backend(rec.runtime) {
             Some(b) => {
                 if let Err(e) = b.runtime.kill(&rec.id).await {
@@ -339,8 +352,6 @@ impl Core {
                 "the sandbox's runtime is not available: its host objects stay until it is"
             ),
         }
-        self.remove_live(&rec.id);
-        live.gone_tx.send_replace(true);
         let rec = {
             let mut rec = lock(&live.record);
             rec.state = SandboxState::Killed;

@@ -11,11 +11,41 @@ use crate::sandbox::{SandboxState, Team};
 
 impl Core {
     /// Sets the sandbox to end `secs` seconds from now (may shorten its life).
+    /// `0` ends it now: its on-timeout action (kill, or pause) has run when
+    /// this returns, as when a timer expires.
     pub async fn set_timeout(&self, team: &Team, id: &str, secs: i64) -> Result<(), CoreError> {
-        let secs = self.validate_timeout(secs)?;
+        let max = self.inner.config.max_timeout_secs;
+        if !(0..=max).contains(&secs) {
+            return Err(CoreError::InvalidArgument(format!(
+                "timeout must be between 0 (end now) and {max} seconds, got {secs}"
+            )));
+        }
+        if secs == 0 {
+            return self.expire_now(team, id).await;
+        }
         let live = self.owned(team, id)?;
         check(Op::SetTimeout, id, live.state())?;
         self.persist_end(&live, Self::deadline(secs)).await
+    }
+
+    async fn expire_now(&self, team: &Team, id: &str) -> Result<(), CoreError> {
+        let live = self.owned(team, id)?;
+        let (core, id) = (self.clone(), id.to_owned());
+        self.detached(async move {
+            let end = {
+                let _guard = live.op.lock().await;
+                check(Op::SetTimeout, &id, live.state())?;
+                let end = Utc::now();
+                core.persist_end(&live, end).await?;
+                end
+            };
+            // A paused sandbox only records the deadline (it does not count
+            // while paused); a running one expires now. Should its timer get
+            // there first, this finds the deadline handled and does nothing.
+            core.expire(&id, end).await;
+            Ok(())
+        })
+        .await
     }
 
     /// Keeps the sandbox alive at least `secs` more seconds (default timeout

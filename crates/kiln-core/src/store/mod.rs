@@ -48,6 +48,15 @@ pub struct KeyRecord {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// One template's use by a team's sandboxes (E2B's `spawnCount` and
+/// `lastSpawnedAt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateUsage {
+    pub template_id: String,
+    pub spawn_count: u64,
+    pub last_spawned_at: DateTime<Utc>,
+}
+
 /// The persistence the core needs, backend-neutral and async (the SQLite
 /// backend runs its short queries on the blocking pool; a PostgreSQL one
 /// would await its client). Callers hold no lock across these calls.
@@ -72,6 +81,10 @@ pub trait Store: Send + Sync + 'static {
         team_id: Option<&str>,
         states: &[SandboxState],
     ) -> Result<Vec<SandboxRecord>, StoreError>;
+
+    /// How often each template was used by one team's sandboxes (created
+    /// ever, whatever their state now), and when last.
+    async fn template_usage(&self, team_id: &str) -> Result<Vec<TemplateUsage>, StoreError>;
 
     async fn insert_snapshot(&self, snapshot: &SnapshotRecord) -> Result<(), StoreError>;
     /// Overwrites the mutable fields (mode, build_id, state, size_bytes,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{KeyRecord, Store, StoreError};
+use super::{KeyRecord, Store, StoreError, TemplateUsage};
 use crate::sandbox::{SandboxRecord, SandboxState};
 use crate::snapshots::SnapshotRecord;
 
@@ -557,6 +557,39 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn template_usage(&self, team_id: &str) -> Result<Vec<TemplateUsage>, StoreError> {
+        let team_id = team_id.to_owned();
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT template_id, COUNT(*), MAX(started_at) FROM sandboxes \
+                     WHERE team_id = ?1 GROUP BY template_id ORDER BY template_id",
+                )
+                .map_err(db("counting template use"))?;
+            let rows = stmt
+                .query_map([team_id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(db("counting template use"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db("counting template use"))?;
+            rows.into_iter()
+                .map(|(template_id, n, last)| {
+                    Ok(TemplateUsage {
+                        template_id,
+                        spawn_count: u64::try_from(n).unwrap_or_default(),
+                        last_spawned_at: from_ms(last)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StoreError> {
         let s = s.clone();
         self.run(move |conn| {
@@ -729,6 +762,18 @@ mod tests {
                 .unwrap()),
             ["d"]
         );
+
+        let usage = s.template_usage("t1").await.unwrap();
+        assert_eq!(
+            usage,
+            [TemplateUsage {
+                template_id: "base".into(),
+                spawn_count: 3,
+                last_spawned_at: from_ms(3).unwrap(),
+            }],
+            "killed sandboxes count too"
+        );
+        assert!(s.template_usage("nobody").await.unwrap().is_empty());
 
         let mut a = s.get_sandbox("a").await.unwrap().unwrap();
         a.state = SandboxState::Paused;

@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,7 +12,7 @@ use kiln_core::{SnapshotFilter, SnapshotRecord};
 use serde::Deserialize;
 
 use super::sandboxes::{sandbox_body, NEXT_TOKEN_HEADER};
-use super::{json_body, required_json_body};
+use super::{json_body, required_json_body, PathParam, SandboxId};
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -40,7 +40,7 @@ fn info(s: &SnapshotRecord) -> SnapshotInfo {
 pub async fn create(
     State(state): State<AppState>,
     Auth(team): Auth,
-    Path(id): Path<String>,
+    SandboxId(id): SandboxId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<SnapshotInfo>), ApiError> {
     let req: SandboxSnapshotRequest = json_body(&body?)?;
@@ -106,7 +106,7 @@ pub async fn list(
 pub async fn delete(
     State(state): State<AppState>,
     Auth(team): Auth,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<StatusCode, ApiError> {
     if state.core.delete_snapshot(&team, &id).await? {
         return Ok(StatusCode::NO_CONTENT);
@@ -138,7 +138,7 @@ pub async fn delete(
 pub async fn fork(
     State(state): State<AppState>,
     Auth(team): Auth,
-    Path(id): Path<String>,
+    SandboxId(id): SandboxId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Vec<SandboxForkResult>>), ApiError> {
     let bytes = body?;
