@@ -57,6 +57,47 @@ def test_pause_resume_and_exec_resumes(kiln, sandbox):
     assert json.loads(r.stdout)["resumed"] is False
 
 
+def test_filesystem_pause_snapshots_and_fork(kiln, sandbox):
+    kiln("exec", sandbox, "--", "echo kept > /home/user/state; echo m > /tmp/m")
+    r = kiln("--json", "sandbox", "pause", "--filesystem", sandbox)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["pauseMode"] == "filesystem"
+    assert json.loads(kiln("--json", "sandbox", "info", sandbox).stdout)["pauseMode"] == "filesystem"
+    # exec resumes it: a new boot on the kept disk.
+    r = kiln("exec", sandbox, "--", "cat /home/user/state; ls /tmp | wc -l")
+    assert (r.returncode, r.stdout) == (0, b"kept\n0\n"), r
+
+    r = kiln("snapshot", "create", sandbox, "--name", "cli-snap")
+    assert r.returncode == 0, r.stderr
+    snap = r.stdout.decode().strip()
+    assert snap.endswith(":default"), snap
+    r = kiln("snapshot", "list", "--sandbox", sandbox)
+    assert snap in r.stdout.decode() and "cli-snap" in r.stdout.decode(), r
+    r = kiln("--json", "sandbox", "create", "-t", snap, "--timeout", "120")
+    assert r.returncode == 0, r.stderr
+    child = json.loads(r.stdout)["sandboxID"]
+    try:
+        r = kiln("exec", child, "--", "cat /home/user/state")
+        assert r.stdout == b"kept\n", r
+    finally:
+        kiln("sandbox", "kill", child)
+    r = kiln("snapshot", "rm", snap)
+    assert r.returncode == 0, r.stderr
+    r = kiln("snapshot", "rm", snap)
+    assert r.returncode == 1 and b"not found" in r.stderr, r
+
+    r = kiln("sandbox", "fork", sandbox, "--count", "2", "--timeout", "60")
+    assert r.returncode == 0, r.stderr
+    copies = r.stdout.decode().split()
+    assert len(copies) == 2 and sandbox not in copies, copies
+    r = kiln("exec", copies[1], "--", "cat /home/user/state")
+    assert r.stdout == b"kept\n", r
+    r = kiln("sandbox", "kill", *copies)
+    assert r.returncode == 0, r.stderr
+    r = kiln("sandbox", "fork", sandbox, "--count", "101")
+    assert r.returncode == 1 and b"count" in r.stderr, r
+
+
 def test_exec_passes_exit_codes_and_separates_streams(kiln, sandbox):
     r = kiln("exec", sandbox, "--", "echo out; echo err >&2")
     assert (r.returncode, r.stdout, r.stderr) == (0, b"out\n", b"err\n")
@@ -208,5 +249,5 @@ def test_help_lists_every_verb():
     import subprocess
 
     out = subprocess.run([kiln_bin(), "--help"], capture_output=True, text=True).stdout
-    for verb in ("up", "doctor", "sandbox", "exec", "shell", "cp", "template", "keys", "mcp"):
+    for verb in ("up", "doctor", "sandbox", "snapshot", "exec", "shell", "cp", "template", "keys", "mcp"):
         assert f"\n  {verb} " in out, verb

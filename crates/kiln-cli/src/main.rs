@@ -50,6 +50,12 @@ enum Command {
         #[command(subcommand)]
         command: commands::sandbox::SandboxCommand,
     },
+    /// Take, list and delete snapshots (new sandboxes start from them).
+    #[command(alias = "snapshots")]
+    Snapshot {
+        #[command(subcommand)]
+        command: commands::snapshot::SnapshotCommand,
+    },
     /// Run a command in a sandbox; exits with its exit code.
     Exec(commands::exec::ExecArgs),
     /// Open an interactive shell (a PTY) in a sandbox.
@@ -130,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             KeysCommand::Revoke { id } => block_on(commands::keys::revoke(&data_dir, &id)),
         },
         Command::Sandbox { command } => block_on(commands::sandbox::run(command, &cli.client)),
+        Command::Snapshot { command } => block_on(commands::snapshot::run(command, &cli.client)),
         Command::Exec(args) => {
             let code = block_on(commands::exec::run(args, &cli.client))?;
             std::process::exit(code)

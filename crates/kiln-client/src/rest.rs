@@ -1,7 +1,8 @@
 //! kilnd's control API: sandboxes and templates.
 
 use kiln_api::rest::{
-    ConnectSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxState, SandboxTimeoutRequest,
+    ConnectSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxForkRequest, SandboxForkResult,
+    SandboxPauseRequest, SandboxSnapshotRequest, SandboxState, SandboxTimeoutRequest, SnapshotInfo,
     Template,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -175,9 +176,15 @@ impl Client {
     }
 
     /// `POST /sandboxes/{id}/pause`: freezes the sandbox; its timeout stops.
-    pub async fn pause(&self, id: &str) -> Result<()> {
+    /// `POST /sandboxes/{id}/pause`: with memory, or keeping only the
+    /// filesystem (`memory: false`; resume then boots it anew).
+    pub async fn pause(&self, id: &str, memory: bool) -> Result<()> {
         let path = format!("/sandboxes/{}/pause", seg(id)?);
-        let rb = self.request(Method::POST, &path)?;
+        let rb = self
+            .request(Method::POST, &path)?
+            .json(&SandboxPauseRequest {
+                memory: Some(memory),
+            });
         self.call(rb, &path, &format!("sandbox {id}")).await?;
         Ok(())
     }
@@ -194,6 +201,75 @@ impl Client {
         let resp = self.call(rb, &path, &format!("sandbox {id}")).await?;
         let resumed = resp.status() == StatusCode::CREATED;
         Ok((Self::json(resp, &self.url(&path)).await?, resumed))
+    }
+
+    /// `POST /sandboxes/{id}/snapshots`.
+    pub async fn create_snapshot(
+        &self,
+        id: &str,
+        name: Option<String>,
+        memory: Option<bool>,
+    ) -> Result<SnapshotInfo> {
+        let path = format!("/sandboxes/{}/snapshots", seg(id)?);
+        let rb = self
+            .request(Method::POST, &path)?
+            .json(&SandboxSnapshotRequest { name, memory });
+        let resp = self.call(rb, &path, &format!("sandbox {id}")).await?;
+        Self::json(resp, &self.url(&path)).await
+    }
+
+    /// `GET /snapshots`, every page (of one sandbox's, if given).
+    pub async fn snapshots(&self, sandbox: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let mut query: Vec<(&str, String)> = vec![("limit", "100".into())];
+            if let Some(s) = sandbox {
+                query.push(("sandboxID", s.to_owned()));
+            }
+            if let Some(t) = &next {
+                query.push(("nextToken", t.clone()));
+            }
+            let path = "/snapshots";
+            let rb = self.request(Method::GET, path)?.query(&query);
+            let resp = self.call(rb, path, "the snapshot list").await?;
+            next = resp
+                .headers()
+                .get("x-next-token")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string);
+            let page: Vec<SnapshotInfo> = Self::json(resp, &self.url(path)).await?;
+            let empty = page.is_empty();
+            out.extend(page);
+            if next.is_none() || empty {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// `DELETE /templates/{id}` for a snapshot (id or name, maybe `:default`).
+    pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        let untagged = id.strip_suffix(":default").unwrap_or(id);
+        let path = format!("/templates/{}", seg(untagged)?);
+        let rb = self.request(Method::DELETE, &path)?;
+        self.call(rb, &path, &format!("snapshot {id}")).await?;
+        Ok(())
+    }
+
+    /// `POST /sandboxes/{id}/fork`: one result per copy.
+    pub async fn fork(
+        &self,
+        id: &str,
+        count: Option<u32>,
+        timeout: Option<i64>,
+    ) -> Result<Vec<SandboxForkResult>> {
+        let path = format!("/sandboxes/{}/fork", seg(id)?);
+        let rb = self
+            .request(Method::POST, &path)?
+            .json(&SandboxForkRequest { timeout, count });
+        let resp = self.call(rb, &path, &format!("sandbox {id}")).await?;
+        Self::json(resp, &self.url(&path)).await
     }
 
     /// A handle on a sandbox's agent (fetches its access token); a paused

@@ -6,5 +6,6 @@ pub mod keys;
 pub mod mcp;
 pub mod sandbox;
 pub mod shell;
+pub mod snapshot;
 pub mod template;
 pub mod up;

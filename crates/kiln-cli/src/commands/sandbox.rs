@@ -49,9 +49,26 @@ pub enum SandboxCommand {
     },
     /// Set the sandbox to end SECONDS from now.
     Timeout { id: String, seconds: i64 },
-    /// Freeze a sandbox (processes stop, memory and files are kept, its
-    /// timeout stops); exec, shell and cp resume it.
-    Pause { id: String },
+    /// Pause a sandbox (its timeout stops): with memory by default
+    /// (processes go on where they were at resume); exec, shell and cp
+    /// resume it.
+    Pause {
+        id: String,
+        /// Keep only the filesystem: every process ends, resume boots it
+        /// anew (survives host reboots on every runtime).
+        #[arg(long)]
+        filesystem: bool,
+    },
+    /// Make COUNT new sandboxes from a snapshot of a running one (which
+    /// goes on as it was); prints their ids.
+    Fork {
+        id: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Seconds each copy lives (default 15, as E2B's).
+        #[arg(long)]
+        timeout: Option<i64>,
+    },
     /// Resume a paused sandbox.
     Resume {
         id: String,
@@ -215,12 +232,35 @@ pub async fn run(cmd: SandboxCommand, args: &ClientArgs) -> anyhow::Result<()> {
                 bail!("{failed} of {} sandboxes could not be killed", ids.len());
             }
         }
-        SandboxCommand::Pause { id } => {
-            client.pause(&id).await?;
+        SandboxCommand::Pause { id, filesystem } => {
+            client.pause(&id, !filesystem).await?;
+            let kept = if filesystem { "filesystem" } else { "full" };
             if args.json {
-                return print_json(&serde_json::json!({"sandboxID": id, "state": "paused"}));
+                return print_json(
+                    &serde_json::json!({"sandboxID": id, "state": "paused", "pauseMode": kept}),
+                );
             }
-            println!("paused {id}");
+            println!("paused {id} ({kept})");
+        }
+        SandboxCommand::Fork { id, count, timeout } => {
+            let results = client.fork(&id, Some(count), timeout).await?;
+            if args.json {
+                return print_json(&results);
+            }
+            let mut failed = 0;
+            for r in &results {
+                match (&r.sandbox, &r.error) {
+                    (Some(s), _) => println!("{}", s.sandbox_id),
+                    (None, Some(e)) => {
+                        failed += 1;
+                        eprintln!("error: a copy failed ({}): {}", e.code, e.message);
+                    }
+                    (None, None) => failed += 1,
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} of {count} copies failed");
+            }
         }
         SandboxCommand::Resume { id, timeout } => {
             let (_, resumed) = client.connect(&id, timeout).await?;
