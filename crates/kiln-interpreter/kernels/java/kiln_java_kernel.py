@@ -50,7 +50,7 @@ class KilnJavaKernel(Kernel):
         previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             self.jvm = subprocess.Popen(
-                [java, "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", HERE, "KilnJShell"],
+                [java, "-XX:+UseSerialGC", "-cp", HERE, "KilnJShell"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
             )
