@@ -69,6 +69,8 @@ def start_kilnd(data: pathlib.Path, port: int, key: str, **extra_env) -> subproc
     # runtime's tests (t1..t9, 10.200+n.0.0/16).
     env.setdefault("KILN_RUNTIME_TAG", "e2e")
     env.setdefault("KILN_SUBNET", free_subnet())
+    # Metrics tests wait for a few samples.
+    env.setdefault("KILN_METRICS_INTERVAL", "1")
     env.update(extra_env)
     try:
         return spawn_kilnd(data, port, env)

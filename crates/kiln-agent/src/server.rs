@@ -62,9 +62,19 @@ pub async fn handle(state: Arc<AgentState>, req: Request<Incoming>) -> Response<
         *r.status_mut() = StatusCode::NO_CONTENT;
         return r;
     }
-    let signed = path == "/files" && signed_url_ok(&state, &parts.method, query.as_deref());
-    if !signed && !state.authorized(&parts.headers) {
-        let e = RpcError::new(Code::Unauthenticated, "missing or wrong X-Access-Token");
+    let signed = if path == "/files" {
+        signed_url(&state, &parts.method, query.as_deref())
+    } else {
+        None
+    };
+    if signed != Some(Ok(())) && !state.authorized(&parts.headers) {
+        // A signed URL that fails says why, in envd's words (the SDKs and
+        // browsers show it).
+        let why = match signed {
+            Some(Err(why)) => why,
+            _ => "missing or wrong X-Access-Token",
+        };
+        let e = RpcError::new(Code::Unauthenticated, why);
         return if path.starts_with("/process.") || path.starts_with("/filesystem.") {
             match connect::framing(&parts.headers) {
                 Ok(connect::Framing::Stream) => connect::stream_error(&e),
@@ -148,15 +158,18 @@ pub async fn handle(state: Arc<AgentState>, req: Request<Incoming>) -> Response<
     }
 }
 
-/// Whether a `/files` URL carries a valid signature: E2B's v1 scheme,
+/// Whether a `/files` URL's signature lets it through: E2B's v1 scheme,
 /// `v1_` + unpadded base64 of sha256("path:operation:user:token[:expiration]"),
 /// unexpired. Lets a browser download or upload without the token header.
-fn signed_url_ok(state: &AgentState, method: &Method, query: Option<&str>) -> bool {
+/// `None` when the URL carries no signature; otherwise why it is refused,
+/// in envd's words (`invalid signature`, `signature is already expired`).
+fn signed_url(
+    state: &AgentState,
+    method: &Method,
+    query: Option<&str>,
+) -> Option<Result<(), &'static str>> {
     use base64::Engine;
     use sha2::Digest;
-    let Some(token) = state.settings().access_token else {
-        return false;
-    };
     let params = files::query_params(query);
     let get = |name: &str| {
         params
@@ -164,30 +177,20 @@ fn signed_url_ok(state: &AgentState, method: &Method, query: Option<&str>) -> bo
             .find(|(k, _)| k == name)
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     };
-    let Some(sig) = get("signature") else {
-        return false;
+    let sig = get("signature")?;
+    let Some(token) = state.settings().access_token else {
+        return Some(Err("invalid signature"));
     };
     let op = match *method {
         Method::GET => "read",
         Method::POST => "write",
-        _ => return false,
+        _ => return Some(Err("invalid signature")),
     };
     let path = get("path").unwrap_or_default();
     let user = get("username").unwrap_or_default();
-    let raw = match get("signature_expiration").filter(|e| !e.is_empty()) {
-        Some(exp) => {
-            let Ok(exp_secs) = exp.parse::<u64>() else {
-                return false;
-            };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(u64::MAX);
-            if exp_secs < now {
-                return false;
-            }
-            format!("{path}:{op}:{user}:{token}:{exp}")
-        }
+    let expiration = get("signature_expiration").filter(|e| !e.is_empty());
+    let raw = match &expiration {
+        Some(exp) => format!("{path}:{op}:{user}:{token}:{exp}"),
         None => format!("{path}:{op}:{user}:{token}"),
     };
     let digest = sha2::Sha256::digest(raw.as_bytes());
@@ -195,12 +198,29 @@ fn signed_url_ok(state: &AgentState, method: &Method, query: Option<&str>) -> bo
         "v1_{}",
         base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
     );
-    want.len() == sig.len()
+    let matches = want.len() == sig.len()
         && want
             .bytes()
             .zip(sig.bytes())
             .fold(0u8, |a, (x, y)| a | (x ^ y))
-            == 0
+            == 0;
+    if !matches {
+        return Some(Err("invalid signature"));
+    }
+    if let Some(exp) = expiration {
+        // Signed, so the number is the signer's; check it only now.
+        let Ok(exp_secs) = exp.parse::<u64>() else {
+            return Some(Err("invalid signature"));
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(u64::MAX);
+        if exp_secs < now {
+            return Some(Err("signature is already expired"));
+        }
+    }
+    Some(Ok(()))
 }
 
 fn json_response<T: serde::Serialize>(v: &T) -> Response<Body> {

@@ -51,6 +51,17 @@ pub struct NewSandbox {
     /// Pause instead of killing the sandbox when its timeout expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_pause: Option<bool>,
+    /// With `autoPause`: keep memory when pausing (default true); false
+    /// keeps only the filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_pause_memory: Option<bool>,
+    /// Resume the paused sandbox when a request reaches it through the proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_resume: Option<AutoResume>,
+    /// Kiln extension: the isolation backend (`container`, `gvisor`,
+    /// `microvm`); default the template's, else the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
     /// v1 only: whether access to the agent needs the access token. Kiln
     /// always issues one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +81,47 @@ pub struct NewSandbox {
     /// Environment variables of every process started in the sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_vars: Option<BTreeMap<String, String>>,
+}
+
+/// `autoResume` of a new sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AutoResume {
+    pub enabled: bool,
+}
+
+/// What a paused sandbox's latest pause kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PauseMode {
+    /// Memory and filesystem.
+    Full,
+    Filesystem,
+}
+
+/// What happens when the sandbox's timeout expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    Kill,
+    Pause,
+}
+
+/// The sandbox's lifecycle settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxLifecycle {
+    pub auto_resume: bool,
+    pub on_timeout: OnTimeout,
+}
+
+/// Body of `POST /sandboxes/{id}/pause`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxPauseRequest {
+    /// Keep memory (default true): processes go on where they stopped.
+    /// False keeps only the filesystem: resume boots the sandbox anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bool>,
 }
 
 /// A created (or connected, or resumed) sandbox: what a client needs to reach it.
@@ -136,14 +188,24 @@ pub struct SandboxDetail {
     pub allow_internet_access: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// Present only in `GET /sandboxes/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<SandboxLifecycle>,
+    /// While paused: what the pause kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_mode: Option<PauseMode>,
+    /// Kiln extension: the isolation backend the sandbox runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 /// Body of `POST /sandboxes/{id}/timeout`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SandboxTimeoutRequest {
     /// New time to live in seconds, counted from now (at most the server's
-    /// maximum).
-    #[schema(minimum = 1)]
+    /// maximum). `0` ends the sandbox now: its on-timeout action (kill, or
+    /// pause) runs before the answer.
+    #[schema(minimum = 0)]
     pub timeout: i64,
 }
 
@@ -170,6 +232,17 @@ pub struct ConnectSandbox {
     /// Resume only: pause again (instead of kill) when the timeout expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_pause: Option<bool>,
+    /// For a paused sandbox: restore its memory (true, the default) or boot
+    /// it anew on its kept filesystem (false, E2B's `on_resume: reboot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bool>,
+}
+
+impl ConnectSandbox {
+    /// Whether the caller asked for a reboot rather than a restore.
+    pub fn reboot(&self) -> bool {
+        self.memory == Some(false)
+    }
 }
 
 /// One resource-use sample of a sandbox.
@@ -189,12 +262,75 @@ pub struct SandboxMetric {
     pub disk_total: u64,
 }
 
+/// Body of `GET /sandboxes/metrics`: the latest sample of each sandbox
+/// asked about that the caller has, by sandbox id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxesWithMetrics {
+    pub sandboxes: BTreeMap<String, SandboxMetric>,
+}
+
+/// State of a template's build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TemplateBuildStatus {
+    Building,
+    Waiting,
+    Ready,
+    Error,
+}
+
+/// Who made a template; Kiln has no user accounts, so always null.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TeamUser {
+    pub id: String,
+    pub email: Option<String>,
+}
+
+/// Answer of `GET /templates/aliases/{alias}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateAliasResponse {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    /// Whether every team may use it (Kiln's built-in templates), or only
+    /// its team (a snapshot).
+    pub public: bool,
+}
+
+/// One build of a template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateBuild {
+    /// A UUID.
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+    pub status: TemplateBuildStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub cpu_count: u32,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: u64,
+    #[serde(rename = "diskSizeMB")]
+    pub disk_size_mb: u64,
+    pub envd_version: String,
+}
+
+/// Answer of `GET /templates/{templateID}`: the template (as the listing
+/// shows it) and its builds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateWithBuilds {
+    #[serde(flatten)]
+    pub template: Template,
+    pub builds: Vec<TemplateBuild>,
+}
+
 /// A template sandboxes can be created from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Template {
     #[serde(rename = "templateID")]
     pub template_id: String,
+    /// Its latest build (a UUID).
     #[serde(rename = "buildID")]
     pub build_id: String,
     pub cpu_count: u32,
@@ -208,13 +344,77 @@ pub struct Template {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Always null in Kiln (no user accounts).
-    pub created_by: Option<String>,
+    pub created_by: Option<TeamUser>,
+    /// When the caller's team last started a sandbox from it.
     pub last_spawned_at: Option<DateTime<Utc>>,
+    /// How many sandboxes the caller's team started from it.
     pub spawn_count: u64,
     pub build_count: u64,
     pub envd_version: String,
     /// `ready` for every template Kiln lists.
-    pub build_status: String,
+    pub build_status: TemplateBuildStatus,
+    /// Whether it is one of the server's own templates (true for the
+    /// catalog's, false for a team's snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_default: Option<bool>,
+}
+
+/// Body of `POST /sandboxes/{id}/snapshots`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxSnapshotRequest {
+    /// A name for the snapshot; one that is taken gets the new content
+    /// under its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Keep memory (sandboxes started from it go on where the source was)
+    /// or only the filesystem (they boot). Default: memory where the
+    /// sandbox's runtime keeps it, else the filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bool>,
+}
+
+/// A snapshot: `Sandbox.create(snapshotID)` starts sandboxes from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotInfo {
+    /// `<id>:default`.
+    #[serde(rename = "snapshotID")]
+    pub snapshot_id: String,
+    /// `<team>/<name>:default` when named.
+    pub names: Vec<String>,
+    /// Kiln extension: the sandbox it was taken of.
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    /// Kiln extension: `memory` or `filesystem`.
+    pub mode: String,
+    /// Kiln extension: bytes it holds on disk beyond the template.
+    pub size_bytes: u64,
+    /// Kiln extension: SHA-256 of its content.
+    pub content_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Body of `POST /sandboxes/{id}/fork`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxForkRequest {
+    /// Time to live of each copy in seconds (default 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub timeout: Option<i64>,
+    /// How many copies, 1 to 100 (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub count: Option<u32>,
+}
+
+/// One copy of a fork: exactly one of `sandbox` and `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxForkResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Sandbox>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Error>,
 }
 
 #[cfg(test)]
@@ -253,6 +453,9 @@ mod tests {
             envd_access_token: None,
             allow_internet_access: None,
             domain: None,
+            lifecycle: None,
+            pause_mode: None,
+            runtime: Some("gvisor".into()),
         };
         let v = serde_json::to_value(&d).unwrap();
         for key in [

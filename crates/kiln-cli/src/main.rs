@@ -77,9 +77,9 @@ pub struct UpArgs {
     /// Config file (default: <data-dir>/kiln.toml if it exists).
     #[arg(long, env = "KILN_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Isolation backend: container, or fake (no isolation, tests only).
+    /// Default runtime of sandboxes: container, gvisor, microvm, or fake (no isolation, tests only).
     #[arg(long, env = "KILN_RUNTIME")]
-    pub runtime: Option<String>,
+    pub runtime: Option<kiln_runtime::RuntimeKind>,
     /// Do not install missing Debian packages.
     #[arg(long)]
     pub no_install: bool,
@@ -123,9 +123,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command, data_dir } => match command {
-            KeysCommand::Create { team, name } => commands::keys::create(&data_dir, &team, &name),
-            KeysCommand::List => commands::keys::list(&data_dir),
-            KeysCommand::Revoke { id } => commands::keys::revoke(&data_dir, &id),
+            KeysCommand::Create { team, name } => {
+                block_on(commands::keys::create(&data_dir, &team, &name))
+            }
+            KeysCommand::List => block_on(commands::keys::list(&data_dir)),
+            KeysCommand::Revoke { id } => block_on(commands::keys::revoke(&data_dir, &id)),
         },
         Command::Sandbox { command } => block_on(commands::sandbox::run(command, &cli.client)),
         Command::Exec(args) => {

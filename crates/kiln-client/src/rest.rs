@@ -189,7 +189,7 @@ impl Client {
         let path = format!("/sandboxes/{}/connect", seg(id)?);
         let rb = self.request(Method::POST, &path)?.json(&ConnectSandbox {
             timeout,
-            auto_pause: None,
+            ..ConnectSandbox::default()
         });
         let resp = self.call(rb, &path, &format!("sandbox {id}")).await?;
         let resumed = resp.status() == StatusCode::CREATED;

@@ -19,6 +19,16 @@ pub fn is_sandbox_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| ID_ALPHABET.contains(&b))
 }
 
+/// The sandbox id that `s` names: the id itself, or E2B's older composite
+/// form `<sandbox id>-<client id>` (the SDKs before 1.0 joined the create's
+/// `sandboxID` and `clientID` so, and E2B's API still takes it). Sandbox
+/// ids have no `-`, so the id is what comes before the first one. `None`
+/// when that is not a sandbox id.
+pub fn short_id(s: &str) -> Option<&str> {
+    let id = s.split_once('-').map_or(s, |(id, _client)| id);
+    is_sandbox_id(id).then_some(id)
+}
+
 /// `bytes` random bytes as lowercase hex.
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -54,6 +64,16 @@ mod tests {
         assert!(is_sandbox_id(&a));
         assert!(!is_sandbox_id("abc-def"));
         assert!(!is_sandbox_id(""));
+    }
+
+    #[test]
+    fn composite_ids_name_their_sandbox() {
+        assert_eq!(short_id("abc123"), Some("abc123"));
+        assert_eq!(short_id("abc123-6532622b"), Some("abc123"));
+        assert_eq!(short_id("abc123-node-1"), Some("abc123"));
+        assert_eq!(short_id("-abc"), None);
+        assert_eq!(short_id("ABC"), None);
+        assert_eq!(short_id(""), None);
     }
 
     #[test]

@@ -41,7 +41,7 @@ fn record_for(key: &str, team_id: &str, name: &str) -> KeyRecord {
 
 /// Creates a key for `team_id`; returns the key (shown once, never stored)
 /// and its record.
-pub fn create_key(
+pub async fn create_key(
     store: &dyn Store,
     team_id: &str,
     name: &str,
@@ -49,13 +49,13 @@ pub fn create_key(
     validate_team(team_id)?;
     let key = generate_key();
     let rec = record_for(&key, team_id, name);
-    store.insert_key(&rec)?;
+    store.insert_key(&rec).await?;
     Ok((key, rec))
 }
 
 /// Makes sure `key` (e.g. from `KILN_API_KEY`) is a valid key of `team_id`;
 /// adds it if the store does not know it. Returns whether it was added.
-pub fn ensure_key(
+pub async fn ensure_key(
     store: &dyn Store,
     key: &str,
     team_id: &str,
@@ -67,19 +67,19 @@ pub fn ensure_key(
             "an API key must be at least 16 characters long".into(),
         ));
     }
-    if store.key_by_hash(&sha256_hex(key))?.is_some() {
+    if store.key_by_hash(&sha256_hex(key)).await?.is_some() {
         return Ok(false);
     }
-    store.insert_key(&record_for(key, team_id, name))?;
+    store.insert_key(&record_for(key, team_id, name)).await?;
     Ok(true)
 }
 
 /// The team of a valid, unrevoked key.
-pub fn authenticate(store: &dyn Store, key: Option<&str>) -> Result<Team, CoreError> {
+pub async fn authenticate(store: &dyn Store, key: Option<&str>) -> Result<Team, CoreError> {
     let key = key
         .filter(|k| !k.is_empty())
         .ok_or_else(|| CoreError::Unauthorized("missing API key (X-API-KEY header)".into()))?;
-    match store.key_by_hash(&sha256_hex(key))? {
+    match store.key_by_hash(&sha256_hex(key)).await? {
         Some(rec) => Ok(Team { id: rec.team_id }),
         None => Err(CoreError::Unauthorized("invalid API key".into())),
     }
@@ -103,36 +103,38 @@ fn validate_team(team_id: &str) -> Result<(), CoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SqliteStore;
+    use crate::store::{SqliteStore, Store};
 
-    #[test]
-    fn keys_have_the_sdk_form_and_authenticate_their_team() {
+    #[tokio::test]
+    async fn keys_have_the_sdk_form_and_authenticate_their_team() {
         let store = SqliteStore::in_memory().unwrap();
-        let (key, rec) = create_key(&store, "alpha", "ci").unwrap();
+        let (key, rec) = create_key(&store, "alpha", "ci").await.unwrap();
         assert!(is_sdk_form(&key), "{key}");
         assert_eq!(key.len(), 44);
         assert_ne!(rec.hash, key);
-        assert_eq!(authenticate(&store, Some(&key)).unwrap().id, "alpha");
+        assert_eq!(authenticate(&store, Some(&key)).await.unwrap().id, "alpha");
         assert!(matches!(
-            authenticate(&store, Some("e2b_0000")),
+            authenticate(&store, Some("e2b_0000")).await,
             Err(CoreError::Unauthorized(_))
         ));
         assert!(matches!(
-            authenticate(&store, None),
+            authenticate(&store, None).await,
             Err(CoreError::Unauthorized(_))
         ));
-        store.revoke_key(&rec.id, Utc::now()).unwrap();
-        assert!(authenticate(&store, Some(&key)).is_err());
+        store.revoke_key(&rec.id, Utc::now()).await.unwrap();
+        assert!(authenticate(&store, Some(&key)).await.is_err());
     }
 
-    #[test]
-    fn ensure_key_is_idempotent() {
+    #[tokio::test]
+    async fn ensure_key_is_idempotent() {
         let store = SqliteStore::in_memory().unwrap();
         let key = generate_key();
-        assert!(ensure_key(&store, &key, DEFAULT_TEAM, "env").unwrap());
-        assert!(!ensure_key(&store, &key, DEFAULT_TEAM, "env").unwrap());
-        assert_eq!(store.list_keys().unwrap().len(), 1);
-        assert!(ensure_key(&store, "short", DEFAULT_TEAM, "env").is_err());
+        assert!(ensure_key(&store, &key, DEFAULT_TEAM, "env").await.unwrap());
+        assert!(!ensure_key(&store, &key, DEFAULT_TEAM, "env").await.unwrap());
+        assert_eq!(store.list_keys().await.unwrap().len(), 1);
+        assert!(ensure_key(&store, "short", DEFAULT_TEAM, "env")
+            .await
+            .is_err());
         assert!(!is_sdk_form("e2b_ABC"));
     }
 }

@@ -6,17 +6,26 @@
 
 pub mod agent;
 pub mod error;
+pub mod history;
 pub mod ids;
 pub mod keys;
 pub mod lifecycle;
 pub mod sandbox;
+pub mod snapshots;
 pub mod store;
 pub mod templates;
 
 pub mod recovery;
+pub mod runtimes;
 mod timers;
 
 pub use agent::{AgentClient, AgentInit, NoAgent};
 pub use error::CoreError;
-pub use lifecycle::{Core, CoreConfig};
-pub use sandbox::{CreateSandbox, ListFilter, Page, SandboxRecord, SandboxState, Team};
+pub use lifecycle::{
+    Core, CoreConfig, FoundTemplate, Gone, Metrics, Route, SnapshotFilter, MAX_METRICS_SANDBOXES,
+};
+pub use runtimes::{Backend, Runtimes};
+pub use sandbox::{
+    CreateSandbox, ListFilter, Order, Page, SandboxList, SandboxRecord, SandboxState, Team,
+};
+pub use snapshots::{SnapshotRecord, SnapshotState};

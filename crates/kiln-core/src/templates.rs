@@ -16,6 +16,9 @@ pub struct TemplateInfo {
     pub memory_mib: u64,
     pub disk_mib: u64,
     pub created_at: DateTime<Utc>,
+    /// The runtime its sandboxes get unless the create names one (`None`:
+    /// the server's default).
+    pub runtime: Option<kiln_runtime::RuntimeKind>,
     /// A long-lived process the template runs in every sandbox (the code
     /// interpreter), started after the agent's `/init`; the create returns
     /// once it is ready.
@@ -92,6 +95,7 @@ mod tests {
             memory_mib: 1024,
             disk_mib: 4096,
             created_at: Utc::now(),
+            runtime: None,
             start: None,
         });
         assert_eq!(c.resolve("t1").unwrap().template.id, "t1");

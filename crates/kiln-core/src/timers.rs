@@ -1,6 +1,8 @@
-//! Per-sandbox timeout timers and the runtime's event watcher.
+//! Per-sandbox timeout timers, the metrics sampler and the runtime's event
+//! watcher.
 
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use chrono::Utc;
 use kiln_runtime::RuntimeEvent;
@@ -39,34 +41,66 @@ pub(crate) fn spawn_timer(core: &Core, live: &Arc<Live>) {
     });
 }
 
-/// Marks sandboxes killed when the runtime says they ended on their own.
-pub(crate) fn watch_runtime_events(core: &Core) {
+/// Samples every running sandbox's resource use each
+/// `CoreConfig::metrics_interval` (one task for all sandboxes, so that a
+/// thousand idle ones cost one timer). Ends with the core.
+pub(crate) fn spawn_metrics_sampler(core: &Core) {
     let weak: Weak<Inner> = Arc::downgrade(&core.inner);
-    let mut events = core.inner.runtime.subscribe();
+    let every = core
+        .inner
+        .config
+        .metrics_interval
+        .max(Duration::from_millis(100));
     tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            match events.recv().await {
-                Ok(event) => {
-                    let Some(inner) = weak.upgrade() else { return };
-                    handle_event(&Core { inner }, event).await;
-                }
-                Err(RecvError::Lagged(n)) => {
-                    tracing::error!(missed = n, "missed runtime events");
-                }
-                Err(RecvError::Closed) => return,
-            }
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else { return };
+            Core { inner }.sample_metrics().await;
         }
     });
 }
 
-async fn handle_event(core: &Core, event: RuntimeEvent) {
-    #[allow(unreachable_patterns)] // runtimes may report more than exits
-    match event {
-        RuntimeEvent::Exited { id, oom_killed, .. } => {
-            if oom_killed {
-                tracing::info!(sandbox = %id, "sandbox was killed by the OOM killer");
+/// Marks sandboxes killed when a runtime says they ended on their own.
+pub(crate) fn watch_runtime_events(core: &Core) {
+    for backend in core.inner.runtimes.backends() {
+        let weak: Weak<Inner> = Arc::downgrade(&core.inner);
+        let mut events = backend.runtime.subscribe();
+        let runtime = backend.runtime.kind();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        let Some(inner) = weak.upgrade() else { return };
+                        handle_event(&Core { inner }, event).await;
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::error!(missed = n, %runtime, "missed runtime events");
+                    }
+                    Err(RecvError::Closed) => return,
+                }
             }
-            core.exited(&id).await;
+        });
+    }
+}
+
+async fn handle_event(core: &Core, event: RuntimeEvent) {
+    match event {
+        RuntimeEvent::Exited {
+            id,
+            oom_killed,
+            exit_code,
+        } => {
+            let reason = if oom_killed {
+                "its init was killed at the sandbox's memory limit".to_owned()
+            } else {
+                match exit_code {
+                    Some(c) => format!("its init exited with {c}"),
+                    None => "its init exited".to_owned(),
+                }
+            };
+            core.exited(&id, &reason).await;
         }
         other => tracing::debug!(event = ?other, "runtime event"),
     }

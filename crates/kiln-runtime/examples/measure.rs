@@ -86,7 +86,7 @@ async fn main() {
     let rt = ContainerRuntime::new(cfg).await.expect("runtime");
     // Sandboxes of an interrupted earlier run were re-attached: end them.
     for h in rt.list().await.unwrap() {
-        rt.kill(&h.id).await.unwrap();
+        rt.kill(h.id()).await.unwrap();
     }
     let spec = |id: String| SandboxSpec {
         id,
@@ -98,7 +98,7 @@ async fn main() {
         memory_mib: 512,
         disk_mib: 1024,
         env: BTreeMap::new(),
-        internet: true,
+        egress: kiln_runtime::EgressPolicy::internet(true),
     };
 
     // Sequential creates; the pools refill between them as a server's would.

@@ -10,6 +10,7 @@ pub mod fake;
 pub mod host;
 
 pub use runtime::{
-    Runtime, RuntimeError, RuntimeEvent, SandboxHandle, SandboxSpec, SandboxStats, TemplateRef,
-    AGENT_PORT,
+    Capabilities, EgressPolicy, Found, Paused, ResumeMode, Runtime, RuntimeError, RuntimeEvent,
+    RuntimeKind, SandboxHandle, SandboxSpec, SandboxStats, SnapshotInfo, StateMode, TemplateRef,
+    UnknownRuntime, AGENT_PORT,
 };

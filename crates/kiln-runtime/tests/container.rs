@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kiln_runtime::{Runtime, RuntimeEvent};
+use kiln_runtime::{Found, ResumeMode, Runtime, RuntimeEvent, StateMode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_and_isolation_from_inside() {
@@ -50,11 +50,27 @@ async fn lifecycle_and_isolation_from_inside() {
     ));
 
     // Freeze stops it from answering; thaw brings it back.
-    rt.freeze("life-1").await.unwrap();
+    rt.pause("life-1", StateMode::Memory).await.unwrap();
+    assert!(matches!(
+        rt.pause("life-1", StateMode::Memory).await,
+        Err(kiln_runtime::RuntimeError::WrongState(_))
+    ));
+    assert_eq!(
+        rt.list().await.unwrap(),
+        vec![Found::Paused {
+            id: "life-1".into(),
+            mode: StateMode::Memory
+        }]
+    );
     assert!(ask_timeout(h.ip, "ping", Duration::from_millis(500))
         .await
         .is_err());
-    rt.thaw("life-1").await.unwrap();
+    assert_eq!(
+        rt.resume(&spec("life-1"), ResumeMode::Restore)
+            .await
+            .unwrap(),
+        h
+    );
     assert_eq!(ask(h.ip, "ping").await, "pong");
 
     let st = rt.stats("life-1").await.unwrap();
@@ -153,7 +169,7 @@ fn recovery_after_server_crash() {
             let list = rt.list().await.unwrap();
             assert_eq!(
                 list,
-                vec![alive.clone()],
+                vec![Found::Running(alive.clone())],
                 "only the live sandbox is re-attached"
             );
             assert_eq!(ask(alive.ip, "ping").await, "pong");
@@ -180,8 +196,10 @@ fn recovery_after_server_crash() {
                 assert!(is_alive || !p.exists(), "{p:?} of the crashed run was left");
             }
             // The re-attached sandbox works like any other.
-            rt.freeze("rec-alive").await.unwrap();
-            rt.thaw("rec-alive").await.unwrap();
+            rt.pause("rec-alive", StateMode::Memory).await.unwrap();
+            rt.resume(&spec("rec-alive"), ResumeMode::Restore)
+                .await
+                .unwrap();
             rt.kill("rec-alive").await.unwrap();
             assert!(ask_timeout(alive.ip, "ping", Duration::from_millis(300))
                 .await
@@ -220,7 +238,7 @@ async fn concurrent_creates_and_frozen_kill() {
     }
     assert_eq!(ips.len(), 16, "addresses are unique");
     // A frozen sandbox can be killed.
-    rt.freeze("conc-0").await.unwrap();
+    rt.pause("conc-0", StateMode::Memory).await.unwrap();
     rt.kill("conc-0").await.unwrap();
     for i in 1..16 {
         rt.kill(&format!("conc-{i}")).await.unwrap();

@@ -8,7 +8,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::*;
-use kiln_runtime::Runtime;
+use kiln_runtime::{EgressPolicy, Runtime};
 
 /// A stand-in for the internet: a namespace with an HTTP server, joined to
 /// the host by a veth pair. Removed on drop.
@@ -97,7 +97,7 @@ async fn egress_nat_and_isolation() {
     let a = rt.create(&spec("net-a")).await.unwrap();
     let b = rt.create(&spec("net-b")).await.unwrap();
     let mut off = spec("net-off");
-    off.internet = false;
+    off.egress.internet = false;
     let c = rt.create(&off).await.unwrap();
 
     // The host reaches every sandbox, offline ones too.
@@ -110,6 +110,30 @@ async fn egress_nat_and_isolation() {
     // Offline: no egress.
     let r = ask(c.ip, &format!("connect {}", outside.addr)).await;
     assert!(r.starts_with("err"), "offline sandbox reached outside: {r}");
+    // Egress changes while the sandbox runs: on, then off again.
+    rt.set_egress("net-off", &EgressPolicy::internet(true))
+        .await
+        .unwrap();
+    let r = ask(c.ip, &format!("connect {}", outside.addr)).await;
+    assert_eq!(r, "ok", "egress turned on, yet no connection: {r}");
+    rt.set_egress("net-off", &EgressPolicy::internet(false))
+        .await
+        .unwrap();
+    let r = ask(c.ip, &format!("connect {}", outside.addr)).await;
+    assert!(
+        r.starts_with("err"),
+        "egress turned off, yet connected: {r}"
+    );
+    // Lists are not this runtime's: a clear refusal, not a silent no-op.
+    let lists = EgressPolicy {
+        internet: true,
+        allow_out: vec!["192.0.2.0/24".into()],
+        deny_out: vec![],
+    };
+    assert!(matches!(
+        rt.set_egress("net-a", &lists).await,
+        Err(kiln_runtime::RuntimeError::Unsupported { .. })
+    ));
     // Host services: not through the bridge address, and the sandbox's
     // loopback is its own.
     for target in [

@@ -3,7 +3,7 @@
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::rest::{openapi, sandboxes, templates};
+use crate::rest::{openapi, sandboxes, snapshots, templates};
 use crate::state::AppState;
 use crate::{error, proxy};
 
@@ -33,7 +33,16 @@ pub fn app(state: AppState) -> Router {
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
         .route("/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
+        .route("/sandboxes/metrics", get(sandboxes::metrics_of))
+        .route("/sandboxes/{id}/snapshots", post(snapshots::create))
+        .route("/sandboxes/{id}/fork", post(snapshots::fork))
+        .route("/snapshots", get(snapshots::list))
         .route("/templates", get(templates::list))
+        .route(
+            "/templates/{id}",
+            get(templates::get).delete(snapshots::delete),
+        )
+        .route("/templates/aliases/{alias}", get(templates::alias))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

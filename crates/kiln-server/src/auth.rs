@@ -20,6 +20,6 @@ impl FromRequestParts<AppState> for Auth {
             .headers
             .get(API_KEY_HEADER)
             .and_then(|v| v.to_str().ok());
-        Ok(Auth(state.core.authenticate(key)?))
+        Ok(Auth(state.core.authenticate(key).await?))
     }
 }

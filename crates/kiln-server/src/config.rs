@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use kiln_runtime::RuntimeKind;
 use serde::{Deserialize, Serialize};
 
 /// Every environment variable Kiln reads, with what it sets. The config file
@@ -15,20 +16,22 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KILN_DATA_DIR", "Directory of the store, templates and sandboxes (default /var/lib/kiln)."),
     ("KILN_LISTEN", "Address of the control API and proxy (default 127.0.0.1:3000)."),
     ("KILN_DOMAIN", "Domain reported to the SDKs: `<port>-<id>.<domain>` reaches a sandbox port (default: localhost:<listen port>)."),
-    ("KILN_RUNTIME", "Isolation backend: container (default) or fake (no isolation; tests only)."),
+    ("KILN_RUNTIME", "Runtime of a sandbox whose template and create request name none: container (default), gvisor, microvm, or fake (no isolation; tests only). TOML: runtime.default."),
+    ("KILN_RUNTIMES", "Comma-separated runtimes kilnd sets up at start (default: the default runtime plus every other one this build has; one that cannot run on this host is reported, not fatal, unless it is the default). TOML: runtime.enabled."),
     ("KILN_TEMPLATE_DIR", "Directory whose templates/ holds the built templates, reused across restarts (default: the data dir)."),
     ("KILN_DEFAULT_TIMEOUT", "Sandbox timeout in seconds when the caller gives none (default 300)."),
     ("KILN_MAX_TIMEOUT", "Largest sandbox timeout in seconds a caller may ask for (default 86400)."),
     ("KILN_SANDBOX_VCPUS", "vCPUs of a sandbox (default 2)."),
     ("KILN_SANDBOX_MEMORY_MIB", "Memory limit of a sandbox in MiB (default 1024)."),
     ("KILN_SANDBOX_DISK_MIB", "Disk limit of a sandbox in MiB (default 4096)."),
-    ("KILN_WARM_POOL", "Sandboxes the container runtime keeps started ahead of time, each with its namespaces, cgroups and disk ready (about 1 MiB of host memory apiece): creates beyond it in a burst take the slower cold path (default 64, at most 1000)."),
+    ("KILN_WARM_POOL", "TOML: runtime.container.warm_pool. Sandboxes the container runtime keeps started ahead of time, each with its namespaces, cgroups and disk ready (about 1 MiB of host memory apiece): creates beyond it in a burst take the slower cold path (default 64, at most 1000)."),
     ("KILN_AGENT_BIN", "The static kiln-agent binary put into every sandbox (default: kiln-agent next to this program, or the agent build in target/)."),
     ("KILN_CODE_INTERPRETER", "Build and serve the code-interpreter template (aliases code-interpreter-v1, code-interpreter: the e2b-code-interpreter SDK's default) with the container runtime: true (required: kilnd does not start without it), false (off), or unset (default: built when the kiln-interpreter binary is found, else a warning). Its first build takes a few minutes; later starts use the cache."),
     ("KILN_INTERPRETER_BIN", "The kiln-interpreter binary mounted into code-interpreter sandboxes (default: kiln-interpreter next to this program)."),
-    ("KILN_SPAWN_BIN", "The container runtime's kiln-spawn helper (default: kiln-spawn next to this program)."),
+    ("KILN_SPAWN_BIN", "The container runtime's kiln-spawn helper (default: kiln-spawn next to this program). TOML: runtime.container.spawn_bin."),
     ("KILN_RUNTIME_TAG", "Tag naming the container runtime's host objects (cgroups, bridge, namespaces, firewall table), 1-4 of [a-z0-9]; two kilnds on one host need different tags (default k0)."),
     ("KILN_SUBNET", "The sandbox bridge's private /16, given by its first address (default 10.88.0.0); distinct per tag."),
+    ("KILN_METRICS_INTERVAL", "Seconds between two resource-use samples of every running sandbox, 1-3600 (default 5); the last 720 samples of each are kept in memory for GET /sandboxes/{id}/metrics."),
     ("KILN_NODE_NAME", "This node's name, reported as clientID (default kiln)."),
     ("KILN_API_KEY", "An API key kilnd accepts (added to the store at start, team `default`); environment only, never in the file."),
     ("KILN_LOG", "Log filter in tracing's EnvFilter syntax (default info)."),
@@ -40,17 +43,19 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub domain: Option<String>,
-    pub runtime: String,
+    /// `[runtime]`: the default, which runtimes to set up, and a section
+    /// per runtime (`[runtime.container]`, ...).
+    #[serde(deserialize_with = "runtime_config")]
+    pub runtime: RuntimeConfig,
     pub template_dir: Option<PathBuf>,
     pub default_timeout_secs: i64,
     pub max_timeout_secs: i64,
     pub sandbox_vcpus: u32,
     pub sandbox_memory_mib: u64,
     pub sandbox_disk_mib: u64,
-    pub warm_pool: usize,
     pub node_name: String,
+    pub metrics_interval_secs: u64,
     pub agent_bin: Option<PathBuf>,
-    pub spawn_bin: Option<PathBuf>,
     /// `None`: when the interpreter binary is there.
     pub code_interpreter: Option<bool>,
     pub interpreter_bin: Option<PathBuf>,
@@ -67,17 +72,16 @@ impl Default for Config {
             data_dir: PathBuf::from("/var/lib/kiln"),
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             domain: None,
-            runtime: "container".into(),
+            runtime: RuntimeConfig::default(),
             template_dir: None,
             default_timeout_secs: 300,
             max_timeout_secs: 24 * 3600,
             sandbox_vcpus: 2,
             sandbox_memory_mib: 1024,
             sandbox_disk_mib: 4096,
-            warm_pool: 64,
             node_name: "kiln".into(),
+            metrics_interval_secs: 5,
             agent_bin: None,
-            spawn_bin: None,
             code_interpreter: None,
             interpreter_bin: None,
             runtime_tag: "k0".into(),
@@ -85,6 +89,65 @@ impl Default for Config {
             api_key: None,
         }
     }
+}
+
+/// `[runtime]` of the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The runtime of a sandbox whose template and create request name none.
+    pub default: RuntimeKind,
+    /// The runtimes set up at start; `None`: the default plus every other
+    /// real runtime this build has.
+    pub enabled: Option<Vec<RuntimeKind>>,
+    pub container: ContainerRuntimeConfig,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            default: RuntimeKind::Container,
+            enabled: None,
+            container: ContainerRuntimeConfig::default(),
+        }
+    }
+}
+
+/// `[runtime.container]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerRuntimeConfig {
+    /// Sandboxes kept started ahead of time (at most 1000).
+    pub warm_pool: usize,
+    /// The `kiln-spawn` helper (default: next to this program).
+    pub spawn_bin: Option<PathBuf>,
+}
+
+impl Default for ContainerRuntimeConfig {
+    fn default() -> Self {
+        Self {
+            warm_pool: 64,
+            spawn_bin: None,
+        }
+    }
+}
+
+/// The file may also say just `runtime = "<name>"` (the default runtime),
+/// as Kiln's first config files did.
+fn runtime_config<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RuntimeConfig, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Name(RuntimeKind),
+        Section(RuntimeConfig),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Name(default) => RuntimeConfig {
+            default,
+            ..RuntimeConfig::default()
+        },
+        Either::Section(s) => s,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +176,7 @@ pub struct Overrides {
     pub config_file: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
-    pub runtime: Option<String>,
+    pub runtime: Option<RuntimeKind>,
 }
 
 impl Config {
@@ -153,8 +216,8 @@ impl Config {
         if let Some(l) = overrides.listen {
             config.listen = l;
         }
-        if let Some(r) = &overrides.runtime {
-            config.runtime = r.clone();
+        if let Some(r) = overrides.runtime {
+            config.runtime.default = r;
         }
         config.validate()?;
         Ok(config)
@@ -189,7 +252,21 @@ impl Config {
             self.domain = Some(v).filter(|d| !d.is_empty());
         }
         if let Some(v) = env("KILN_RUNTIME") {
-            self.runtime = v;
+            self.runtime.default = parse("KILN_RUNTIME", v)?;
+        }
+        if let Some(v) = env("KILN_RUNTIMES") {
+            let list = v
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(|n| n.parse::<RuntimeKind>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ConfigError::Env {
+                    name: "KILN_RUNTIMES",
+                    value: v.clone(),
+                    message: e.to_string(),
+                })?;
+            self.runtime.enabled = Some(list);
         }
         if let Some(v) = env("KILN_TEMPLATE_DIR") {
             self.template_dir = Some(PathBuf::from(v));
@@ -210,7 +287,10 @@ impl Config {
             self.sandbox_disk_mib = parse("KILN_SANDBOX_DISK_MIB", v)?;
         }
         if let Some(v) = env("KILN_WARM_POOL") {
-            self.warm_pool = parse("KILN_WARM_POOL", v)?;
+            self.runtime.container.warm_pool = parse("KILN_WARM_POOL", v)?;
+        }
+        if let Some(v) = env("KILN_METRICS_INTERVAL") {
+            self.metrics_interval_secs = parse("KILN_METRICS_INTERVAL", v)?;
         }
         if let Some(v) = env("KILN_NODE_NAME") {
             self.node_name = v;
@@ -219,7 +299,7 @@ impl Config {
             self.agent_bin = Some(PathBuf::from(v));
         }
         if let Some(v) = env("KILN_SPAWN_BIN") {
-            self.spawn_bin = Some(PathBuf::from(v));
+            self.runtime.container.spawn_bin = Some(PathBuf::from(v));
         }
         if let Some(v) = env("KILN_CODE_INTERPRETER") {
             self.code_interpreter = match v.to_ascii_lowercase().as_str() {
@@ -278,11 +358,30 @@ impl Config {
                 "sandbox vCPUs, memory and disk must be positive".into(),
             ));
         }
-        if self.warm_pool > 1000 {
+        if !(1..=3600).contains(&self.metrics_interval_secs) {
             return Err(ConfigError::Invalid(format!(
-                "warm_pool {} is more than 1000",
-                self.warm_pool
+                "metrics_interval_secs {} must be between 1 and 3600",
+                self.metrics_interval_secs
             )));
+        }
+        if self.runtime.container.warm_pool > 1000 {
+            return Err(ConfigError::Invalid(format!(
+                "runtime.container.warm_pool {} is more than 1000",
+                self.runtime.container.warm_pool
+            )));
+        }
+        if let Some(enabled) = &self.runtime.enabled {
+            if !enabled.contains(&self.runtime.default) {
+                return Err(ConfigError::Invalid(format!(
+                    "the default runtime {} is not among the enabled runtimes ({})",
+                    self.runtime.default,
+                    enabled
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
         }
         Ok(())
     }
@@ -318,7 +417,7 @@ impl Config {
     /// The container runtime's spawn helper: configured, else next to the
     /// running program.
     pub fn spawn_bin(&self) -> PathBuf {
-        self.spawn_bin.clone().unwrap_or_else(|| {
+        self.runtime.container.spawn_bin.clone().unwrap_or_else(|| {
             std::env::current_exe()
                 .ok()
                 .and_then(|e| e.parent().map(|d| d.join("kiln-spawn")))
@@ -368,7 +467,7 @@ mod tests {
         let c = Config::load_with(&Overrides::default(), get).unwrap();
         assert_eq!(c.listen.port(), 4000);
         assert_eq!(c.max_timeout_secs, 900);
-        assert_eq!(c.runtime, "fake");
+        assert_eq!(c.runtime.default, RuntimeKind::Fake);
         assert_eq!(c.api_key.as_deref(), Some("e2b_00112233445566778899"));
         assert_eq!(c.domain(), "localhost:4000");
 
@@ -397,17 +496,57 @@ mod tests {
     #[test]
     fn warm_pool_is_bounded() {
         let c = Config::load_with(&Overrides::default(), |_| None).unwrap();
-        assert_eq!(c.warm_pool, 64);
+        assert_eq!(c.runtime.container.warm_pool, 64);
         let env = |k: &str| (k == "KILN_WARM_POOL").then(|| "0".to_string());
         assert_eq!(
             Config::load_with(&Overrides::default(), env)
                 .unwrap()
+                .runtime
+                .container
                 .warm_pool,
             0
         );
         let env = |k: &str| (k == "KILN_WARM_POOL").then(|| "1001".to_string());
         let e = Config::load_with(&Overrides::default(), env).unwrap_err();
         assert!(e.to_string().contains("warm_pool"), "{e}");
+    }
+
+    #[test]
+    fn runtime_sections_and_the_list_of_runtimes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kiln.toml");
+        std::fs::write(
+            &file,
+            "[runtime]\ndefault = \"container\"\nenabled = [\"container\", \"fake\"]\n\
+             [runtime.container]\nwarm_pool = 3\n",
+        )
+        .unwrap();
+        let c = Config::from_file(&file).unwrap();
+        assert_eq!(c.runtime.default, RuntimeKind::Container);
+        assert_eq!(
+            c.runtime.enabled,
+            Some(vec![RuntimeKind::Container, RuntimeKind::Fake])
+        );
+        assert_eq!(c.runtime.container.warm_pool, 3);
+        std::fs::write(&file, "[runtime.container]\nwarm_pol = 3\n").unwrap();
+        let e = Config::from_file(&file).unwrap_err();
+        assert!(e.to_string().contains("kiln.toml"), "{e}");
+        let env = |k: &str| (k == "KILN_RUNTIMES").then(|| "container, gvisor".to_string());
+        let c = Config::load_with(&Overrides::default(), env).unwrap();
+        assert_eq!(
+            c.runtime.enabled,
+            Some(vec![RuntimeKind::Container, RuntimeKind::Gvisor])
+        );
+        let env = |k: &str| (k == "KILN_RUNTIMES").then(|| "container,bsd-jail".to_string());
+        let e = Config::load_with(&Overrides::default(), env).unwrap_err();
+        assert!(e.to_string().contains("bsd-jail"), "{e}");
+        let env = |k: &str| match k {
+            "KILN_RUNTIMES" => Some("container".to_string()),
+            "KILN_RUNTIME" => Some("gvisor".to_string()),
+            _ => None,
+        };
+        let e = Config::load_with(&Overrides::default(), env).unwrap_err();
+        assert!(e.to_string().contains("not among the enabled"), "{e}");
     }
 
     #[test]

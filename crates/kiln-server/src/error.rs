@@ -28,6 +28,10 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
     fn internal(what: &str, error: &dyn std::error::Error) -> Self {
         let mut chain = error.to_string();
         let mut source = error.source();
@@ -62,6 +66,13 @@ impl From<CoreError> for ApiError {
             ),
             CoreError::Runtime(RuntimeError::NotFound(id)) => {
                 Self::new(StatusCode::NOT_FOUND, format!("sandbox {id} not found"))
+            }
+            CoreError::Runtime(ref r @ RuntimeError::SnapshotNotFound(_)) => {
+                Self::new(StatusCode::NOT_FOUND, r.to_string())
+            }
+            CoreError::Runtime(RuntimeError::WrongState(m)) => Self::new(StatusCode::CONFLICT, m),
+            CoreError::Runtime(ref r @ RuntimeError::Unsupported { .. }) => {
+                Self::new(StatusCode::BAD_REQUEST, r.to_string())
             }
             CoreError::Runtime(ref r @ RuntimeError::Unavailable { .. }) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, r.to_string())

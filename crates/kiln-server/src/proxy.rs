@@ -84,9 +84,10 @@ pub enum Target {
 /// Reads the target from the E2B headers or from the Host.
 pub fn target_of(headers: &HeaderMap, uri: &Uri) -> Option<Target> {
     if let Some(id) = headers.get(SANDBOX_ID_HEADER) {
-        let id = match id.to_str() {
-            Ok(id) if !id.is_empty() => id.to_owned(),
-            _ => return Some(Target::Invalid("invalid E2b-Sandbox-Id header".into())),
+        // The id, or the older SDKs' `<id>-<clientID>`.
+        let id = match id.to_str().ok().and_then(kiln_core::ids::short_id) {
+            Some(id) => id.to_owned(),
+            None => return Some(Target::Invalid("invalid E2b-Sandbox-Id header".into())),
         };
         let port = headers
             .get(SANDBOX_PORT_HEADER)
@@ -104,7 +105,8 @@ pub fn target_of(headers: &HeaderMap, uri: &Uri) -> Option<Target> {
     parse_host(host)
 }
 
-/// `<port>-<id>.<anything>` (an optional `:port` suffix is ignored).
+/// `<port>-<id>.<anything>`, or the older SDKs' `<port>-<id>-<clientID>.<anything>`
+/// (an optional `:port` suffix is ignored).
 fn parse_host(host: &str) -> Option<Target> {
     let (label, rest) = host.split_once('.')?;
     if rest.is_empty() {
@@ -114,9 +116,7 @@ fn parse_host(host: &str) -> Option<Target> {
     if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    if !kiln_core::ids::is_sandbox_id(id) {
-        return None;
-    }
+    let id = kiln_core::ids::short_id(id)?;
     let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
     Some(Target::Sandbox {
         id: id.to_owned(),
@@ -262,7 +262,7 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 async fn forward(state: &AppState, id: &str, port: u16, mut req: Request) -> Response {
-    let Some(route) = state.core.route(id) else {
+    let Some(route) = state.core.route_or_resume(id).await else {
         return sandbox_not_found(id);
     };
     if port != route.agent_port {
@@ -476,6 +476,14 @@ mod tests {
                 id: "abc123".into(),
                 port: 49983
             })
+        );
+        assert_eq!(
+            parse_host("49983-abc123-6532622b.localhost:3000"),
+            Some(Target::Sandbox {
+                id: "abc123".into(),
+                port: 49983
+            }),
+            "the older SDKs' <id>-<clientID>"
         );
         assert_eq!(parse_host("localhost:3000"), None);
         assert_eq!(parse_host("127.0.0.1:3000"), None);

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use kiln_core::templates::{StartCommand, TemplateCatalog, TemplateInfo};
-use kiln_core::{AgentClient, NoAgent};
+use kiln_core::{Backend, NoAgent, Runtimes};
 use kiln_runtime::container::{ContainerConfig, ContainerRuntime, DEFAULT_UID_BASE};
-use kiln_runtime::{Runtime, RuntimeError, TemplateRef};
+use kiln_runtime::{RuntimeError, RuntimeKind, TemplateRef};
 
 use crate::agent_client::HttpAgentClient;
 use crate::config::Config;
@@ -23,12 +23,39 @@ pub const ENVD_VERSION: &str = kiln_api::agent::ENVD_VERSION;
 pub const BASE_TEMPLATE: &str = "base";
 
 /// The runtimes this build of kilnd can run.
-pub const AVAILABLE_RUNTIMES: &[&str] = &["container", "fake"];
+pub const AVAILABLE_RUNTIMES: &[RuntimeKind] = &[RuntimeKind::Container, RuntimeKind::Fake];
+
+/// The runtimes a kilnd with `config` sets up: the configured list, else
+/// the default plus every other real runtime of this build (the fake only
+/// when it is the default).
+pub fn enabled_runtimes(config: &Config) -> Vec<RuntimeKind> {
+    if let Some(list) = &config.runtime.enabled {
+        return list.clone();
+    }
+    let default = config.runtime.default;
+    if default == RuntimeKind::Fake {
+        return vec![RuntimeKind::Fake];
+    }
+    let mut kinds = vec![default];
+    kinds.extend(
+        AVAILABLE_RUNTIMES
+            .iter()
+            .copied()
+            .filter(|k| *k != default && *k != RuntimeKind::Fake),
+    );
+    kinds
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("unknown runtime {0:?}: use container or fake")]
-    UnknownRuntime(String),
+    #[error("runtime {0} is not in this build of kilnd")]
+    NotBuilt(RuntimeKind),
+    #[error("the default runtime {kind} cannot run on this host")]
+    DefaultUnavailable {
+        kind: RuntimeKind,
+        #[source]
+        source: Box<SetupError>,
+    },
     #[error("{what} not found at {path}: build it ({hint}) or set {var}")]
     MissingBinary {
         what: &'static str,
@@ -41,8 +68,8 @@ pub enum SetupError {
         subnet: std::net::Ipv4Addr,
         iface: String,
     },
-    #[error("the container runtime could not start")]
-    Runtime(#[source] RuntimeError),
+    #[error("the {0} runtime could not start")]
+    Runtime(RuntimeKind, #[source] RuntimeError),
     #[error("building the {name} template failed")]
     Template {
         name: &'static str,
@@ -51,25 +78,6 @@ pub enum SetupError {
     },
     #[error("the template build task failed: {0}")]
     TemplateTask(String),
-}
-
-/// A runtime and the client for the agents in its sandboxes.
-pub struct Backend {
-    pub runtime: Arc<dyn Runtime>,
-    pub agent: Arc<dyn AgentClient>,
-    /// Set for the container runtime, which has pools to release at stop.
-    pub container: Option<Arc<ContainerRuntime>>,
-}
-
-impl Backend {
-    /// Releases the runtime's pools; sandboxes keep running.
-    pub async fn shutdown(&self) {
-        if let Some(c) = &self.container {
-            if let Err(e) = c.shutdown().await {
-                tracing::error!(error = %e, "releasing the container runtime's pools failed");
-            }
-        }
-    }
 }
 
 fn require(
@@ -90,20 +98,58 @@ fn require(
     }
 }
 
-/// Builds the configured runtime and the matching agent client. The
+/// Sets up every enabled runtime with the matching agent client. A runtime
+/// that cannot run here is recorded as unavailable, with why (creates that
+/// ask for it get a 400 saying so); the default runtime must start. The
 /// container runtime re-attaches the sandboxes of a previous run here.
 /// `templates` says which templates get the code interpreter's binary.
-pub async fn build_runtime(
+pub async fn build_runtimes(
+    config: &Config,
+    templates: &TemplateCatalog,
+) -> Result<Runtimes, SetupError> {
+    let mut set = Runtimes::new(config.runtime.default);
+    for kind in enabled_runtimes(config) {
+        match build_one(kind, config, templates).await {
+            Ok(backend) => set.add(backend),
+            Err(e) if kind == config.runtime.default => {
+                return Err(SetupError::DefaultUnavailable {
+                    kind,
+                    source: Box::new(e),
+                })
+            }
+            Err(e) => {
+                let why = error_chain(&e);
+                tracing::warn!(runtime = %kind, reason = %why, "runtime not available");
+                set.mark_unavailable(kind, why);
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// An error and its sources, as one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        next = c.source();
+    }
+    s
+}
+
+async fn build_one(
+    kind: RuntimeKind,
     config: &Config,
     templates: &TemplateCatalog,
 ) -> Result<Backend, SetupError> {
-    match config.runtime.as_str() {
-        "fake" => Ok(Backend {
+    match kind {
+        RuntimeKind::Fake => Ok(Backend {
             runtime: Arc::new(kiln_runtime::fake::FakeRuntime::new()),
             agent: Arc::new(NoAgent),
-            container: None,
         }),
-        "container" => {
+        RuntimeKind::Container => {
             let agent_bin = config.agent_bin();
             let spawn_bin = config.spawn_bin();
             require(
@@ -122,40 +168,50 @@ pub async fn build_runtime(
             let mut cfg =
                 ContainerConfig::new(config.data_dir.join("container"), agent_bin, spawn_bin);
             cfg.tag = config.runtime_tag.clone();
-            cfg.warm_pool = config.warm_pool;
+            cfg.warm_pool = config.runtime.container.warm_pool;
             // Warm helpers and the disk pool hold disks of the default size
             // from the start, not only after the first create asked for it:
             // a burst of creates on a fresh kilnd skips mkfs.
             cfg.disk_pool_sizes_mib = vec![config.sandbox_disk_mib];
             cfg.net.tag = config.runtime_tag.clone();
             cfg.net.subnet = config.subnet;
-            for t in templates.list() {
-                if t.aliases
-                    .iter()
-                    .any(|a| a == kiln_interpreter::template::NAME)
-                {
-                    cfg.template_binds.insert(
-                        t.template.id.clone(),
-                        vec![(
-                            config.interpreter_bin(),
-                            kiln_interpreter::template::BINARY.to_owned(),
-                        )],
-                    );
-                }
-            }
-            let rt = Arc::new(
-                ContainerRuntime::new(cfg)
-                    .await
-                    .map_err(SetupError::Runtime)?,
-            );
+            cfg.template_binds = interpreter_binds(config, templates);
+            let rt = ContainerRuntime::new(cfg)
+                .await
+                .map_err(|e| SetupError::Runtime(kind, e))?;
             Ok(Backend {
-                runtime: rt.clone(),
+                runtime: Arc::new(rt),
                 agent: Arc::new(HttpAgentClient::new()),
-                container: Some(rt),
             })
         }
-        other => Err(SetupError::UnknownRuntime(other.to_owned())),
+        other => Err(SetupError::NotBuilt(other)),
     }
+}
+
+/// The code interpreter's binary, bound into the code-interpreter
+/// template's sandboxes (by template id).
+fn interpreter_binds(
+    config: &Config,
+    templates: &TemplateCatalog,
+) -> std::collections::BTreeMap<String, Vec<(std::path::PathBuf, String)>> {
+    templates
+        .list()
+        .into_iter()
+        .filter(|t| {
+            t.aliases
+                .iter()
+                .any(|a| a == kiln_interpreter::template::NAME)
+        })
+        .map(|t| {
+            (
+                t.template.id.clone(),
+                vec![(
+                    config.interpreter_bin(),
+                    kiln_interpreter::template::BINARY.to_owned(),
+                )],
+            )
+        })
+        .collect()
 }
 
 /// Refuses a subnet that another interface (another kilnd's bridge, a VPN,
@@ -281,9 +337,10 @@ pub async fn load_templates(config: &Config) -> Result<TemplateCatalog, SetupErr
         memory_mib: config.sandbox_memory_mib,
         disk_mib: config.sandbox_disk_mib,
         created_at: Utc::now(),
+        runtime: None,
         start,
     };
-    if config.runtime != "container" {
+    if enabled_runtimes(config) == [RuntimeKind::Fake] {
         let template = TemplateRef {
             id: BASE_TEMPLATE.into(),
             rootfs: config.template_dir().join("templates").join(BASE_TEMPLATE),

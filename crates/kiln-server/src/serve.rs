@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::app::app;
 use crate::config::Config;
-use crate::runtime::{build_runtime, load_templates, Backend, SetupError, ENVD_VERSION};
+use crate::runtime::{build_runtimes, load_templates, SetupError, ENVD_VERSION};
 use crate::state::AppState;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,6 @@ pub struct Prepared {
     /// A key created because the store had none: print it once.
     pub new_api_key: Option<String>,
     pub recovery: RecoveryReport,
-    pub backend: Backend,
 }
 
 /// Opens the store, makes sure an API key exists, builds the runtime,
@@ -65,9 +64,9 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
         if !keys::is_sdk_form(key) {
             tracing::warn!("KILN_API_KEY is not of the form e2b_<lowercase hex>; some SDK versions reject such keys");
         }
-        keys::ensure_key(store.as_ref(), key, DEFAULT_TEAM, "KILN_API_KEY")?;
-    } else if store.list_keys().map_err(CoreError::from)?.is_empty() {
-        let (key, _) = keys::create_key(store.as_ref(), DEFAULT_TEAM, "first key")?;
+        keys::ensure_key(store.as_ref(), key, DEFAULT_TEAM, "KILN_API_KEY").await?;
+    } else if store.list_keys().await.map_err(CoreError::from)?.is_empty() {
+        let (key, _) = keys::create_key(store.as_ref(), DEFAULT_TEAM, "first key").await?;
         new_api_key = Some(key);
     }
 
@@ -83,7 +82,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
         source,
     })?;
     let templates = Arc::new(load_templates(config).await?);
-    let backend = build_runtime(config, &templates).await?;
+    let runtimes = build_runtimes(config, &templates).await?;
     let mut config = config.clone();
     config.listen = addr;
     let core = Core::new(
@@ -93,10 +92,10 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
             envd_version: ENVD_VERSION.into(),
             client_id: config.node_name.clone(),
             domain: Some(config.domain()),
+            metrics_interval: Duration::from_secs(config.metrics_interval_secs),
         },
         store,
-        backend.runtime.clone(),
-        backend.agent.clone(),
+        runtimes,
         templates,
     );
     let recovery = core.start().await?;
@@ -106,7 +105,6 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
         addr,
         new_api_key,
         recovery,
-        backend,
     })
 }
 
@@ -123,7 +121,7 @@ pub async fn run(
         let _ = tx.send(true);
     });
     let mut graceful_rx = rx.clone();
-    let backend = prepared.backend;
+    let core = prepared.state.core.clone();
     // Small request/response exchanges (every RPC) must not wait for
     // delayed ACKs: no Nagle on accepted connections.
     let listener = prepared.listener.tap_io(|tcp| {
@@ -143,7 +141,11 @@ pub async fn run(
             tokio::time::sleep(Duration::from_secs(5)).await;
         } => Ok(()),
     };
-    backend.shutdown().await;
+    for b in core.runtimes().backends() {
+        if let Err(e) = b.runtime.shutdown().await {
+            tracing::error!(runtime = %b.runtime.kind(), error = %e, "releasing a runtime's pools failed");
+        }
+    }
     result
 }
 

@@ -14,7 +14,7 @@ fn is_error_body(v: &serde_json::Value, code: u16) -> bool {
 
 #[tokio::test]
 async fn create_get_list_kill() {
-    let e = env();
+    let e = env().await;
     let created = e
         .create(
             &e.key_a,
@@ -79,7 +79,7 @@ async fn create_get_list_kill() {
 
 #[tokio::test]
 async fn v1_create_and_templates() {
-    let e = env();
+    let e = env().await;
     let (status, _, created) = e
         .json(
             "POST",
@@ -99,7 +99,7 @@ async fn v1_create_and_templates() {
 
 #[tokio::test]
 async fn auth_is_required() {
-    let e = env();
+    let e = env().await;
     let (status, _, body) = e
         .json("GET", "/v2/sandboxes", "e2b_0123456789abcdef", None)
         .await;
@@ -122,7 +122,7 @@ async fn auth_is_required() {
 
 #[tokio::test]
 async fn bad_input_is_a_clear_4xx_and_leaves_nothing() {
-    let e = env();
+    let e = env().await;
     let cases = [
         (json!({"templateID": "nope"}), StatusCode::NOT_FOUND, "nope"),
         (
@@ -205,7 +205,7 @@ async fn bad_input_is_a_clear_4xx_and_leaves_nothing() {
 
 #[tokio::test]
 async fn other_teams_sandboxes_are_not_found() {
-    let e = env();
+    let e = env().await;
     let id = e.create(&e.key_a, json!({"templateID": "base"})).await["sandboxID"]
         .as_str()
         .unwrap()
@@ -241,7 +241,7 @@ async fn other_teams_sandboxes_are_not_found() {
 
 #[tokio::test]
 async fn list_pages_with_next_token_and_filters_metadata() {
-    let e = env();
+    let e = env().await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let c = e
@@ -252,29 +252,110 @@ async fn list_pages_with_next_token_and_filters_metadata() {
             .await;
         ids.push(c["sandboxID"].as_str().unwrap().to_owned());
     }
-    let mut seen = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let path = match &token {
-            Some(t) => format!("/v2/sandboxes?limit=2&nextToken={t}"),
-            None => "/v2/sandboxes?limit=2".into(),
-        };
-        let (status, headers, page) = e.json("GET", &path, &e.key_a, None).await;
-        assert_eq!(status, StatusCode::OK, "{page}");
-        seen.extend(
-            page.as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s["sandboxID"].as_str().unwrap().to_owned()),
-        );
-        token = headers
-            .get("x-next-token")
-            .map(|v| v.to_str().unwrap().to_owned());
-        if token.is_none() {
-            break;
+    // Newest first unless asked otherwise (E2B's default), every page in
+    // the order asked for.
+    let newest: Vec<String> = ids.iter().rev().cloned().collect();
+    for (order, want) in [
+        ("", &newest),
+        ("&order=desc", &newest),
+        ("&order=asc", &ids),
+    ] {
+        let mut seen = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let path = match &token {
+                Some(t) => format!("/v2/sandboxes?limit=2{order}&nextToken={t}"),
+                None => format!("/v2/sandboxes?limit=2{order}"),
+            };
+            let (status, headers, page) = e.json("GET", &path, &e.key_a, None).await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            assert_eq!(headers["x-total-running"], "5");
+            seen.extend(
+                page.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["sandboxID"].as_str().unwrap().to_owned()),
+            );
+            token = headers
+                .get("x-next-token")
+                .map(|v| v.to_str().unwrap().to_owned());
+            if token.is_none() {
+                break;
+            }
         }
+        assert_eq!(&seen, want, "order {order:?}");
     }
-    assert_eq!(seen, ids);
+    let (status, _, body) = e
+        .json("GET", "/v2/sandboxes?order=sideways", &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(is_error_body(&body, 400), "{body}");
+
+    // startedAfter (as the Python SDK sends it: isoformat with an offset),
+    // the Kiln extension startedBefore, and template by id or alias.
+    let (_, _, d) = e
+        .json("GET", &format!("/sandboxes/{}", ids[2]), &e.key_a, None)
+        .await;
+    let started = chrono::DateTime::parse_from_rfc3339(d["startedAt"].as_str().unwrap()).unwrap();
+    let iso = percent_encoding::utf8_percent_encode(
+        &started.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string(),
+        percent_encoding::NON_ALPHANUMERIC,
+    )
+    .to_string();
+    let listed = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["sandboxID"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, _, page) = e
+        .json(
+            "GET",
+            &format!("/v2/sandboxes?startedAfter={iso}"),
+            &e.key_a,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(listed(&page), newest[..3]);
+    let (_, _, page) = e
+        .json(
+            "GET",
+            &format!("/v2/sandboxes?startedBefore={iso}"),
+            &e.key_a,
+            None,
+        )
+        .await;
+    assert_eq!(listed(&page), newest[2..]);
+    for t in ["base", "default"] {
+        let (_, _, page) = e
+            .json(
+                "GET",
+                &format!("/v2/sandboxes?template={t}"),
+                &e.key_a,
+                None,
+            )
+            .await;
+        assert_eq!(listed(&page).len(), 5, "{t}");
+    }
+    let (status, headers, page) = e
+        .json("GET", "/v2/sandboxes?template=elsewhere", &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(listed(&page).is_empty());
+    assert_eq!(headers["x-total-running"], "0");
+    for bad in [
+        "startedAfter=yesterday",
+        "startedAfter=2026-01-01T00:00:00",
+        "template=base:v1",
+    ] {
+        let (status, _, body) = e
+            .json("GET", &format!("/v2/sandboxes?{bad}"), &e.key_a, None)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(is_error_body(&body, 400), "{body}");
+    }
 
     // As the Python SDK encodes it: urlencode({quote(k): quote(v)}), then
     // the whole string as one query value.
@@ -305,7 +386,7 @@ async fn list_pages_with_next_token_and_filters_metadata() {
 
 #[tokio::test]
 async fn timeout_refresh_connect_pause_resume_metrics() {
-    let e = env();
+    let e = env().await;
     let id = e
         .create(&e.key_a, json!({"templateID": "base", "timeout": 60}))
         .await["sandboxID"]
@@ -414,7 +495,7 @@ async fn timeout_refresh_connect_pause_resume_metrics() {
 
 #[tokio::test]
 async fn openapi_is_served() {
-    let e = env();
+    let e = env().await;
     let req = Request::get("/openapi.json").body(Body::empty()).unwrap();
     let (status, _, doc) = e.call(req).await;
     assert_eq!(status, StatusCode::OK);
@@ -437,4 +518,339 @@ fn openapi_document_in_docs_is_current() {
         checked_in == generated,
         "docs/openapi.json is stale: run KILN_UPDATE_OPENAPI=1 cargo test -p kiln-server --test api openapi"
     );
+}
+
+#[tokio::test]
+async fn runtime_choice_and_pause_modes_through_the_api() {
+    let e = env().await;
+    // An unknown runtime, or one this server does not run, is a 400 naming it.
+    for (name, says) in [("bsd-jail", "bsd-jail"), ("gvisor", "gvisor")] {
+        let (status, _, body) = e
+            .json(
+                "POST",
+                "/v2/sandboxes",
+                &e.key_a,
+                Some(json!({"templateID": "base", "runtime": name})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            is_error_body(&body, 400) && body["message"].as_str().unwrap().contains(says),
+            "{body}"
+        );
+    }
+    assert_eq!(e.runtime.count(), 0);
+    let created = e
+        .create(
+            &e.key_a,
+            json!({"templateID": "base", "runtime": "fake", "autoPause": true, "autoResume": {"enabled": true}}),
+        )
+        .await;
+    let id = created["sandboxID"].as_str().unwrap().to_owned();
+    let d = detail(&e, &id).await;
+    assert_eq!(d["runtime"], "fake");
+    assert_eq!(d["lifecycle"]["onTimeout"], "pause");
+    assert_eq!(d["lifecycle"]["autoResume"], true);
+    assert!(d.get("pauseMode").is_none(), "{d}");
+
+    // Filesystem-only pause, as the SDK asks for it.
+    let (status, _, body) = e
+        .json(
+            "POST",
+            &format!("/sandboxes/{id}/pause"),
+            &e.key_a,
+            Some(json!({"memory": false})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let d = detail(&e, &id).await;
+    assert_eq!(d["state"], "paused");
+    assert_eq!(d["pauseMode"], "filesystem");
+    let (status, _, body) = e
+        .json("POST", &format!("/sandboxes/{id}/pause"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, _, _) = e
+        .json(
+            "POST",
+            &format!("/v2/sandboxes/{id}/connect"),
+            &e.key_a,
+            Some(json!({"timeout": 60})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // Resuming a running sandbox is a conflict.
+    let (status, _, body) = e
+        .json("POST", &format!("/sandboxes/{id}/resume"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // A memory pause (the default).
+    let (status, _, _) = e
+        .json("POST", &format!("/sandboxes/{id}/pause"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(detail(&e, &id).await["pauseMode"], "full");
+}
+
+async fn detail(e: &common::Env, id: &str) -> serde_json::Value {
+    e.json("GET", &format!("/sandboxes/{id}"), &e.key_a, None)
+        .await
+        .2
+}
+
+#[tokio::test]
+async fn snapshots_and_forks_through_the_api() {
+    let e = env().await;
+    let created = e.create(&e.key_a, json!({"templateID": "base"})).await;
+    let id = created["sandboxID"].as_str().unwrap().to_owned();
+    let (status, _, snap) = e
+        .json(
+            "POST",
+            &format!("/sandboxes/{id}/snapshots"),
+            &e.key_a,
+            Some(json!({"name": "first"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{snap}");
+    let snap_id = snap["snapshotID"].as_str().unwrap().to_owned();
+    assert!(snap_id.ends_with(":default"), "{snap}");
+    assert_eq!(snap["names"][0], "team-a/first:default");
+    assert_eq!(snap["sandboxID"], id.as_str());
+    // Two sandboxes from it.
+    for _ in 0..2 {
+        let made = e.create(&e.key_a, json!({"templateID": snap_id})).await;
+        assert_ne!(made["sandboxID"], id.as_str());
+    }
+    assert_eq!(e.runtime.count(), 3);
+    // Listing, with filters; team b sees none.
+    let (_, _, list) = e.json("GET", "/snapshots", &e.key_a, None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let (_, _, list) = e
+        .json(
+            "GET",
+            &format!("/snapshots?sandboxID={id}&name=first"),
+            &e.key_a,
+            None,
+        )
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let (_, _, list) = e.json("GET", "/snapshots", &e.key_b, None).await;
+    assert!(list.as_array().unwrap().is_empty(), "{list}");
+    let (status, _, _) = e.json("GET", "/snapshots?limit=0", &e.key_a, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Fork: three copies, then bad counts.
+    let (status, _, forks) = e
+        .json(
+            "POST",
+            &format!("/sandboxes/{id}/fork"),
+            &e.key_a,
+            Some(json!({"count": 3, "timeout": 60})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{forks}");
+    let forks = forks.as_array().unwrap();
+    assert_eq!(forks.len(), 3);
+    assert!(forks.iter().all(|f| f["sandbox"]["sandboxID"].is_string()));
+    assert_eq!(e.runtime.count(), 6);
+    for count in [0, 101] {
+        let (status, _, body) = e
+            .json(
+                "POST",
+                &format!("/sandboxes/{id}/fork"),
+                &e.key_a,
+                Some(json!({"count": count})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    let (status, _, _) = e
+        .json("POST", &format!("/sandboxes/{id}/fork"), &e.key_b, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another team's sandbox");
+    // Delete (as the SDK does, through /templates); then it is gone.
+    let enc = snap_id.replace(':', "%3A");
+    let (status, _, _) = e
+        .json("DELETE", &format!("/templates/{enc}"), &e.key_b, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another team's snapshot");
+    let (status, _, _) = e
+        .json("DELETE", &format!("/templates/{enc}"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, body) = e
+        .json(
+            "POST",
+            "/v2/sandboxes",
+            &e.key_a,
+            Some(json!({"templateID": snap_id})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, _) = e.json("DELETE", "/templates/base", &e.key_a, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn ids_timeout_zero_metrics_and_error_shapes() {
+    let e = env().await;
+    let created = e.create(&e.key_a, json!({"templateID": "base"})).await;
+    let id = created["sandboxID"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 20);
+    assert!(id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+    assert_eq!(created["clientID"], "kiln");
+    assert_eq!(created["envdVersion"], "0.6.4");
+    assert_eq!(created["domain"], "localhost:3000");
+
+    // The older SDKs' <id>-<clientID> names the same sandbox.
+    let composite = format!("{id}-{}", created["clientID"].as_str().unwrap());
+    let (status, _, d) = e
+        .json("GET", &format!("/sandboxes/{composite}"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(d["sandboxID"], id.as_str());
+    // A malformed id is a 400, an unknown one a 404, both {code, message}.
+    for (path, code) in [
+        ("/sandboxes/NOT-an-id", 400),
+        ("/sandboxes/nosuchsandbox", 404),
+        ("/sandboxes/%FF%FE", 400),
+        ("/no/such/endpoint", 404),
+        ("/v3/sandboxes", 404),
+    ] {
+        let (status, _, body) = e.json("GET", path, &e.key_a, None).await;
+        assert_eq!(status.as_u16(), code, "{path}: {body}");
+        assert!(is_error_body(&body, code), "{path}: {body}");
+    }
+
+    // Metrics: a range of samples, and the latest of several at once.
+    let (status, _, m) = e
+        .json("GET", &format!("/sandboxes/{id}/metrics"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    let ts = m[0]["timestampUnix"].as_i64().unwrap();
+    e.state.core.sample_metrics().await;
+    let (_, _, m) = e
+        .json(
+            "GET",
+            &format!("/sandboxes/{id}/metrics?start={ts}&end={}", ts + 60),
+            &e.key_a,
+            None,
+        )
+        .await;
+    assert_eq!(m.as_array().unwrap().len(), 2, "{m}");
+    let (_, _, m) = e
+        .json(
+            "GET",
+            &format!("/sandboxes/{id}/metrics?start=0&end={}", ts - 1),
+            &e.key_a,
+            None,
+        )
+        .await;
+    assert_eq!(m, json!([]));
+    for bad in ["start=10&end=5", "start=-1", "start=x"] {
+        let (status, _, body) = e
+            .json(
+                "GET",
+                &format!("/sandboxes/{id}/metrics?{bad}"),
+                &e.key_a,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let (status, _, many) = e
+        .json(
+            "GET",
+            &format!("/sandboxes/metrics?sandbox_ids={id},nosuchsandbox"),
+            &e.key_a,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{many}");
+    assert_eq!(many["sandboxes"].as_object().unwrap().len(), 1);
+    assert_eq!(many["sandboxes"][&id]["cpuCount"], 2);
+    let (_, _, theirs) = e
+        .json(
+            "GET",
+            &format!("/sandboxes/metrics?sandbox_ids={id}"),
+            &e.key_b,
+            None,
+        )
+        .await;
+    assert_eq!(theirs, json!({"sandboxes": {}}));
+    let (status, _, _) = e.json("GET", "/sandboxes/metrics", &e.key_a, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // timeout 0: ends it now (kill, the default on-timeout action).
+    let (status, _, body) = e
+        .json(
+            "POST",
+            &format!("/sandboxes/{id}/timeout"),
+            &e.key_a,
+            Some(json!({"timeout": 0})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(e.runtime.count(), 0);
+    let (status, _, _) = e
+        .json("GET", &format!("/sandboxes/{id}"), &e.key_a, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn templates_aliases_and_builds_in_the_spec_shapes() {
+    let e = env().await;
+    e.create(&e.key_a, json!({"templateID": "default"})).await;
+    let (status, _, list) = e.json("GET", "/templates", &e.key_a, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let t = &list[0];
+    for key in [
+        "templateID",
+        "buildID",
+        "cpuCount",
+        "memoryMB",
+        "diskSizeMB",
+        "public",
+        "aliases",
+        "names",
+        "createdAt",
+        "updatedAt",
+        "createdBy",
+        "lastSpawnedAt",
+        "spawnCount",
+        "buildCount",
+        "envdVersion",
+        "buildStatus",
+    ] {
+        assert!(t.get(key).is_some(), "missing {key}: {t}");
+    }
+    assert_eq!(t["buildStatus"], "ready");
+    assert_eq!(t["spawnCount"], 1);
+    assert!(t["lastSpawnedAt"].is_string());
+    let build_id = t["buildID"].as_str().unwrap();
+    assert_eq!(build_id.len(), 36, "a UUID: {build_id}");
+    let (_, _, other_team) = e.json("GET", "/templates", &e.key_b, None).await;
+    assert_eq!(other_team[0]["spawnCount"], 0, "counts are per team");
+
+    for name in ["base", "default"] {
+        let (status, _, found) = e
+            .json("GET", &format!("/templates/aliases/{name}"), &e.key_a, None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{found}");
+        assert_eq!(found, json!({"templateID": "base", "public": true}));
+        let (status, _, with_builds) = e
+            .json("GET", &format!("/templates/{name}"), &e.key_a, None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{with_builds}");
+        assert_eq!(with_builds["templateID"], "base");
+        assert_eq!(with_builds["builds"][0]["buildID"], build_id);
+        assert_eq!(with_builds["builds"][0]["status"], "ready");
+    }
+    for path in ["/templates/aliases/nope", "/templates/nope"] {
+        let (status, _, body) = e.json("GET", path, &e.key_a, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(is_error_body(&body, 404), "{body}");
+    }
 }

@@ -153,7 +153,7 @@ impl Setup {
 }
 
 async fn setup(create_body: serde_json::Value) -> Setup {
-    let env = env();
+    let env = env().await;
     let created = env.create(&env.key_a, create_body).await;
     let kilnd = serve(kiln_server::app(env.state.clone())).await;
     Setup {
@@ -421,7 +421,17 @@ async fn private_sandboxes_need_the_traffic_token() {
         )
         .await;
     assert_eq!(created["sandboxID"], s.sandbox.as_str());
-    let token = s.env.store.as_ref().get_sandbox_token(&s.sandbox);
+    let token = {
+        use kiln_core::store::Store;
+        s.env
+            .store
+            .get_sandbox(&s.sandbox)
+            .await
+            .unwrap()
+            .unwrap()
+            .traffic_access_token
+            .expect("a private sandbox has a traffic token")
+    };
     let up = upstream(Arc::new(Notify::new())).await;
     let req = |tok: Option<&str>| {
         let mut b = axum::http::Request::get(format!("http://{}/hello", s.kilnd))
@@ -435,21 +445,6 @@ async fn private_sandboxes_need_the_traffic_token() {
     assert_eq!(send(req(None)).await.0, StatusCode::FORBIDDEN);
     assert_eq!(send(req(Some("wrong"))).await.0, StatusCode::FORBIDDEN);
     assert_eq!(send(req(Some(&token))).await.0, StatusCode::OK);
-}
-
-trait TrafficToken {
-    fn get_sandbox_token(&self, id: &str) -> String;
-}
-
-impl TrafficToken for kiln_core::store::SqliteStore {
-    fn get_sandbox_token(&self, id: &str) -> String {
-        use kiln_core::store::Store;
-        self.get_sandbox(id)
-            .unwrap()
-            .unwrap()
-            .traffic_access_token
-            .expect("a private sandbox has a traffic token")
-    }
 }
 
 #[tokio::test]

@@ -9,7 +9,10 @@ fn config(dir: &std::path::Path) -> Config {
     Config {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
-        runtime: "fake".into(),
+        runtime: kiln_server::config::RuntimeConfig {
+            default: kiln_runtime::RuntimeKind::Fake,
+            ..Default::default()
+        },
         ..Config::default()
     }
 }
@@ -62,9 +65,10 @@ async fn configured_key_is_accepted_and_no_other_is_made() {
         .state
         .core
         .authenticate(Some("e2b_00112233445566778899aabbccddeeff00112233"))
+        .await
         .unwrap();
     assert_eq!(team.id, "default");
-    assert_eq!(p.state.core.store().list_keys().unwrap().len(), 1);
+    assert_eq!(p.state.core.store().list_keys().await.unwrap().len(), 1);
 }
 
 #[tokio::test]

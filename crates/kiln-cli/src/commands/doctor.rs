@@ -87,7 +87,11 @@ fn host_checks() -> Vec<Check> {
         Level::Ok,
         format!(
             "this build has: {}",
-            kiln_server::runtime::AVAILABLE_RUNTIMES.join(", ")
+            kiln_server::runtime::AVAILABLE_RUNTIMES
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         None,
     ));

@@ -13,9 +13,9 @@ fn open(data_dir: &Path) -> anyhow::Result<SqliteStore> {
         .with_context(|| format!("opening the store in {}", data_dir.display()))
 }
 
-pub fn create(data_dir: &Path, team: &str, name: &str) -> anyhow::Result<()> {
+pub async fn create(data_dir: &Path, team: &str, name: &str) -> anyhow::Result<()> {
     let store = open(data_dir)?;
-    let (key, rec) = keys::create_key(&store, team, name)?;
+    let (key, rec) = keys::create_key(&store, team, name).await?;
     println!("{key}");
     eprintln!(
         "created key {} for team {} (shown once: store it now)",
@@ -24,13 +24,13 @@ pub fn create(data_dir: &Path, team: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn list(data_dir: &Path) -> anyhow::Result<()> {
+pub async fn list(data_dir: &Path) -> anyhow::Result<()> {
     let store = open(data_dir)?;
     println!(
         "{:<18} {:<16} {:<14} {:<22} {:<10} NAME",
         "ID", "TEAM", "KEY", "CREATED", "STATUS"
     );
-    for k in store.list_keys()? {
+    for k in store.list_keys().await? {
         println!(
             "{:<18} {:<16} {:<14} {:<22} {:<10} {}",
             k.id,
@@ -48,9 +48,9 @@ pub fn list(data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn revoke(data_dir: &Path, id: &str) -> anyhow::Result<()> {
+pub async fn revoke(data_dir: &Path, id: &str) -> anyhow::Result<()> {
     let store = open(data_dir)?;
-    if !store.revoke_key(id, Utc::now())? {
+    if !store.revoke_key(id, Utc::now()).await? {
         bail!("no active key with id {id:?} (see `kiln keys list`)");
     }
     println!("revoked {id}");

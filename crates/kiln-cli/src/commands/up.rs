@@ -13,13 +13,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         config_file: args.config.clone(),
         data_dir: Some(args.data_dir.clone()),
         listen: Some(args.listen),
-        runtime: args.runtime.clone(),
+        runtime: args.runtime,
     })
     .context("loading the configuration")?;
 
     let report = host::check();
     report.print();
-    if config.runtime != "fake" {
+    if kiln_server::runtime::enabled_runtimes(&config)
+        .iter()
+        .any(|k| *k != kiln_runtime::RuntimeKind::Fake)
+    {
         report.require_for_container()?;
         host::install_packages(!args.no_install)?;
     }
@@ -31,10 +34,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let prepared = serve::prepare(&config).await.context("starting kilnd")?;
     let url = format!("http://{}", prepared.addr);
     println!();
+    let runtimes = prepared.state.core.runtimes();
     println!(
-        "Kiln is serving at {url} (runtime: {})",
-        prepared.state.core.runtime_name()
+        "Kiln is serving at {url} (default runtime: {}; runtimes: {})",
+        runtimes.default_kind(),
+        runtimes
+            .kinds()
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
+    for (kind, why) in runtimes.unavailable() {
+        println!("runtime {kind} is not available here: {why}");
+    }
     let key_line = match (&prepared.new_api_key, &config.api_key) {
         (Some(key), _) => {
             println!("API key (shown once, store it now): {key}");

@@ -10,6 +10,7 @@ pub mod sqlite;
 use chrono::{DateTime, Utc};
 
 use crate::sandbox::{SandboxRecord, SandboxState};
+use crate::snapshots::SnapshotRecord;
 
 pub use sqlite::SqliteStore;
 
@@ -29,6 +30,8 @@ pub enum StoreError {
     },
     #[error("corrupt record in the store: {0}")]
     Corrupt(String),
+    #[error("a store task failed: {0}")]
+    Task(String),
 }
 
 /// An API key as stored: only its hash, never the key.
@@ -45,25 +48,55 @@ pub struct KeyRecord {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-/// The persistence the core needs. Every method is a short query: callers
-/// may hold no lock across them and may call them from async code.
-pub trait Store: Send + Sync + 'static {
-    fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
-    /// The unrevoked key with this hash.
-    fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError>;
-    fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
-    /// Revokes the key with this id; false if there is no such unrevoked key.
-    fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+/// One template's use by a team's sandboxes (E2B's `spawnCount` and
+/// `lastSpawnedAt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateUsage {
+    pub template_id: String,
+    pub spawn_count: u64,
+    pub last_spawned_at: DateTime<Utc>,
+}
 
-    fn insert_sandbox(&self, sandbox: &SandboxRecord) -> Result<(), StoreError>;
-    /// Overwrites the mutable fields (state, end_at, killed_at, auto_pause).
-    fn update_sandbox(&self, sandbox: &SandboxRecord) -> Result<(), StoreError>;
-    fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError>;
+/// The persistence the core needs, backend-neutral and async (the SQLite
+/// backend runs its short queries on the blocking pool; a PostgreSQL one
+/// would await its client). Callers hold no lock across these calls.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// The unrevoked key with this hash.
+    async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError>;
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Revokes the key with this id; false if there is no such unrevoked key.
+    async fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    async fn insert_sandbox(&self, sandbox: &SandboxRecord) -> Result<(), StoreError>;
+    /// Overwrites the mutable fields (state, end_at, killed_at, auto_pause,
+    /// egress, pause_mode, end_reason).
+    async fn update_sandbox(&self, sandbox: &SandboxRecord) -> Result<(), StoreError>;
+    async fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError>;
     /// Sandboxes in any of `states` (of one team, or of all with `None`),
     /// oldest first, ties broken by id.
-    fn list_sandboxes(
+    async fn list_sandboxes(
         &self,
         team_id: Option<&str>,
         states: &[SandboxState],
     ) -> Result<Vec<SandboxRecord>, StoreError>;
+
+    /// How often each template was used by one team's sandboxes (created
+    /// ever, whatever their state now), and when last.
+    async fn template_usage(&self, team_id: &str) -> Result<Vec<TemplateUsage>, StoreError>;
+
+    async fn insert_snapshot(&self, snapshot: &SnapshotRecord) -> Result<(), StoreError>;
+    /// Overwrites the mutable fields (mode, build_id, state, size_bytes,
+    /// content_hash, created_at).
+    async fn update_snapshot(&self, snapshot: &SnapshotRecord) -> Result<(), StoreError>;
+    async fn get_snapshot(&self, id: &str) -> Result<Option<SnapshotRecord>, StoreError>;
+    /// Snapshots of one team (or of all with `None`), oldest first, ties
+    /// broken by id.
+    async fn list_snapshots(
+        &self,
+        team_id: Option<&str>,
+    ) -> Result<Vec<SnapshotRecord>, StoreError>;
+    /// Deletes the record; false if there was none.
+    async fn delete_snapshot(&self, id: &str) -> Result<bool, StoreError>;
 }

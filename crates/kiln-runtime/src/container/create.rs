@@ -2,19 +2,21 @@
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use super::spawn::SpawnConfig;
 use super::warm::{self, Warm};
-use super::{blocking, Inner, Record, Sandbox};
+use super::{blocking, Inner, Phase, Record, Sandbox};
 use crate::host::cgroup::{Limits, CPU_PERIOD_US};
 use crate::host::sys;
+use crate::host::{fsutil, HostError};
 use crate::runtime::{RuntimeError, RuntimeEvent, SandboxHandle, SandboxSpec};
+use std::path::Path;
 
-fn validate(spec: &SandboxSpec) -> Result<(), RuntimeError> {
+pub(super) fn validate(spec: &SandboxSpec) -> Result<(), RuntimeError> {
     let id = &spec.id;
     let ok = !id.is_empty()
         && id.len() <= 63
@@ -46,7 +48,7 @@ fn validate(spec: &SandboxSpec) -> Result<(), RuntimeError> {
 type Failed = Box<(RuntimeError, Record)>;
 
 /// Frees the id reservation when create returns, whatever happens.
-struct Reservation<'a>(&'a Inner, String);
+pub(super) struct Reservation<'a>(pub(super) &'a Inner, pub(super) String);
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
@@ -54,19 +56,42 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// How a sandbox's filesystem comes together at a boot.
+#[derive(Debug, Clone)]
+pub(super) enum Boot {
+    /// A fresh upper on the template with these snapshot layers between
+    /// (top first; none for a plain create).
+    Fresh { layers: Vec<String> },
+    /// A paused sandbox's own record: its kept upper and layers.
+    Resume(Box<Record>),
+}
+
 pub(super) async fn create(
     inner: &Arc<Inner>,
     spec: &SandboxSpec,
 ) -> Result<SandboxHandle, RuntimeError> {
     validate(spec)?;
+    super::egress::check(&spec.egress)?;
     {
-        let exists = inner.sandboxes.lock().unwrap().contains_key(&spec.id);
+        let exists = inner.sandboxes.lock().unwrap().contains_key(&spec.id)
+            || inner.paused.lock().unwrap().contains_key(&spec.id);
         if exists || !inner.busy.lock().unwrap().insert(spec.id.clone()) {
             return Err(RuntimeError::AlreadyExists(spec.id.clone()));
         }
     }
     let _reserved = Reservation(inner, spec.id.clone());
+    boot(inner, spec, Boot::Fresh { layers: Vec::new() }).await
+}
 
+/// Starts a sandbox from a warm helper: a new one (fresh upper, maybe on
+/// snapshot layers) or a paused one again (its kept upper). The caller
+/// holds the id's reservation. A failed resume leaves the paused state as
+/// it was.
+pub(super) async fn boot(
+    inner: &Arc<Inner>,
+    spec: &SandboxSpec,
+    how: Boot,
+) -> Result<SandboxHandle, RuntimeError> {
     let pooled = inner.warm.lock().unwrap().pop();
     let warm = match pooled {
         Some(w) => w,
@@ -96,13 +121,23 @@ pub(super) async fn create(
         vcpus: spec.vcpus,
         memory_bytes: spec.memory_mib << 20,
         disk_bytes: spec.disk_mib << 20,
+        disk_image: String::new(),
+        layers: match &how {
+            Boot::Fresh { layers } => layers.clone(),
+            Boot::Resume(old) => old.layers.clone(),
+        },
+        phase: match &how {
+            Boot::Fresh { .. } => Phase::Running,
+            Boot::Resume(_) => Phase::Resuming,
+        },
     };
+    let resuming = matches!(how, Boot::Resume(_));
     let rec_copy = rec.clone();
     let prepared = {
         let inner = inner.clone();
         let spec = spec.clone();
         let rec = rec.clone();
-        tokio::task::spawn_blocking(move || prepare(&inner, &spec, rec, &warm_dir, warm_disk))
+        tokio::task::spawn_blocking(move || prepare(&inner, &spec, rec, &how, &warm_dir, warm_disk))
             .await
             .unwrap_or_else(|e| {
                 Err(Box::new((
@@ -115,13 +150,22 @@ pub(super) async fn create(
         Ok((rec, cfg)) => start(inner, rec, &cfg, child, stdin, stdout, ready).await,
         Err(e) => Err(e),
     };
+    let r = match r {
+        // A resumed sandbox is running for good once its agent answers.
+        Ok(mut rec) if resuming => {
+            rec.phase = Phase::Running;
+            match write_record(inner, &rec) {
+                Ok(()) => Ok(rec),
+                Err(e) => Err(Box::new((e, rec))),
+            }
+        }
+        r => r,
+    };
     match r {
         Ok(rec) => {
-            let sb = Arc::new(Sandbox {
-                oom_kills: AtomicU64::new(inner.cgroups.stats(&rec.cgroup).oom_kills),
-                rec,
-                watcher: Mutex::new(None),
-            });
+            inner.paused.lock().unwrap().remove(&rec.id);
+            let oom = inner.cgroups.stats(&rec.cgroup).oom_kills;
+            let sb = Arc::new(Sandbox::new(rec, oom, false));
             let handle = sb.rec.handle();
             watch(inner, &sb);
             inner
@@ -136,38 +180,60 @@ pub(super) async fn create(
             let (e, rec) = *failed;
             let inner2 = inner.clone();
             let rec2 = rec.clone();
-            if let Err(e2) = blocking(move || super::kill::destroy(&inner2, &rec2, true)).await {
-                tracing::error!(id = %rec.id, error = %e2, "failed to clean up a failed create");
+            let cleaned = blocking(move || {
+                if resuming {
+                    super::pause::undo_resume(&inner2, &rec2)
+                } else {
+                    super::kill::destroy(&inner2, &rec2, true)
+                }
+            })
+            .await;
+            if let Err(e2) = cleaned {
+                tracing::error!(id = %rec.id, error = %e2, "failed to clean up a failed start");
             }
             Err(e)
         }
     }
 }
 
-/// Host-side preparation (blocking): egress, limits, layers, state.
+/// Host-side preparation (blocking): the sandbox's directory, egress,
+/// limits, layers, state.
 fn prepare(
     inner: &Inner,
     spec: &SandboxSpec,
     mut rec: Record,
-    warm_dir: &std::path::Path,
+    how: &Boot,
+    warm_dir: &Path,
     warm_disk: Option<u64>,
 ) -> Result<(Record, SpawnConfig), Failed> {
     let cfg = &inner.cfg;
     let lower = &spec.template.rootfs;
-    // From here on the warm helper's directory is the sandbox's (and a
-    // failure's clean-up removes it with the rest).
     let dir = inner.sandbox_dir(&spec.id);
-    if let Err(source) = std::fs::rename(warm_dir, &dir) {
+    let placed = match how {
+        // From here on the warm helper's directory is the sandbox's (and a
+        // failure's clean-up removes it with the rest).
+        Boot::Fresh { .. } => std::fs::rename(warm_dir, &dir)
+            .map_err(|source| HostError::io("rename a warm helper's directory to", &dir)(source)),
+        // The paused sandbox's directory stays (its disk and state are in
+        // it); the helper's mount points move in, the rest of its
+        // directory goes (its own disk too: the init mounts the kept one).
+        Boot::Resume(_) => (|| {
+            for d in ["rootfs", "layers", "ro"] {
+                let at = dir.join(d);
+                if at.exists() {
+                    std::fs::remove_dir_all(&at).map_err(HostError::io("remove", &at))?;
+                }
+            }
+            for d in ["rootfs", "layers"] {
+                std::fs::rename(warm_dir.join(d), dir.join(d))
+                    .map_err(HostError::io("move a mount point to", dir.join(d)))?;
+            }
+            std::fs::remove_dir_all(warm_dir).map_err(HostError::io("remove", warm_dir))
+        })(),
+    };
+    if let Err(e) = placed {
         let _ = std::fs::remove_dir_all(warm_dir);
-        let e = RuntimeError::Io {
-            context: format!(
-                "failed to rename {} to {}",
-                warm_dir.display(),
-                dir.display()
-            ),
-            source,
-        };
-        return Err(Box::new((e, rec)));
+        return Err(Box::new((e.into(), rec)));
     }
     let r = (|| {
         let meta = std::fs::metadata(lower).map_err(|source| RuntimeError::Io {
@@ -183,13 +249,13 @@ fn prepare(
                 cfg.uid_base
             )));
         }
-        if !spec.internet {
+        if !spec.egress.internet {
             inner.net.set_offline(&rec.lease(), true).map_err(net_err)?;
             rec.internet = false;
         }
+        let ro_layers = super::snapshot::layer_mounts(inner, &dir, &rec.layers)?;
         let rootfs = dir.join("rootfs");
         let layers = dir.join("layers");
-        write_record(inner, &rec)?;
         inner.cgroups.set_limits(
             &rec.cgroup,
             &Limits {
@@ -198,15 +264,24 @@ fn prepare(
                 pids_max: pids_limit(spec.memory_mib, cfg.pids_max),
             },
         )?;
-        inner.disk.want(spec.disk_mib);
-        let premounted = warm_disk == Some(spec.disk_mib);
-        let disk_image = if premounted {
-            dir.join("disk.img")
-        } else {
-            let image = dir.join(format!("disk-{}.img", spec.disk_mib));
-            inner.disk.take(spec.disk_mib, &image)?;
-            image
+        let (disk_image, premounted) = match how {
+            Boot::Resume(old) => (dir.join(&old.disk_image), false),
+            Boot::Fresh { .. } => {
+                inner.disk.want(spec.disk_mib);
+                if warm_disk == Some(spec.disk_mib) {
+                    (dir.join("disk.img"), true)
+                } else {
+                    let image = dir.join(format!("disk-{}.img", spec.disk_mib));
+                    inner.disk.take(spec.disk_mib, &image)?;
+                    (image, false)
+                }
+            }
         };
+        rec.disk_image = disk_image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        write_record(inner, &rec)?;
         Ok(SpawnConfig {
             id: spec.id.clone(),
             lower: lower.clone(),
@@ -214,6 +289,7 @@ fn prepare(
             layers,
             premounted,
             rootfs,
+            ro_layers,
             uid_base: cfg.uid_base,
             uid_count: cfg.uid_count,
             agent_bin: cfg.agent_bin.clone(),
@@ -253,16 +329,13 @@ pub(super) fn net_err(e: kiln_net::NetError) -> RuntimeError {
     RuntimeError::Other(format!("network: {e}"))
 }
 
+/// Writes the sandbox's `state.json`: whole or not at all, and durable
+/// when this returns (the pause and resume of a sandbox's kept state rely
+/// on it).
 pub(super) fn write_record(inner: &Inner, rec: &Record) -> Result<(), RuntimeError> {
-    let dir = inner.sandbox_dir(&rec.id);
-    let tmp = dir.join("state.json.tmp");
+    let path = inner.sandbox_dir(&rec.id).join("state.json");
     let json = serde_json::to_vec_pretty(rec).expect("a record serializes");
-    std::fs::write(&tmp, json)
-        .and_then(|()| std::fs::rename(&tmp, dir.join("state.json")))
-        .map_err(|source| RuntimeError::Io {
-            context: format!("failed to write the state of {}", rec.id),
-            source,
-        })
+    Ok(fsutil::write_atomic(&path, &json)?)
 }
 
 /// Sends the config to the warm helper and waits for the agent's ready byte.

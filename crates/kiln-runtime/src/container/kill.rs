@@ -8,36 +8,42 @@ use crate::host::HostError;
 use crate::runtime::RuntimeError;
 
 pub(super) async fn kill(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
-    let sb = inner.sandboxes.lock().unwrap().remove(id);
-    let Some(sb) = sb else {
-        return Ok(()); // unknown or already killed
+    let running = inner.sandboxes.lock().unwrap().remove(id);
+    let rec = match running {
+        Some(sb) => {
+            if let Some(w) = sb.watcher.lock().unwrap().take() {
+                w.abort();
+            }
+            sb.record()
+        }
+        // Paused on its disk: only files to delete.
+        None => match inner.paused.lock().unwrap().remove(id) {
+            Some(rec) => rec,
+            None => return Ok(()), // unknown or already killed
+        },
     };
-    if let Some(w) = sb.watcher.lock().unwrap().take() {
-        w.abort();
-    }
     let inner2 = inner.clone();
-    let rec = sb.rec.clone();
-    blocking(move || destroy(&inner2, &rec, true)).await?;
+    blocking(move || {
+        destroy(&inner2, &rec, true)?;
+        super::snapshot::collect_garbage(&inner2);
+        Ok(())
+    })
+    .await?;
     tracing::debug!(id, "sandbox killed");
     Ok(())
 }
 
-/// Removes every host object of a sandbox (blocking, idempotent): its
-/// processes (SIGKILL to the init ends the whole pid namespace, then the
-/// cgroup is emptied), cgroups, network namespace and veth, layers, state.
-/// The sandbox's mounts live in its own mount namespace and vanish with its
-/// last process. `release_net` is false at start-up, where the network's own
-/// set-up already removed every namespace not kept (the slot may be reused).
-pub(super) fn destroy(inner: &Inner, rec: &Record, release_net: bool) -> Result<(), RuntimeError> {
+/// Blocking: SIGKILLs the sandbox's init (which ends its pid namespace),
+/// empties and removes its cgroups, and reaps the init. Idempotent; the
+/// disk and state stay.
+pub(super) fn stop_processes(inner: &Inner, rec: &Record) -> Result<(), RuntimeError> {
     if rec.pid > 0 && crate::host::sys::start_time(rec.pid) == Some(rec.start_time) {
         let pid = nix::unistd::Pid::from_raw(rec.pid);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        // Reap it if it is our child (it is when we are its subreaper).
         let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
     }
-    let mut first_err: Option<RuntimeError> = None;
-    if let Err(e) = inner.cgroups.kill_and_remove(&rec.cgroup) {
-        first_err.get_or_insert(e.into());
+    if !rec.cgroup.is_empty() {
+        inner.cgroups.kill_and_remove(&rec.cgroup)?;
     }
     if rec.pid > 0 {
         // The init is dead now; collect it if it is ours. Its exit may lag
@@ -54,7 +60,19 @@ pub(super) fn destroy(inner: &Inner, rec: &Record, release_net: bool) -> Result<
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
-    if release_net {
+    Ok(())
+}
+
+/// Removes every host object of a sandbox (blocking, idempotent): its
+/// processes (SIGKILL to the init ends the whole pid namespace, then the
+/// cgroup is emptied), cgroups, network namespace and veth, layers, state.
+/// The sandbox's mounts live in its own mount namespace and vanish with its
+/// last process. `release_net` is false at start-up, where the network's own
+/// set-up already removed every namespace not kept (the slot may be reused).
+pub(super) fn destroy(inner: &Inner, rec: &Record, release_net: bool) -> Result<(), RuntimeError> {
+    let mut first_err: Option<RuntimeError> = stop_processes(inner, rec).err();
+    // A sandbox paused on its disk holds no network (index u32::MAX).
+    if release_net && rec.net_index != u32::MAX {
         if let Err(e) = inner.net.recycle(&rec.lease()).map_err(net_err) {
             first_err.get_or_insert(e);
         }

@@ -1,8 +1,8 @@
 //! The `container` backend: Linux namespaces, an overlayfs root, seccomp,
 //! capabilities, cgroups and a network namespace per sandbox.
 //!
-//! One file per verb (`create.rs`, `kill.rs`, `freeze.rs`, `stats.rs`,
-//! `recover.rs`), the host primitives shared with other runtimes in
+//! One file per verb (`create.rs`, `kill.rs`, `pause.rs` (and resume),
+//! `snapshot.rs` (and restore), `egress.rs`, `stats.rs`, `recover.rs`), the host primitives shared with other runtimes in
 //! [`crate::host`] (cgroups, disks, seccomp, masks), and `spawn.rs`, the body of the `kiln-spawn`
 //! helper that does the forking, so that this multi-threaded process never
 //! forks without exec.
@@ -13,9 +13,11 @@
 //! everything on disk under `data_dir`.
 
 mod create;
-mod freeze;
+mod egress;
 mod kill;
+mod pause;
 mod recover;
+mod snapshot;
 pub mod spawn;
 mod stats;
 mod warm;
@@ -35,7 +37,8 @@ use crate::host::disk;
 pub use kiln_net::NetConfig;
 
 use crate::runtime::{
-    Runtime, RuntimeError, RuntimeEvent, SandboxHandle, SandboxSpec, SandboxStats, AGENT_PORT,
+    Capabilities, EgressPolicy, Found, Paused, ResumeMode, Runtime, RuntimeError, RuntimeEvent,
+    RuntimeKind, SandboxHandle, SandboxSpec, SandboxStats, SnapshotInfo, StateMode, AGENT_PORT,
 };
 
 /// Configuration of the container backend.
@@ -127,6 +130,34 @@ struct Record {
     vcpus: u32,
     memory_bytes: u64,
     disk_bytes: u64,
+    /// File name of the sandbox's disk image (its writable upper) in its
+    /// directory.
+    #[serde(default)]
+    disk_image: String,
+    /// Snapshot layers between the upper and the template, top first.
+    #[serde(default)]
+    layers: Vec<String>,
+    #[serde(default)]
+    phase: Phase,
+}
+
+/// Where a sandbox's kept state is. Written (durably) before each step
+/// that could lose it, so recovery after a crash knows to keep the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Phase {
+    /// Running (possibly frozen by a memory pause); a dead one's leftovers
+    /// are removed.
+    #[default]
+    Running,
+    /// A filesystem pause is under way: whatever is left running is
+    /// killed and the disk kept.
+    PausingFs,
+    /// Paused keeping its disk: no process, no cgroup, no network.
+    PausedFs,
+    /// Booting again from its kept disk: if it dies before it answers, it
+    /// is paused again with its disk.
+    Resuming,
 }
 
 impl Record {
@@ -153,8 +184,32 @@ impl Record {
 
 struct Sandbox {
     rec: Record,
+    /// Egress now (`rec.internet` is what it was created with).
+    internet: AtomicBool,
+    /// Paused with memory (its cgroup is frozen).
+    frozen: AtomicBool,
     oom_kills: AtomicU64,
     watcher: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Sandbox {
+    fn new(rec: Record, oom_kills: u64, frozen: bool) -> Self {
+        Self {
+            internet: AtomicBool::new(rec.internet),
+            frozen: AtomicBool::new(frozen),
+            oom_kills: AtomicU64::new(oom_kills),
+            rec,
+            watcher: Mutex::new(None),
+        }
+    }
+
+    /// The record as it is now.
+    fn record(&self) -> Record {
+        Record {
+            internet: self.internet.load(Ordering::Acquire),
+            ..self.rec.clone()
+        }
+    }
 }
 
 struct Inner {
@@ -163,6 +218,11 @@ struct Inner {
     disk: disk::DiskPool,
     cgroups: Cgroups,
     sandboxes: Mutex<BTreeMap<String, Arc<Sandbox>>>,
+    /// Sandboxes paused keeping only their disk (no process).
+    paused: Mutex<BTreeMap<String, Record>>,
+    /// Snapshot layers of sandboxes being started from them (not yet in
+    /// `sandboxes`), which garbage collection must keep.
+    booting_layers: Mutex<BTreeMap<String, Vec<String>>>,
     /// Ids being created or killed right now.
     busy: Mutex<BTreeSet<String>>,
     events: broadcast::Sender<RuntimeEvent>,
@@ -181,6 +241,11 @@ pub struct ContainerRuntime {
 impl Inner {
     fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.cfg.data_dir.join("sandboxes").join(id)
+    }
+
+    /// Where snapshots' layers live (`<build>/layer.img`, `meta.json`).
+    fn snapshots_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("snapshots")
     }
 
     fn get(&self, id: &str) -> Result<Arc<Sandbox>, RuntimeError> {
@@ -283,20 +348,63 @@ fn spawn_oom_poller(inner: Weak<Inner>) {
 
 #[async_trait::async_trait]
 impl Runtime for ContainerRuntime {
-    fn name(&self) -> &'static str {
-        "container"
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Container
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            pause_memory: true,
+            pause_filesystem: true,
+            snapshot_filesystem: true,
+            fork: true,
+            ..Capabilities::default()
+        }
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
         create::create(&self.inner, spec).await
     }
 
-    async fn freeze(&self, id: &str) -> Result<(), RuntimeError> {
-        freeze::set_frozen(&self.inner, id, true).await
+    async fn pause(&self, id: &str, mode: StateMode) -> Result<Paused, RuntimeError> {
+        pause::pause(&self.inner, id, mode).await
     }
 
-    async fn thaw(&self, id: &str) -> Result<(), RuntimeError> {
-        freeze::set_frozen(&self.inner, id, false).await
+    async fn resume(
+        &self,
+        spec: &SandboxSpec,
+        mode: ResumeMode,
+    ) -> Result<SandboxHandle, RuntimeError> {
+        pause::resume(&self.inner, spec, mode).await
+    }
+
+    async fn snapshot(
+        &self,
+        id: &str,
+        snapshot_id: &str,
+        mode: StateMode,
+    ) -> Result<SnapshotInfo, RuntimeError> {
+        snapshot::snapshot(&self.inner, id, snapshot_id, mode).await
+    }
+
+    async fn restore(
+        &self,
+        spec: &SandboxSpec,
+        snapshot_id: &str,
+    ) -> Result<SandboxHandle, RuntimeError> {
+        snapshot::restore(&self.inner, spec, snapshot_id).await
+    }
+
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), RuntimeError> {
+        snapshot::delete(&self.inner, snapshot_id).await
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, RuntimeError> {
+        snapshot::list(&self.inner).await
+    }
+
+    async fn set_egress(&self, id: &str, policy: &EgressPolicy) -> Result<(), RuntimeError> {
+        egress::set_egress(&self.inner, id, policy).await
     }
 
     async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
@@ -307,18 +415,43 @@ impl Runtime for ContainerRuntime {
         stats::stats(&self.inner, id).await
     }
 
-    async fn list(&self) -> Result<Vec<SandboxHandle>, RuntimeError> {
+    async fn list(&self) -> Result<Vec<Found>, RuntimeError> {
+        let paused: Vec<Found> = self
+            .inner
+            .paused
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|id| Found::Paused {
+                id: id.clone(),
+                mode: StateMode::Filesystem,
+            })
+            .collect();
         Ok(self
             .inner
             .sandboxes
             .lock()
             .unwrap()
             .values()
-            .map(|s| s.rec.handle())
+            .map(|s| {
+                if s.frozen.load(Ordering::Acquire) {
+                    Found::Paused {
+                        id: s.rec.id.clone(),
+                        mode: StateMode::Memory,
+                    }
+                } else {
+                    Found::Running(s.rec.handle())
+                }
+            })
+            .chain(paused)
             .collect())
     }
 
     fn subscribe(&self) -> broadcast::Receiver<RuntimeEvent> {
         self.inner.events.subscribe()
+    }
+
+    async fn shutdown(&self) -> Result<(), RuntimeError> {
+        ContainerRuntime::shutdown(self).await
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use super::create::net_err;
-use super::{ContainerConfig, Inner, Record, Sandbox};
+use super::{ContainerConfig, Inner, Phase, Record, Sandbox};
 use crate::host::cgroup::Cgroups;
 use crate::host::disk::DiskPool;
 use crate::host::sys;
@@ -38,18 +38,42 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
 
     let mut live = Vec::new();
     let mut dead = Vec::new();
+    // Paused on their disk, or on the way there or back: the disk is kept.
+    let mut paused = Vec::new();
+    let mut to_pause = Vec::new();
+    let mut resumed = Vec::new();
     let mut unreadable = Vec::new();
     for entry in std::fs::read_dir(&sandboxes_dir)
         .map_err(io(format!("failed to list {}", sandboxes_dir.display())))?
         .flatten()
     {
         let id = entry.file_name().to_string_lossy().into_owned();
-        let rec: Option<Record> = std::fs::read(entry.path().join("state.json"))
+        let state = entry.path().join("state.json");
+        let rec: Option<Record> = std::fs::read(&state)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         match rec {
-            Some(r) if alive(&r, &cgroups) => live.push(r),
-            Some(r) => dead.push(r),
+            Some(r) => match r.phase {
+                Phase::PausedFs => paused.push(r),
+                Phase::PausingFs => to_pause.push(r),
+                Phase::Resuming if alive(&r, &cgroups) => {
+                    resumed.push(r.id.clone());
+                    live.push(Record {
+                        phase: Phase::Running,
+                        ..r
+                    })
+                }
+                Phase::Resuming => to_pause.push(r),
+                Phase::Running if alive(&r, &cgroups) => live.push(r),
+                Phase::Running => dead.push(r),
+            },
+            // state.json is written whole or not at all: a directory
+            // without one is a warm helper's or a create that never got
+            // that far. One that cannot be read is kept for a person to see.
+            None if state.exists() => tracing::error!(
+                path = %state.display(),
+                "a sandbox's state cannot be read; its directory is left alone"
+            ),
             None => unreadable.push(id),
         }
     }
@@ -62,6 +86,8 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
         disk,
         cgroups,
         sandboxes: Mutex::new(BTreeMap::new()),
+        paused: Mutex::new(BTreeMap::new()),
+        booting_layers: Mutex::new(BTreeMap::new()),
         busy: Mutex::new(BTreeSet::new()),
         events: tokio::sync::broadcast::channel(256).0,
         refilling: AtomicBool::new(false),
@@ -83,6 +109,31 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
     for id in &unreadable {
         let _ = std::fs::remove_dir_all(inner.sandbox_dir(id));
     }
+    for mut rec in to_pause {
+        tracing::info!(id = %rec.id, "finishing the pause of a sandbox a crash interrupted");
+        // Its network went with the namespaces the set-up removed.
+        rec.net_index = u32::MAX;
+        match super::pause::finish_fs_pause(&inner, rec.clone()) {
+            Ok(r) => paused.push(r),
+            Err(e) => {
+                tracing::error!(id = %rec.id, error = %e, "could not finish a pause; its disk is kept");
+                paused.push(rec);
+            }
+        }
+    }
+    for rec in live.iter().filter(|r| resumed.contains(&r.id)) {
+        // A resume that got as far as running is done.
+        if let Err(e) = super::create::write_record(&inner, rec) {
+            tracing::warn!(id = %rec.id, error = %e, "failed to record a finished resume");
+        }
+    }
+    {
+        let mut map = inner.paused.lock().unwrap();
+        for rec in paused {
+            tracing::info!(id = %rec.id, "found a sandbox paused on its disk");
+            map.insert(rec.id.clone(), rec);
+        }
+    }
     let live_cgroups: BTreeSet<&str> = live.iter().map(|r| r.cgroup.as_str()).collect();
     for cg in inner.cgroups.list() {
         if !live_cgroups.contains(cg.as_str()) {
@@ -96,16 +147,12 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
         for rec in live {
             tracing::info!(id = %rec.id, "re-attached a running sandbox");
             let oom = inner.cgroups.stats(&rec.cgroup).oom_kills;
-            map.insert(
-                rec.id.clone(),
-                Arc::new(Sandbox {
-                    rec,
-                    oom_kills: AtomicU64::new(oom),
-                    watcher: Mutex::new(None),
-                }),
-            );
+            let frozen = inner.cgroups.is_frozen(&rec.cgroup);
+            map.insert(rec.id.clone(), Arc::new(Sandbox::new(rec, oom, frozen)));
         }
     }
+    // Now that every sandbox standing on a layer is known.
+    super::snapshot::collect_garbage_at(&inner, true);
     Ok(inner)
 }
 

@@ -74,6 +74,11 @@ pub struct SpawnConfig {
     /// Empty directory the overlay is mounted on (in the sandbox's private
     /// mount namespace only).
     pub rootfs: PathBuf,
+    /// Read-only layers stacked between the upper and the template, top
+    /// first: (ext4 image of a snapshot's upper, empty mount point). A
+    /// sandbox started from a snapshot has them.
+    #[serde(default)]
+    pub ro_layers: Vec<(PathBuf, PathBuf)>,
     pub uid_base: u32,
     pub uid_count: u32,
     /// Agent binary on the host, and where it appears inside.
@@ -301,7 +306,7 @@ fn parent(
 }
 
 fn mount_layers(image: &Path, at: &Path) -> Result<(), String> {
-    let (loopdev, loopfd) = crate::host::disk::attach_loop(image)?;
+    let (loopdev, loopfd) = crate::host::disk::attach_loop(image, false)?;
     do_mount(
         Some(loopdev.to_str().unwrap_or_default()),
         at,
@@ -389,10 +394,26 @@ fn init(
     }
     ctx(sethostname(&cfg.id), "set the hostname")?;
 
+    // A snapshot's layers, read-only, between the upper and the template.
+    let mut lowers = Vec::new();
+    for (image, at) in &cfg.ro_layers {
+        let (loopdev, loopfd) = crate::host::disk::attach_loop(image, true)?;
+        do_mount(
+            Some(loopdev.to_str().unwrap_or_default()),
+            at,
+            Some("ext4"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(crate::host::disk::RO_MOUNT_OPTIONS),
+        )?;
+        drop(loopfd);
+        lowers.push(at.join("upper").display().to_string());
+    }
+    lowers.push(cfg.lower.display().to_string());
+
     let root = &cfg.rootfs;
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
-        cfg.lower.display(),
+        lowers.join(":"),
         cfg.layers.join("upper").display(),
         cfg.layers.join("work").display()
     );

@@ -6,6 +6,19 @@ use super::Inner;
 use crate::runtime::{RuntimeError, SandboxStats};
 
 pub(super) async fn stats(inner: &Arc<Inner>, id: &str) -> Result<SandboxStats, RuntimeError> {
+    let paused = inner.paused.lock().unwrap().get(id).cloned();
+    if let Some(rec) = paused {
+        // No process, no memory: only its kept disk.
+        return Ok(SandboxStats {
+            cpu_count: rec.vcpus,
+            memory_limit_bytes: rec.memory_bytes,
+            disk_used_bytes: crate::host::fsutil::allocated_bytes(&super::pause::disk_path(
+                inner, &rec,
+            )),
+            disk_limit_bytes: rec.disk_bytes,
+            ..SandboxStats::default()
+        });
+    }
     let sb = inner.get(id)?;
     let cg = inner.cgroups.stats(&sb.rec.cgroup);
     Ok(SandboxStats {

@@ -215,6 +215,18 @@ impl Cgroups {
         }
     }
 
+    /// Whether the cgroup's processes are frozen (a paused sandbox found
+    /// again after a restart of the server).
+    pub fn is_frozen(&self, id: &str) -> bool {
+        match self {
+            Self::V1(v) => {
+                let state = v.root.join("freezer").join(v.rel(id)).join("freezer.state");
+                std::fs::read_to_string(state).is_ok_and(|s| s.trim() == "FROZEN")
+            }
+            Self::V2(v) => keyed(&v.dir(id).join("cgroup.events"), "frozen") == 1,
+        }
+    }
+
     /// SIGKILLs every process in the cgroup until it is empty, then removes
     /// it. Frozen processes are thawed first so they can die.
     pub fn kill_and_remove(&self, id: &str) -> Result<(), HostError> {

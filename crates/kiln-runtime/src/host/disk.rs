@@ -166,6 +166,9 @@ impl DiskPool {
 
 /// Mount options of a sandbox's layers filesystem.
 pub const MOUNT_OPTIONS: &str = "noinit_itable";
+/// Mount options of a snapshot's read-only layer (copied from a mounted
+/// filesystem, so not marked clean: nothing to replay, nothing to write).
+pub const RO_MOUNT_OPTIONS: &str = "noload";
 
 #[repr(C)]
 struct LoopInfo64 {
@@ -195,14 +198,16 @@ struct LoopConfig {
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_FLAGS_READ_ONLY: u32 = 1;
 
 /// Attaches `image` to a free loop device that detaches itself once its
-/// last user (the mount) is gone. Returns the device's path and an open fd
-/// (keep it until mounted). Called by the sandbox's init (single-threaded).
-pub fn attach_loop(image: &Path) -> Result<(PathBuf, OwnedFd), String> {
+/// last user (the mount) is gone, read-only if asked. Returns the device's
+/// path and an open fd (keep it until mounted). Called by the sandbox's
+/// init (single-threaded).
+pub fn attach_loop(image: &Path, read_only: bool) -> Result<(PathBuf, OwnedFd), String> {
     let backing = std::fs::OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(!read_only)
         .open(image)
         .map_err(|e| format!("open {}: {e}", image.display()))?;
     let ctl = std::fs::File::open("/dev/loop-control")
@@ -219,7 +224,7 @@ pub fn attach_loop(image: &Path) -> Result<(PathBuf, OwnedFd), String> {
         let path = PathBuf::from(format!("/dev/loop{n}"));
         let dev = match std::fs::OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(!read_only)
             .open(&path)
         {
             Ok(d) => d,
@@ -241,7 +246,7 @@ pub fn attach_loop(image: &Path) -> Result<(PathBuf, OwnedFd), String> {
                 number: 0,
                 encrypt_type: 0,
                 encrypt_key_size: 0,
-                flags: LO_FLAGS_AUTOCLEAR,
+                flags: LO_FLAGS_AUTOCLEAR | if read_only { LO_FLAGS_READ_ONLY } else { 0 },
                 file_name: [0; 64],
                 crypt_name: [0; 64],
                 encrypt_key: [0; 32],
@@ -273,4 +278,22 @@ pub fn usage(path: &Path) -> (u64, u64) {
         }
         Err(_) => (0, 0),
     }
+}
+
+/// Whether a loop device is still backed by `image` (a sandbox's disk is
+/// unmounted and its loop device detached a moment after its last
+/// process is gone).
+pub fn loop_backs(image: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(image) else {
+        return false;
+    };
+    let Ok(rd) = std::fs::read_dir("/sys/block") else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let name = e.file_name();
+        name.to_string_lossy().starts_with("loop")
+            && std::fs::read_to_string(e.path().join("loop/backing_file"))
+                .is_ok_and(|b| Path::new(b.trim()) == canon)
+    })
 }

@@ -10,6 +10,7 @@
 pub mod cgroup;
 pub mod disk;
 mod error;
+pub mod fsutil;
 pub mod masks;
 pub mod seccomp;
 pub mod sys;

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use kiln_runtime::container::{ContainerConfig, ContainerRuntime, NetConfig, DEFAULT_UID_BASE};
-use kiln_runtime::{Runtime, SandboxSpec, TemplateRef};
+use kiln_runtime::{EgressPolicy, Runtime, SandboxSpec, TemplateRef};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const CHECKER: &str = env!("CARGO_BIN_EXE_kiln-runtime-checker");
@@ -103,7 +103,7 @@ pub fn spec(id: &str) -> SandboxSpec {
         memory_mib: 256,
         disk_mib: 64,
         env: BTreeMap::new(),
-        internet: true,
+        egress: EgressPolicy::internet(true),
     }
 }
 
@@ -137,6 +137,13 @@ impl TestRuntime {
         }
     }
 
+    /// Forgets the runtime without tearing it down, as a crashed kilnd
+    /// would: its sandboxes keep running.
+    pub fn abandon(mut self) -> ContainerRuntime {
+        self.done = true;
+        self.rt.clone()
+    }
+
     pub async fn finish(mut self) {
         teardown(&self.rt).await;
         self.done = true;
@@ -145,7 +152,7 @@ impl TestRuntime {
 
 async fn teardown(rt: &ContainerRuntime) {
     for h in rt.list().await.unwrap() {
-        rt.kill(&h.id).await.unwrap();
+        rt.kill(h.id()).await.unwrap();
     }
     rt.shutdown().await.unwrap();
 }

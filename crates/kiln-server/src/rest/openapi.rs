@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{sandboxes, templates};
+use super::{sandboxes, snapshots, templates};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,7 +28,14 @@ use super::{sandboxes, templates};
         sandboxes::pause,
         sandboxes::resume,
         sandboxes::metrics,
+        sandboxes::metrics_of,
+        snapshots::create,
+        snapshots::list,
+        snapshots::delete,
+        snapshots::fork,
         templates::list,
+        templates::get,
+        templates::alias,
     ),
     components(schemas(kiln_api::rest::Error)),
     modifiers(&ApiKeyAuth),

@@ -4,26 +4,31 @@ use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::{DateTime, Utc};
 use kiln_api::rest::{
-    ConnectSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxMetric, SandboxRefreshRequest,
-    SandboxState as WireState, SandboxTimeoutRequest,
+    ConnectSandbox, NewSandbox, OnTimeout, PauseMode, Sandbox, SandboxDetail, SandboxLifecycle,
+    SandboxMetric, SandboxPauseRequest, SandboxRefreshRequest, SandboxState as WireState,
+    SandboxTimeoutRequest, SandboxesWithMetrics,
 };
-use kiln_core::{CreateSandbox, ListFilter, SandboxRecord, SandboxState};
+use kiln_core::{CreateSandbox, ListFilter, Order, SandboxRecord, SandboxState};
+use kiln_runtime::{ResumeMode, RuntimeKind, StateMode};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
-use super::{json_body, required_json_body};
+use super::{json_body, required_json_body, SandboxId};
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::state::AppState;
 
 pub const NEXT_TOKEN_HEADER: &str = "x-next-token";
+/// How many running sandboxes match a listing's filters, over all pages.
+pub const TOTAL_RUNNING_HEADER: &str = "x-total-running";
 
-fn sandbox_body(state: &AppState, r: &SandboxRecord) -> Sandbox {
+pub(crate) fn sandbox_body(state: &AppState, r: &SandboxRecord) -> Sandbox {
     Sandbox {
         template_id: r.template_id.clone(),
         sandbox_id: r.id.clone(),
@@ -57,6 +62,19 @@ fn detail_body(state: &AppState, r: &SandboxRecord, with_secrets: bool) -> Sandb
         envd_access_token: with_secrets.then(|| r.envd_access_token.clone()),
         allow_internet_access: with_secrets.then_some(r.internet),
         domain: with_secrets.then(|| state.domain.clone()),
+        lifecycle: with_secrets.then_some(SandboxLifecycle {
+            auto_resume: r.auto_resume,
+            on_timeout: if r.auto_pause {
+                OnTimeout::Pause
+            } else {
+                OnTimeout::Kill
+            },
+        }),
+        pause_mode: r.pause_mode.map(|m| match m {
+            StateMode::Memory => PauseMode::Full,
+            StateMode::Filesystem => PauseMode::Filesystem,
+        }),
+        runtime: Some(r.runtime.to_string()),
     }
 }
 
@@ -100,6 +118,14 @@ pub async fn create(
         .as_ref()
         .and_then(|n| n.allow_public_traffic)
         .is_some_and(|public| !public);
+    let runtime = match req.runtime.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(
+            name.parse::<RuntimeKind>()
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        ),
+    };
+    let network = req.network.unwrap_or_default();
     let rec = state
         .core
         .create(
@@ -108,10 +134,15 @@ pub async fn create(
                 template: req.template_id,
                 timeout_secs: req.timeout,
                 auto_pause: req.auto_pause.unwrap_or(false),
+                auto_pause_memory: req.auto_pause_memory.unwrap_or(true),
+                auto_resume: req.auto_resume.is_some_and(|a| a.enabled),
                 internet: req.allow_internet_access.unwrap_or(true),
                 private_traffic: private,
                 metadata: req.metadata.unwrap_or_default(),
                 env_vars: req.env_vars.unwrap_or_default(),
+                allow_out: network.allow_out.unwrap_or_default(),
+                deny_out: network.deny_out.unwrap_or_default(),
+                runtime,
             },
         )
         .await?;
@@ -131,8 +162,30 @@ pub struct ListQuery {
     pub limit: Option<usize>,
     /// Token from the `x-next-token` header of the previous page.
     pub next_token: Option<String>,
-    /// `asc` (oldest first, the default) or `desc`.
+    /// By start time: `desc` (newest first, the default) or `asc`.
     pub order: Option<String>,
+    /// Only sandboxes started at or after this time (RFC 3339).
+    #[param(format = DateTime)]
+    pub started_after: Option<String>,
+    /// Kiln extension: only sandboxes started at or before this time (RFC 3339).
+    #[param(format = DateTime)]
+    pub started_before: Option<String>,
+    /// Only sandboxes of this template: an id or alias (untagged), or the
+    /// snapshot id or name they were created from.
+    pub template: Option<String>,
+}
+
+fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| Some(t.with_timezone(&Utc)))
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "{name} {raw:?} is not an RFC 3339 date-time with an offset: {e}"
+            ))
+        })
 }
 
 /// The SDK double-encodes: `urlencode({quote(k): quote(v)})`.
@@ -173,7 +226,8 @@ fn parse_states(raw: Option<&str>) -> Result<Vec<SandboxState>, ApiError> {
     params(ListQuery),
     responses(
         (status = 200, body = Vec<SandboxDetail>,
-            headers(("x-next-token" = String, description = "Token of the next page, absent on the last"))),
+            headers(("x-next-token" = String, description = "Token of the next page, absent on the last"),
+                    ("x-total-running" = usize, description = "Running sandboxes matching the filters, over all pages (when running ones are listed)"))),
         (status = 400, body = kiln_api::rest::Error),
         (status = 401, body = kiln_api::rest::Error),
     ))]
@@ -188,27 +242,34 @@ pub async fn list_v2(
         states: parse_states(q.state.as_deref())?,
         limit: q.limit,
         next_token: q.next_token.filter(|t| !t.is_empty()),
-        newest_first: match q.order.as_deref() {
-            None | Some("") | Some("asc") => false,
-            Some("desc") => true,
+        order: match q.order.as_deref() {
+            None | Some("") | Some("desc") => Order::NewestFirst,
+            Some("asc") => Order::OldestFirst,
             Some(other) => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown order {other:?}: use asc or desc"
+                    "invalid order parameter {other:?}: use asc or desc"
                 )))
             }
         },
+        started_after: parse_time("startedAfter", q.started_after.as_deref())?,
+        started_before: parse_time("startedBefore", q.started_before.as_deref())?,
+        template: q.template.filter(|t| !t.is_empty()),
     };
-    let page = state.core.list(&team, &filter)?;
-    let body: Vec<SandboxDetail> = page
+    let list = state.core.list(&team, &filter)?;
+    let body: Vec<SandboxDetail> = list
+        .page
         .items
         .iter()
         .map(|r| detail_body(&state, r, false))
         .collect();
     let mut headers = HeaderMap::new();
-    if let Some(tok) = page.next_token {
+    if let Some(tok) = list.page.next_token {
         if let Ok(v) = HeaderValue::from_str(&tok) {
             headers.insert(NEXT_TOKEN_HEADER, v);
         }
+    }
+    if let Some(n) = list.total_running {
+        headers.insert(TOTAL_RUNNING_HEADER, HeaderValue::from(n));
     }
     Ok((headers, Json(body)).into_response())
 }
@@ -234,12 +295,11 @@ pub async fn list_v1(
         metadata: parse_metadata_filter(q.metadata.as_deref())?,
         states: vec![SandboxState::Running],
         limit: Some(1000),
-        next_token: None,
-        newest_first: false,
+        ..ListFilter::default()
     };
     let mut out = Vec::new();
     loop {
-        let page = state.core.list(&team, &filter)?;
+        let page = state.core.list(&team, &filter)?.page;
         out.extend(page.items.iter().map(|r| detail_body(&state, r, false)));
         match page.next_token {
             Some(t) => filter.next_token = Some(t),
@@ -256,7 +316,7 @@ pub async fn list_v1(
 pub async fn get(
     State(state): State<AppState>,
     Auth(team): Auth,
-    Path(id): Path<String>,
+    SandboxId(id): SandboxId,
 ) -> Result<Json<SandboxDetail>, ApiError> {
     let rec = state.core.get(&team, &id)?;
     Ok(Json(detail_body(&state, &rec, true)))
@@ -269,24 +329,25 @@ pub async fn get(
 pub async fn kill(
     State(state): State<AppState>,
     Auth(team): Auth,
-    Path(id): Path<String>,
+    SandboxId(id): SandboxId,
 ) -> Result<StatusCode, ApiError> {
     state.core.kill(&team, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Set the sandbox to end `timeout` seconds from now.
+/// Set the sandbox to end `timeout` seconds from now; `0` ends it now (its
+/// on-timeout action, kill or pause, has run when this answers).
 #[utoipa::path(post, path = "/sandboxes/{sandboxID}/timeout", tag = "sandboxes",
     params(("sandboxID" = String, Path)), request_body = SandboxTimeoutRequest,
     responses((status = 204), (status = 400, body = kiln_api::rest::Error), (status = 404, body = kiln_api::rest::Error)))]
 pub async fn set_timeout(
     State(state): State<AppState>,
     Auth(team): Auth,
-    Path(id): Path<String>,
+    SandboxId(id): SandboxId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     let req: SandboxTimeoutRequest = required_json_body(&body?)?;
-    state.core.set_timeout(&team, &id, req.timeout)?;
+    state.core.set_timeout(&team, &id, req.timeout).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -297,11 +358,11 @@ pub async fn set_timeout(
 pub async fn refresh(
     State(state): State<AppState>,
     Auth(team): Auth,
-    Path(id): Path<String>,
+    SandboxId(id): SandboxId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     let req: SandboxRefreshRequest = json_body(&body?)?;
-    state.core.refresh(&team, &id, req.duration)?;
+    state.core.refresh(&team, &id, req.duration).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -314,7 +375,7 @@ pub async fn refresh(
 pub async fn connect_v1(
     state: State<AppState>,
     auth: Auth,
-    id: Path<String>,
+    id: SandboxId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
     connect(state, auth, id, body).await
@@ -329,11 +390,14 @@ pub async fn connect_v1(
 pub async fn connect(
     State(state): State<AppState>,
     Auth(team): Auth,
-    Path(id): Path<String>,
+    SandboxId(id): SandboxId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
     let req: ConnectSandbox = json_body(&body?)?;
-    let (rec, resumed) = state.core.connect(&team, &id, req.timeout).await?;
+    let (rec, resumed) = state
+        .core
+        .connect(&team, &id, req.timeout, resume_mode(&req))
+        .await?;
     let status = if resumed {
         StatusCode::CREATED
     } else {
@@ -342,16 +406,25 @@ pub async fn connect(
     Ok((status, Json(sandbox_body(&state, &rec))))
 }
 
-/// Pause a sandbox (its processes are frozen; its timeout stops).
+/// Pause a sandbox, keeping its memory (the default) or only its
+/// filesystem (`{"memory": false}`: processes end, resume boots anew). Its
+/// timeout stops while paused.
 #[utoipa::path(post, path = "/sandboxes/{sandboxID}/pause", tag = "sandboxes",
-    params(("sandboxID" = String, Path)),
-    responses((status = 204), (status = 404, body = kiln_api::rest::Error), (status = 409, body = kiln_api::rest::Error)))]
+    params(("sandboxID" = String, Path)), request_body = SandboxPauseRequest,
+    responses((status = 204), (status = 400, description = "The sandbox's runtime cannot pause that way", body = kiln_api::rest::Error), (status = 404, body = kiln_api::rest::Error), (status = 409, body = kiln_api::rest::Error)))]
 pub async fn pause(
     State(state): State<AppState>,
     Auth(team): Auth,
-    Path(id): Path<String>,
+    SandboxId(id): SandboxId,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    state.core.pause(&team, &id).await?;
+    let req: SandboxPauseRequest = json_body(&body?)?;
+    let mode = if req.memory.unwrap_or(true) {
+        StateMode::Memory
+    } else {
+        StateMode::Filesystem
+    };
+    state.core.pause(&team, &id, mode).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -362,36 +435,112 @@ pub async fn pause(
 pub async fn resume(
     State(state): State<AppState>,
     Auth(team): Auth,
-    Path(id): Path<String>,
+    SandboxId(id): SandboxId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
     let req: ConnectSandbox = json_body(&body?)?;
     let rec = state
         .core
-        .resume(&team, &id, req.timeout, req.auto_pause)
+        .resume(&team, &id, req.timeout, req.auto_pause, resume_mode(&req))
         .await?;
     Ok((StatusCode::CREATED, Json(sandbox_body(&state, &rec))))
 }
 
-/// Current resource use (one sample, from cgroups).
+fn resume_mode(req: &ConnectSandbox) -> ResumeMode {
+    if req.reboot() {
+        ResumeMode::Reboot
+    } else {
+        ResumeMode::Restore
+    }
+}
+
+fn metric_body(m: &kiln_core::Metrics) -> SandboxMetric {
+    SandboxMetric {
+        timestamp: m.at,
+        timestamp_unix: m.at.timestamp(),
+        cpu_count: m.cpu_count,
+        cpu_used_pct: (m.cpu_used_pct * 100.0).round() / 100.0,
+        mem_used: m.mem_used,
+        mem_total: m.mem_total,
+        mem_cache: 0,
+        disk_used: m.disk_used,
+        disk_total: m.disk_total,
+    }
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MetricsQuery {
+    /// Start of the range, Unix seconds (default: when the sandbox started).
+    #[param(minimum = 0)]
+    pub start: Option<i64>,
+    /// End of the range, Unix seconds (default: now).
+    #[param(minimum = 0)]
+    pub end: Option<i64>,
+}
+
+/// The sandbox's resource use over a time range: the samples kilnd takes
+/// every few seconds (`KILN_METRICS_INTERVAL`) of every running sandbox,
+/// the last hour's kept, oldest first.
 #[utoipa::path(get, path = "/sandboxes/{sandboxID}/metrics", tag = "sandboxes",
-    params(("sandboxID" = String, Path)),
-    responses((status = 200, body = Vec<SandboxMetric>), (status = 404, body = kiln_api::rest::Error)))]
+    params(("sandboxID" = String, Path), MetricsQuery),
+    responses((status = 200, body = Vec<SandboxMetric>),
+              (status = 400, description = "start after end", body = kiln_api::rest::Error),
+              (status = 404, body = kiln_api::rest::Error)))]
 pub async fn metrics(
     State(state): State<AppState>,
     Auth(team): Auth,
-    Path(id): Path<String>,
+    SandboxId(id): SandboxId,
+    query: Result<Query<MetricsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<SandboxMetric>>, ApiError> {
-    let m = state.core.metrics(&team, &id).await?;
-    Ok(Json(vec![SandboxMetric {
-        timestamp: m.at,
-        timestamp_unix: m.at.timestamp(),
-        cpu_count: m.stats.cpu_count,
-        cpu_used_pct: (m.cpu_used_pct * 100.0).round() / 100.0,
-        mem_used: m.stats.memory_used_bytes,
-        mem_total: m.stats.memory_limit_bytes,
-        mem_cache: 0,
-        disk_used: m.stats.disk_used_bytes,
-        disk_total: m.stats.disk_limit_bytes,
-    }]))
+    let Query(q) = query?;
+    if q.start.is_some_and(|t| t < 0) || q.end.is_some_and(|t| t < 0) {
+        return Err(ApiError::bad_request("start and end must not be negative"));
+    }
+    let samples = state.core.metrics(&team, &id, q.start, q.end).await?;
+    Ok(Json(samples.iter().map(metric_body).collect()))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MetricsOfQuery {
+    /// Comma-separated sandbox ids, at most 100.
+    pub sandbox_ids: Option<String>,
+}
+
+/// The latest resource-use sample of each of several sandboxes; ids that
+/// are not the caller's running or paused sandboxes are left out.
+#[utoipa::path(get, path = "/sandboxes/metrics", tag = "sandboxes",
+    params(MetricsOfQuery),
+    responses((status = 200, body = SandboxesWithMetrics),
+              (status = 400, description = "No ids, more than 100, or a malformed one", body = kiln_api::rest::Error),
+              (status = 401, body = kiln_api::rest::Error)))]
+pub async fn metrics_of(
+    State(state): State<AppState>,
+    Auth(team): Auth,
+    query: Result<Query<MetricsOfQuery>, QueryRejection>,
+) -> Result<Json<SandboxesWithMetrics>, ApiError> {
+    let Query(q) = query?;
+    let mut ids: Vec<String> = q
+        .sandbox_ids
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if ids.is_empty() {
+        return Err(ApiError::bad_request(
+            "sandbox_ids is required: comma-separated sandbox ids",
+        ));
+    }
+    ids.dedup();
+    let found = state.core.metrics_of(&team, &ids).await?;
+    Ok(Json(SandboxesWithMetrics {
+        sandboxes: found
+            .iter()
+            .map(|(id, m)| (id.clone(), metric_body(m)))
+            .collect(),
+    }))
 }

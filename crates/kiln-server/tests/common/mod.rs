@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use kiln_core::keys;
 use kiln_core::store::{SqliteStore, Store};
 use kiln_core::templates::{TemplateCatalog, TemplateInfo};
-use kiln_core::{Core, CoreConfig, NoAgent};
+use kiln_core::{Core, CoreConfig, NoAgent, Runtimes};
 use kiln_runtime::fake::FakeRuntime;
 use kiln_runtime::TemplateRef;
 use kiln_server::AppState;
@@ -26,11 +26,15 @@ pub struct Env {
     pub key_b: String,
 }
 
-pub fn env() -> Env {
+pub async fn env() -> Env {
     let runtime = Arc::new(FakeRuntime::new());
     let store = Arc::new(SqliteStore::in_memory().unwrap());
-    let (key_a, _) = keys::create_key(store.as_ref(), "team-a", "a").unwrap();
-    let (key_b, _) = keys::create_key(store.as_ref(), "team-b", "b").unwrap();
+    let (key_a, _) = keys::create_key(store.as_ref(), "team-a", "a")
+        .await
+        .unwrap();
+    let (key_b, _) = keys::create_key(store.as_ref(), "team-b", "b")
+        .await
+        .unwrap();
     let templates = TemplateCatalog::new();
     templates.add(TemplateInfo {
         template: TemplateRef {
@@ -42,6 +46,7 @@ pub fn env() -> Env {
         memory_mib: 512,
         disk_mib: 1024,
         created_at: Utc::now(),
+        runtime: None,
         start: None,
     });
     let core = Core::new(
@@ -50,8 +55,7 @@ pub fn env() -> Env {
             ..CoreConfig::default()
         },
         store.clone() as Arc<dyn Store>,
-        runtime.clone(),
-        Arc::new(NoAgent),
+        Runtimes::single(runtime.clone(), Arc::new(NoAgent)),
         Arc::new(templates),
     );
     Env {
