@@ -213,3 +213,124 @@ def test_a_failing_start_command_fails_the_create_and_leaves_nothing(tmp_path, k
     finally:
         kill_all(url, key)
         stop_kilnd(proc, tmp_path / "kilnd.log")
+
+
+# The template's kernels and result formats as E2B's (issue 11). The host
+# phase (tests/interpreter) covers each in depth; these show them in a real
+# sandbox of the template, through kilnd's proxy.
+
+
+def test_java_and_typescript_kernels_in_the_template(ci):
+    java = ci.run_code('System.out.println("Hello, World!")', language="java")
+    assert java.error is None, java.error
+    assert java.logs.stdout[0] == "Hello, World!"
+    assert ci.run_code('System.getProperty("user.dir")', language="java").text == "/home/user"
+    assert ci.run_code("21 * 2", language="java").text == "42"
+    ts = ci.run_code("const tsMessage: string = 'Hello, World!'; console.log(tsMessage)", language="ts")
+    assert ts.error is None, ts.error
+    assert ts.logs.stdout == ["Hello, World!\n"]
+    assert ci.run_code("process.cwd()", language="typescript").text == "/home/user"
+
+
+def test_javascript_esm_imports_and_top_level_await(ci):
+    imported = ci.run_code("import { readFileSync } from 'fs'\nconsole.log(typeof readFileSync)", language="js")
+    assert imported.error is None, imported.error
+    assert imported.logs.stdout == ["function\n"]
+    awaited = ci.run_code("await Promise.resolve('Hello World!')", language="js")
+    assert awaited.text == "Hello World!"
+
+
+def test_r_value_is_the_main_result(ci):
+    execution = ci.run_code("getwd()", language="r")
+    assert execution.text == '[1] "/home/user"'
+    assert execution.results[0].is_main_result
+
+
+def test_sandbox_env_vars_reach_java_as_properties(kilnd):
+    sbx = Sandbox.create(envs={"KILN_CI_JAVA": "supertest"}, timeout=120)
+    try:
+        assert sbx.run_code('System.getProperty("KILN_CI_JAVA")', language="java").text == "supertest"
+        over = sbx.run_code('System.getProperty("KILN_CI_JAVA")', language="java", envs={"KILN_CI_JAVA": "overwrite"})
+        assert over.text == "overwrite"
+        assert sbx.run_code('System.getProperty("KILN_CI_JAVA")', language="java").text == "supertest"
+    finally:
+        sbx.kill()
+
+
+def test_charts_data_and_images(ci):
+    from e2b_code_interpreter.charts import BarChart, ChartType, LineChart, ScaleType
+
+    bar = ci.run_code(
+        "import matplotlib.pyplot as plt\nplt.close('all')\n"
+        "plt.bar(['A', 'B'], [100, 200], label='Sold'); plt.xlabel('Authors'); plt.ylabel('Books')\n"
+        "plt.title('Sales'); plt.show()"
+    )
+    (result,) = bar.results
+    assert result.png and isinstance(result.chart, BarChart)
+    assert (result.chart.title, result.chart.x_label, result.chart.y_label) == ("Sales", "Authors", "Books")
+    assert [(b.label, b.value, b.group) for b in result.chart.elements] == [("A", 100, "Sold"), ("B", 200, "Sold")]
+    line = ci.run_code(
+        "import datetime\nplt.plot([datetime.date(2024, 1, d) for d in (1, 2, 3)], [1, 4, 9])\n"
+        "plt.xlabel('Time (s)'); plt.show()"
+    ).results[0].chart
+    assert isinstance(line, LineChart) and line.type == ChartType.LINE
+    assert line.x_scale == ScaleType.DATETIME and line.x_unit == "s"
+    data = ci.run_code("import pandas as pd\npd.DataFrame({'a': [1, 2, 3]})").results[0]
+    assert data.data == {"a": [1, 2, 3]}
+    image = ci.run_code(
+        "from PIL import Image\nImage.new('RGB', (8, 8)).save('/home/user/kiln-ci.png')\nprint('saved')"
+    )
+    assert [bool(r.png) for r in image.results] == [True]
+    saved = ci.run_code("plt.plot([1, 2]); plt.savefig('/home/user/kiln-fig.png'); plt.close('all')")
+    assert saved.error is None and [bool(r.png) for r in saved.results] == [True]
+
+
+def test_contexts_list_the_defaults_and_take_a_cwd_as_user(ci):
+    languages = [c.language for c in ci.list_code_contexts()]
+    assert "python" in languages and "javascript" in languages
+    ctx = ci.create_code_context(language="python", cwd="/root")
+    try:
+        last = ci.list_code_contexts()[-1]
+        assert (last.id, last.cwd) == (ctx.id, "/root")
+        assert ci.run_code("import os; os.getcwd(), os.getuid()", context=ctx).text == "('/root', 1000)"
+    finally:
+        ci.remove_code_context(ctx)
+    # A directory the interpreter's user cannot enter is a clear client error.
+    ci.commands.run("mkdir -p -m 0700 /srv/kiln-private", user="root")
+    with pytest.raises(Exception, match="400.*not accessible"):
+        ci.create_code_context(cwd="/srv/kiln-private")
+
+
+@pytest.mark.parametrize("network", [None, {"allow_public_traffic": False}])
+def test_contexts_on_a_secure_sandbox(kilnd, network):
+    sbx = Sandbox.create(secure=True, timeout=120, **({"network": network} if network else {}))
+    try:
+        ctx = sbx.create_code_context()
+        contexts = sbx.list_code_contexts()
+        assert contexts[-1].id == ctx.id
+        assert {"python", "javascript"} <= {c.language for c in contexts}
+        sbx.run_code("x = 1", context=ctx)
+        sbx.restart_code_context(ctx.id)
+        after = sbx.run_code("x", context=ctx)
+        assert after.error.name == "NameError" and after.error.value == "name 'x' is not defined"
+        sbx.remove_code_context(ctx.id)
+        assert ctx.id not in [c.id for c in sbx.list_code_contexts()]
+    finally:
+        sbx.kill()
+
+
+async def test_contexts_on_a_secure_sandbox_async(kilnd):
+    from e2b_code_interpreter import AsyncSandbox
+
+    sbx = await AsyncSandbox.create(secure=True, timeout=120, network={"allow_public_traffic": False})
+    try:
+        ctx = await sbx.create_code_context(language="javascript")
+        contexts = await sbx.list_code_contexts()
+        assert contexts[-1].id == ctx.id and ctx.language == "javascript"
+        assert {"python", "javascript"} <= {c.language for c in contexts}
+        assert (await sbx.run_code("await Promise.resolve(6 * 7)", context=ctx)).text == "42"
+        await sbx.restart_code_context(ctx)
+        await sbx.remove_code_context(ctx)
+        assert ctx.id not in [c.id for c in await sbx.list_code_contexts()]
+    finally:
+        await sbx.kill()

@@ -8,17 +8,20 @@ server directly. The Sandbox object is built with the SDK's own constructor
 because there is no control API in this test.
 """
 
+import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 
 import pytest
 from e2b import ConnectionConfig
-from e2b_code_interpreter import Sandbox
+from e2b_code_interpreter import AsyncSandbox, Sandbox
 from packaging.version import Version
 
 
@@ -103,3 +106,49 @@ def sdk_sandbox(url: str) -> Sandbox:
 @pytest.fixture(scope="session")
 def sandbox(server_url) -> Sandbox:
     return sdk_sandbox(server_url)
+
+
+class SyncOverAsync:
+    """An AsyncSandbox whose coroutine methods are called like the sync
+    Sandbox's, on a loop of its own: one test body drives both SDK classes,
+    each with its own request and NDJSON code."""
+
+    def __init__(self, sandbox, loop):
+        self._sandbox = sandbox
+        self._loop = loop
+
+    def __getattr__(self, name):
+        attr = getattr(self._sandbox, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            return asyncio.run_coroutine_threadsafe(attr(*args, **kwargs), self._loop).result()
+
+        return call
+
+
+@pytest.fixture(scope="session")
+def async_loop():
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+@pytest.fixture(params=["sync", "async"])
+def sbx(request, server_url, async_loop):
+    """The sandbox through Sandbox, then through AsyncSandbox."""
+    if request.param == "sync":
+        return sdk_sandbox(server_url)
+    config = ConnectionConfig(sandbox_url=server_url, api_key="e2b_" + "0" * 40)
+    sandbox = AsyncSandbox(
+        sandbox_id="kiln-interpreter-async-test",
+        envd_version=Version("0.5.7"),
+        envd_access_token="test-token",
+        sandbox_domain=None,
+        connection_config=config,
+    )
+    return SyncOverAsync(sandbox, async_loop)

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use jupyter_zmq_client::KernelspecDir;
@@ -10,6 +11,7 @@ use serde::Serialize;
 
 use crate::kernel::{Kernel, KernelError};
 use crate::kernelspec::{normalize_language, Catalog, KNOWN_LANGUAGES};
+use crate::language::init_code;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
@@ -21,6 +23,12 @@ pub enum ContextError {
     NotFound(String),
     #[error("working directory {0} does not exist or is not a directory")]
     BadCwd(PathBuf),
+    #[error("working directory {path} is not accessible to the interpreter's user")]
+    CwdNotAccessible {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
     #[error("failed to start the {language} kernel")]
     Start {
         language: String,
@@ -39,33 +47,65 @@ pub struct ContextInfo {
 
 pub struct Context {
     pub info: ContextInfo,
+    cwd: PathBuf,
     spec: KernelspecDir,
     runtime_dir: PathBuf,
-    kernel: Mutex<Arc<Kernel>>,
+    /// `None` until started: default contexts exist from the start and get
+    /// their kernel on first use.
+    kernel: Mutex<Option<Arc<Kernel>>>,
+    /// Held while the kernel is being started, so that it starts once.
+    start_lock: tokio::sync::Mutex<()>,
     /// Held for the whole of an execution: a kernel runs one cell at a time.
     pub exec_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Creation order, which the listing keeps (as E2B's does).
+    seq: u64,
 }
 
 impl Context {
-    pub fn kernel(&self) -> Arc<Kernel> {
+    /// The running kernel, if the context has been started.
+    pub fn kernel(&self) -> Option<Arc<Kernel>> {
         self.kernel
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
+    fn set_kernel(&self, kernel: Kernel) -> Option<Arc<Kernel>> {
+        self.kernel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(Arc::new(kernel))
+    }
+
     /// Starts a fresh kernel in place of the current one (same id, cwd and
     /// kernelspec). The caller holds `exec_lock`.
     pub async fn respawn(&self) -> Result<(), KernelError> {
-        let kernel =
-            Kernel::start(&self.spec, Path::new(&self.info.cwd), &self.runtime_dir).await?;
-        let old = std::mem::replace(
-            &mut *self.kernel.lock().unwrap_or_else(|p| p.into_inner()),
-            Arc::new(kernel),
-        );
-        old.kill();
+        let kernel = start_kernel(
+            &self.spec,
+            &self.info.language,
+            &self.cwd,
+            &self.runtime_dir,
+        )
+        .await?;
+        if let Some(old) = self.set_kernel(kernel) {
+            old.kill();
+        }
         Ok(())
     }
+}
+
+/// Starts a kernel and runs its language's start-up code in it.
+async fn start_kernel(
+    spec: &KernelspecDir,
+    language: &str,
+    cwd: &Path,
+    runtime_dir: &Path,
+) -> Result<Kernel, KernelError> {
+    let kernel = Kernel::start(spec, cwd, runtime_dir).await?;
+    if let Some(code) = init_code(language) {
+        crate::execute::run_silent(&kernel, code).await;
+    }
+    Ok(kernel)
 }
 
 /// Kernels started ahead of need in the default working directory, one per
@@ -108,7 +148,7 @@ impl Spares {
         }
         let (spares, language, spec) = (self.clone(), language.to_owned(), spec.clone());
         tokio::spawn(async move {
-            let started = Kernel::start(&spec, &spares.cwd, &spares.runtime_dir).await;
+            let started = start_kernel(&spec, &language, &spares.cwd, &spares.runtime_dir).await;
             spares
                 .starting
                 .lock()
@@ -134,8 +174,8 @@ pub struct Registry {
     default_cwd: PathBuf,
     runtime_dir: PathBuf,
     contexts: RwLock<HashMap<String, Arc<Context>>>,
-    /// language → id of its default context; the async lock keeps two first
-    /// requests for a language from starting two kernels.
+    next_seq: AtomicU64,
+    /// language → id of its default context.
     defaults: tokio::sync::Mutex<HashMap<String, String>>,
 }
 
@@ -153,6 +193,7 @@ impl Registry {
             default_cwd,
             runtime_dir,
             contexts: RwLock::default(),
+            next_seq: AtomicU64::new(0),
             defaults: tokio::sync::Mutex::default(),
         }
     }
@@ -227,31 +268,22 @@ impl Registry {
             Some(c) if !c.trim().is_empty() => PathBuf::from(c),
             _ => self.default_cwd.clone(),
         };
-        if !tokio::fs::metadata(&cwd)
-            .await
-            .map(|m| m.is_dir())
-            .unwrap_or(false)
-        {
-            return Err(ContextError::BadCwd(cwd));
+        check_cwd(&cwd).await?;
+        let context = self.register(language, spec, cwd);
+        if let Err(e) = self.ensure_started(&context).await {
+            self.contexts
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&context.info.id);
+            return Err(e);
         }
-        let spare = if cwd == self.default_cwd {
-            self.spares.take(&language)
-        } else {
-            None
-        };
-        let kernel = match spare {
-            Some(kernel) => {
-                self.spares.refill(&language, &spec);
-                kernel
-            }
-            None => {
-                let kernel = self.start_kernel(&language, &spec, &cwd).await?;
-                if cwd == self.default_cwd {
-                    self.spares.refill(&language, &spec);
-                }
-                kernel
-            }
-        };
+        let info = context.info.clone();
+        tracing::info!(id = %info.id, language = %info.language, cwd = %info.cwd, "context created");
+        Ok(info)
+    }
+
+    /// Adds a context whose kernel is not started yet.
+    fn register(&self, language: String, spec: KernelspecDir, cwd: PathBuf) -> Arc<Context> {
         let info = ContextInfo {
             id: uuid::Uuid::new_v4().to_string(),
             language,
@@ -259,31 +291,47 @@ impl Registry {
         };
         let context = Arc::new(Context {
             info: info.clone(),
+            cwd,
             spec,
             runtime_dir: self.runtime_dir.clone(),
-            kernel: Mutex::new(Arc::new(kernel)),
+            kernel: Mutex::new(None),
+            start_lock: tokio::sync::Mutex::new(()),
             exec_lock: Arc::default(),
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
         });
         self.contexts
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(info.id.clone(), context);
-        tracing::info!(id = %info.id, language = %info.language, cwd = %info.cwd, "context created");
-        Ok(info)
+            .insert(info.id, context.clone());
+        context
     }
 
-    async fn start_kernel(
-        &self,
-        language: &str,
-        spec: &KernelspecDir,
-        cwd: &Path,
-    ) -> Result<Kernel, ContextError> {
-        Kernel::start(spec, cwd, &self.runtime_dir)
-            .await
-            .map_err(|source| ContextError::Start {
-                language: language.to_owned(),
-                source,
-            })
+    /// Starts the context's kernel unless it runs: a spare one when the
+    /// context is in the default working directory and one is ready.
+    pub async fn ensure_started(&self, context: &Context) -> Result<(), ContextError> {
+        if context.kernel().is_some() {
+            return Ok(());
+        }
+        let _starting = context.start_lock.lock().await;
+        if context.kernel().is_some() {
+            return Ok(());
+        }
+        let language = context.info.language.as_str();
+        let in_default_cwd = context.cwd == self.default_cwd;
+        let kernel = match in_default_cwd.then(|| self.spares.take(language)).flatten() {
+            Some(kernel) => kernel,
+            None => start_kernel(&context.spec, language, &context.cwd, &self.runtime_dir)
+                .await
+                .map_err(|source| ContextError::Start {
+                    language: language.to_owned(),
+                    source,
+                })?,
+        };
+        if in_default_cwd {
+            self.spares.refill(language, &context.spec);
+        }
+        context.set_kernel(kernel);
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Context>, ContextError> {
@@ -295,38 +343,64 @@ impl Registry {
             .ok_or_else(|| ContextError::NotFound(id.to_owned()))
     }
 
-    /// The default context of `language`, started on first use.
-    pub async fn default_for(&self, language: Option<&str>) -> Result<Arc<Context>, ContextError> {
-        let (language, _) = self.spec_for(&normalize_language(language))?;
-        let mut defaults = self.defaults.lock().await;
-        if let Some(id) = defaults.get(&language) {
-            if let Ok(context) = self.get(id) {
-                return Ok(context);
+    /// Registers the default contexts of `languages` (those with a kernel
+    /// installed), unstarted, so that they are listed from the start.
+    pub async fn declare_defaults(&self, languages: &[&str]) {
+        for language in languages {
+            if let Err(e) = self.default_context(Some(language)).await {
+                tracing::debug!("no default {language} context: {e}");
             }
         }
-        let info = self.create(Some(&language), None).await?;
-        defaults.insert(language, info.id.clone());
-        self.get(&info.id)
+    }
+
+    /// The default context of `language`, and whether this call added it.
+    async fn default_context(
+        &self,
+        language: Option<&str>,
+    ) -> Result<(Arc<Context>, bool), ContextError> {
+        let (language, spec) = self.spec_for(&normalize_language(language))?;
+        let mut defaults = self.defaults.lock().await;
+        if let Some(context) = defaults.get(&language).and_then(|id| self.get(id).ok()) {
+            return Ok((context, false));
+        }
+        let context = self.register(language.clone(), spec, self.default_cwd.clone());
+        defaults.insert(language, context.info.id.clone());
+        Ok((context, true))
+    }
+
+    /// The default context of `language`, started on first use. One added
+    /// here whose kernel fails to start is not kept (a declared one stays
+    /// listed, as its language's default).
+    pub async fn default_for(&self, language: Option<&str>) -> Result<Arc<Context>, ContextError> {
+        let (context, added) = self.default_context(language).await?;
+        if let Err(e) = self.ensure_started(&context).await {
+            if added {
+                let _ = self.remove(&context.info.id).await;
+            }
+            return Err(e);
+        }
+        Ok(context)
     }
 
     pub fn list(&self) -> Vec<ContextInfo> {
-        let mut list: Vec<ContextInfo> = self
+        let mut list: Vec<Arc<Context>> = self
             .contexts
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .map(|c| c.info.clone())
+            .cloned()
             .collect();
-        list.sort_by(|a, b| (&a.language, &a.id).cmp(&(&b.language, &b.id)));
-        list
+        list.sort_by_key(|c| c.seq);
+        list.into_iter().map(|c| c.info.clone()).collect()
     }
 
     /// Replaces the context's kernel with a fresh one: its state is gone, its
     /// id and working directory stay. A running cell ends with an error.
     pub async fn restart(&self, id: &str) -> Result<(), ContextError> {
         let context = self.get(id)?;
-        let old = context.kernel();
-        old.shutdown().await;
+        if let Some(old) = context.kernel() {
+            old.shutdown().await;
+        }
         let _running = context.exec_lock.lock().await;
         context
             .respawn()
@@ -348,7 +422,9 @@ impl Registry {
             .remove(id)
             .ok_or_else(|| ContextError::NotFound(id.to_owned()))?;
         self.defaults.lock().await.retain(|_, v| v != id);
-        context.kernel().shutdown().await;
+        if let Some(kernel) = context.kernel() {
+            kernel.shutdown().await;
+        }
         tracing::info!(%id, "context removed");
         Ok(())
     }
@@ -362,8 +438,8 @@ impl Registry {
             .drain()
             .map(|(_, c)| c)
             .collect();
-        for context in all {
-            context.kernel().shutdown().await;
+        for kernel in all.iter().filter_map(|c| c.kernel()) {
+            kernel.shutdown().await;
         }
         let spares: Vec<Kernel> = self
             .spares
@@ -376,5 +452,101 @@ impl Registry {
         for kernel in spares {
             kernel.shutdown().await;
         }
+    }
+}
+
+/// A context's working directory must exist and be enterable by the
+/// interpreter's user (its kernels run as that user).
+async fn check_cwd(cwd: &Path) -> Result<(), ContextError> {
+    if !tokio::fs::metadata(cwd)
+        .await
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
+        return Err(ContextError::BadCwd(cwd.to_owned()));
+    }
+    nix::unistd::access(cwd, nix::unistd::AccessFlags::X_OK).map_err(|source| {
+        ContextError::CwdNotAccessible {
+            path: cwd.to_owned(),
+            source,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, language: &str) -> KernelspecDir {
+        serde_json::from_value(serde_json::json!({
+            "kernel_name": name,
+            "path": format!("/k/{name}"),
+            "kernelspec": {"argv": ["/nonexistent/kernel", "{connection_file}"], "display_name": name, "language": language}
+        }))
+        .unwrap()
+    }
+
+    fn registry() -> Registry {
+        let mut catalog = Catalog::default();
+        for (name, language) in [
+            ("ir", "R"),
+            ("python3", "python"),
+            ("javascript", "javascript"),
+        ] {
+            catalog.add(spec(name, language));
+        }
+        Registry::new(catalog, std::env::temp_dir(), std::env::temp_dir())
+    }
+
+    #[tokio::test]
+    async fn default_contexts_are_listed_before_they_start() {
+        let registry = registry();
+        registry
+            .declare_defaults(&["python", "javascript", "java"])
+            .await;
+        let list = registry.list();
+        let languages: Vec<&str> = list.iter().map(|c| c.language.as_str()).collect();
+        // In the order declared; java has no kernel here, so no context.
+        assert_eq!(languages, ["python", "javascript"]);
+        let cwd = std::env::temp_dir().display().to_string();
+        assert!(list.iter().all(|c| c.cwd == cwd));
+        for info in &list {
+            assert!(registry.get(&info.id).unwrap().kernel().is_none());
+        }
+        // Declaring again adds nothing.
+        registry.declare_defaults(&["python"]).await;
+        assert_eq!(registry.list(), list);
+    }
+
+    #[tokio::test]
+    async fn a_default_context_that_cannot_start_says_why_and_stays_listed() {
+        let registry = registry();
+        registry.declare_defaults(&["python"]).await;
+        let err = registry.default_for(Some("python")).await.err().unwrap();
+        assert!(matches!(err, ContextError::Start { .. }), "{err}");
+        assert_eq!(registry.list().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_default_context_added_on_demand_that_cannot_start_is_not_kept() {
+        let registry = registry();
+        let err = registry.default_for(Some("r")).await.err().unwrap();
+        assert!(matches!(err, ContextError::Start { .. }), "{err}");
+        assert!(registry.list().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_context_whose_kernel_fails_is_not_kept() {
+        let registry = registry();
+        let err = registry.create(Some("r"), None).await.err().unwrap();
+        assert!(matches!(err, ContextError::Start { .. }), "{err}");
+        assert!(registry.list().is_empty());
+        let missing = std::env::temp_dir().join("kiln-no-such-dir-for-a-context");
+        let err = registry
+            .create(Some("r"), Some(missing.to_str().unwrap()))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ContextError::BadCwd(_)), "{err}");
     }
 }

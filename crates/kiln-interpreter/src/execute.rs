@@ -10,7 +10,8 @@ use tokio::time::{interval_at, sleep, Instant};
 
 use crate::context::Context;
 use crate::kernel::{Kernel, KernelEvent};
-use crate::output::{event_of, Event, Output};
+use crate::language::{main_result, reset_env_code, set_env_code, MainResult};
+use crate::output::{event_of, is_unmarked_display, Event, Output};
 
 /// A silent cell gets a keepalive line this often, so a client that went
 /// away is noticed (the write fails) and its cell interrupted.
@@ -99,14 +100,24 @@ async fn run(context: Arc<Context>, cell: Cell, tx: mpsc::Sender<String>) {
         guard = context.exec_lock.clone().lock_owned() => guard,
         _ = sink.tx.closed() => return,
     };
-    let kernel = context.kernel();
+    // The handler started the kernel; it is missing only when a restart
+    // failed since.
+    let Some(kernel) = context.kernel() else {
+        sink.send(&Output::error(
+            "KernelDied",
+            "the context has no running kernel; restart the context to continue",
+        ))
+        .await;
+        sink.send(&Output::EndOfExecution).await;
+        return;
+    };
     let language = context.info.language.as_str();
 
     if !cell.env_vars.is_empty() {
         let code = set_env_code(language, &cell.env_vars);
         run_silent(&kernel, &code).await;
     }
-    if run_cell(&kernel, &cell, &mut sink).await == Ended::Killed {
+    if run_cell(&kernel, main_result(language), &cell, &mut sink).await == Ended::Killed {
         // The kernel ignored the interrupt (IJavascript has no interrupt):
         // keep the context usable with a fresh kernel; its state is gone.
         if let Err(e) = context.respawn().await {
@@ -130,7 +141,7 @@ enum Ended {
     Killed,
 }
 
-async fn run_cell(kernel: &Kernel, cell: &Cell, sink: &mut Sink) -> Ended {
+async fn run_cell(kernel: &Kernel, rule: MainResult, cell: &Cell, sink: &mut Sink) -> Ended {
     let mut request = match kernel.execute(&cell.code, false).await {
         Ok(r) => r,
         Err(e) => {
@@ -151,6 +162,10 @@ async fn run_cell(kernel: &Kernel, cell: &Cell, sink: &mut Sink) -> Ended {
     let mut error_sent = false;
     // Done when both the idle status (all output sent) and the reply are in.
     let mut replied = false;
+    // MainResult::LastValueDisplay: the latest value display, held back
+    // until the next output shows it was not the cell's last.
+    let mut held: Option<Output> = None;
+    let mut completed = false;
 
     loop {
         let stop_deadline = stopping_since.map(|s| s + INTERRUPT_GRACE);
@@ -163,22 +178,32 @@ async fn run_cell(kernel: &Kernel, cell: &Cell, sink: &mut Sink) -> Ended {
                             if error_sent { continue; }
                             error_sent = true;
                         }
-                        sink.send(&out).await;
                         keepalive.reset();
+                        if let Some(earlier) = held.take() {
+                            sink.send(&earlier).await;
+                        }
+                        if rule == MainResult::LastValueDisplay && is_unmarked_display(&message) {
+                            held = Some(out);
+                            continue;
+                        }
+                        sink.send(&out).await;
                     }
                     Event::Idle => {
-                        if replied { break; }
+                        if replied { completed = true; break; }
                         idle_at = Some(Instant::now());
                     }
                     Event::Reply(error) => {
                         if let Some(out) = error {
                             if !error_sent {
                                 error_sent = true;
+                                if let Some(earlier) = held.take() {
+                                    sink.send(&earlier).await;
+                                }
                                 sink.send(&out).await;
                             }
                         }
                         replied = true;
-                        if idle_at.is_some() { break; }
+                        if idle_at.is_some() { completed = true; break; }
                     }
                     Event::Ignore => {}
                 },
@@ -194,7 +219,7 @@ async fn run_cell(kernel: &Kernel, cell: &Cell, sink: &mut Sink) -> Ended {
                     break;
                 }
             },
-            _ = sleep_until_opt(reply_deadline) => break,
+            _ = sleep_until_opt(reply_deadline) => { completed = true; break }
             _ = sleep_until_opt(deadline), if stopping_since.is_none() => {
                 tracing::debug!("execution timed out, interrupting");
                 stopping_since = Some(Instant::now());
@@ -238,6 +263,14 @@ async fn run_cell(kernel: &Kernel, cell: &Cell, sink: &mut Sink) -> Ended {
         }
     }
     kernel.forget(&request.msg_id);
+    if let Some(mut last) = held {
+        // The value nothing followed is the main result, unless the cell
+        // failed or was stopped.
+        if let Output::Result(result) = &mut last {
+            result.is_main_result = completed && !error_sent;
+        }
+        sink.send(&last).await;
+    }
     ended
 }
 
@@ -248,8 +281,9 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Runs bookkeeping code (environment variables) without output or history.
-async fn run_silent(kernel: &Kernel, code: &str) {
+/// Runs bookkeeping code (environment variables, a kernel's start-up code)
+/// without output or history.
+pub(crate) async fn run_silent(kernel: &Kernel, code: &str) {
     if code.is_empty() {
         return;
     }
@@ -274,60 +308,6 @@ async fn run_silent(kernel: &Kernel, code: &str) {
         }
     }
     kernel.forget(&request.msg_id);
-}
-
-fn quoted(value: &str) -> String {
-    serde_json::Value::String(value.to_owned()).to_string()
-}
-
-fn shell_quoted(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
-}
-
-/// Code that sets `vars` in the kernel's process, in its language.
-pub fn set_env_code(language: &str, vars: &BTreeMap<String, String>) -> String {
-    vars.iter()
-        .filter_map(|(k, v)| {
-            let line = match language {
-                "python" => format!("__import__('os').environ[{}] = {}", quoted(k), quoted(v)),
-                "javascript" | "typescript" => {
-                    format!("process.env[{}] = {};", quoted(k), quoted(v))
-                }
-                "r" => format!("Sys.setenv({} = {})", quoted(k), quoted(v)),
-                "bash" => format!("export {k}={}", shell_quoted(v)),
-                _ => return None,
-            };
-            Some(line)
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Code that puts `vars` back as the server's own environment has them
-/// (kernels inherit it), or removes them.
-pub fn reset_env_code(language: &str, vars: &BTreeMap<String, String>) -> String {
-    let (mut set, mut unset) = (BTreeMap::new(), Vec::new());
-    for k in vars.keys() {
-        match std::env::var(k) {
-            Ok(v) => {
-                set.insert(k.clone(), v);
-            }
-            Err(_) => unset.push(k.clone()),
-        }
-    }
-    let mut lines = vec![set_env_code(language, &set)];
-    for k in unset {
-        let line = match language {
-            "python" => format!("__import__('os').environ.pop({}, None)", quoted(&k)),
-            "javascript" | "typescript" => format!("delete process.env[{}];", quoted(&k)),
-            "r" => format!("Sys.unsetenv({})", quoted(&k)),
-            "bash" => format!("unset {k}"),
-            _ => continue,
-        };
-        lines.push(line);
-    }
-    lines.retain(|l| !l.is_empty());
-    lines.join("\n")
 }
 
 #[cfg(test)]
@@ -360,38 +340,6 @@ mod tests {
         assert_eq!(
             Cell::new("x".into(), None, Some(1.5)).unwrap().timeout,
             Some(Duration::from_millis(1500))
-        );
-    }
-
-    #[test]
-    fn env_values_are_quoted_for_each_language() {
-        let vars = BTreeMap::from([("K".to_owned(), "it's \"x\"\n".to_owned())]);
-        assert_eq!(
-            set_env_code("python", &vars),
-            r#"__import__('os').environ["K"] = "it's \"x\"\n""#
-        );
-        assert_eq!(
-            set_env_code("javascript", &vars),
-            r#"process.env["K"] = "it's \"x\"\n";"#
-        );
-        assert_eq!(
-            set_env_code("r", &vars),
-            r#"Sys.setenv("K" = "it's \"x\"\n")"#
-        );
-        assert_eq!(set_env_code("bash", &vars), "export K='it'\\''s \"x\"\n'");
-        assert_eq!(set_env_code("java", &vars), "");
-    }
-
-    #[test]
-    fn reset_removes_variables_the_server_does_not_have() {
-        let vars = BTreeMap::from([("KILN_TEST_SURELY_UNSET_VAR".to_owned(), "v".to_owned())]);
-        assert_eq!(
-            reset_env_code("bash", &vars),
-            "unset KILN_TEST_SURELY_UNSET_VAR"
-        );
-        assert_eq!(
-            reset_env_code("python", &vars),
-            r#"__import__('os').environ.pop("KILN_TEST_SURELY_UNSET_VAR", None)"#
         );
     }
 }

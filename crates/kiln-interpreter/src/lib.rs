@@ -3,6 +3,7 @@
 //! `/execute` and `/contexts` API that E2B's `e2b-code-interpreter` SDKs call.
 //!
 //! - [`kernelspec`]: which installed kernel serves which language
+//! - [`language`]: per-language code around a kernel (env vars, start-up, main result)
 //! - [`kernel`]: one kernel process and its channels
 //! - [`context`]: stateful contexts, one default per language
 //! - [`execute`]: one cell, streamed as NDJSON
@@ -18,6 +19,8 @@ pub mod execute;
 pub mod kernel;
 #[cfg(feature = "server")]
 pub mod kernelspec;
+#[cfg(feature = "server")]
+pub mod language;
 #[cfg(feature = "server")]
 pub mod output;
 #[cfg(feature = "server")]

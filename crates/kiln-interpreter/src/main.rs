@@ -97,7 +97,11 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("failed to listen on {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "serving");
 
-    // Default contexts start in the background; /health answers meanwhile.
+    // Listed from the start, as on E2B; their kernels start on first use or,
+    // for the preloaded ones, in the background while /health answers.
+    registry
+        .declare_defaults(kiln_interpreter::language::DEFAULT_CONTEXTS)
+        .await;
     for language in args.preload.clone() {
         let registry = registry.clone();
         tokio::spawn(async move {

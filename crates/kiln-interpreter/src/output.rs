@@ -235,6 +235,17 @@ pub fn event_of(message: &JupyterMessage) -> Event {
     }
 }
 
+/// A `display_data` without Kiln's mark: with IRkernel, a value rather than
+/// an explicit display (see [`crate::language::MainResult`]).
+pub fn is_unmarked_display(message: &JupyterMessage) -> bool {
+    match &message.content {
+        JupyterMessageContent::DisplayData(display) => {
+            !display.metadata.contains_key(crate::language::DISPLAY_MARK)
+        }
+        _ => false,
+    }
+}
+
 fn bundle_of(media: &jupyter_protocol::Media) -> Map<String, Value> {
     match serde_json::to_value(media) {
         Ok(Value::Object(map)) => map,
@@ -341,6 +352,25 @@ mod tests {
         };
         assert!(!r.is_main_result);
         assert_eq!(r.png.as_deref(), Some("iVBOR"));
+    }
+
+    #[test]
+    fn only_displays_without_the_mark_are_values() {
+        let value = message(
+            "display_data",
+            json!({"data": {"text/plain": "[1] 3"}, "metadata": {}}),
+        );
+        let plot = message(
+            "display_data",
+            json!({"data": {"image/png": "iVBOR"}, "metadata": {"kiln_display": true}}),
+        );
+        let result = message(
+            "execute_result",
+            json!({"execution_count": 1, "data": {"text/plain": "3"}, "metadata": {}}),
+        );
+        assert!(is_unmarked_display(&value));
+        assert!(!is_unmarked_display(&plot));
+        assert!(!is_unmarked_display(&result));
     }
 
     #[test]

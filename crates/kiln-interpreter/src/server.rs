@@ -101,7 +101,11 @@ async fn execute_handler(
     let cell = Cell::new(request.code, request.env_vars, request.timeout)?;
     let context = match (context_id, language) {
         (Some(_), Some(_)) => return Err(ApiError::ContextAndLanguage),
-        (Some(id), None) => registry.get(&id)?,
+        (Some(id), None) => {
+            let context = registry.get(&id)?;
+            registry.ensure_started(&context).await?;
+            context
+        }
         (None, language) => registry.default_for(language.as_deref()).await?,
     };
     let lines =

@@ -145,3 +145,63 @@ test('bad input gets clear errors', async () => {
   assert.equal(empty.error, undefined)
   assert.deepEqual(empty.results, [])
 })
+
+test('a matplotlib figure carries its chart', async () => {
+  const execution = await sandbox.runCode(
+    "import matplotlib.pyplot as plt\nplt.close('all')\n" +
+      "plt.bar(['Oslo', 'Lima'], [3, 7], label='Visits')\nplt.xlabel('City')\nplt.title('Visits')\nplt.show()",
+  )
+  assert.equal(execution.error, undefined)
+  const [result] = execution.results
+  assert.ok(result.png)
+  const chart = result.chart
+  assert.equal(chart.type, 'bar')
+  assert.equal(chart.title, 'Visits')
+  assert.equal(chart.x_label, 'City')
+  assert.deepEqual(
+    chart.elements.map((b) => [b.label, b.value, b.group]),
+    [['Oslo', 3, 'Visits'], ['Lima', 7, 'Visits']],
+  )
+  const line = (await sandbox.runCode("plt.plot([1, 10, 100], [1, 2, 3]); plt.yscale('log'); plt.show()")).results[0].chart
+  assert.equal(line.type, 'line')
+  assert.equal(line.y_scale, 'log')
+  assert.deepEqual(line.elements[0].points, [[1, 1], [10, 2], [100, 3]])
+})
+
+test('a DataFrame carries its data', async () => {
+  const execution = await sandbox.runCode("import pandas as pd\npd.DataFrame({'a': [1, 2, 3], 'b': ['x', 'y', None]})")
+  const [result] = execution.results
+  assert.deepEqual(result.data, { a: [1, 2, 3], b: ['x', 'y', null] })
+  assert.ok(result.html.includes('<table'))
+})
+
+test('javascript takes ESM imports and top-level await', async () => {
+  const imported = await sandbox.runCode("import { readFileSync } from 'fs'\nconsole.log(typeof readFileSync)", { language: 'js' })
+  assert.deepEqual(imported.logs.stdout, ['function\n'])
+  const awaited = await sandbox.runCode("await Promise.resolve('Hello World!')", { language: 'javascript' })
+  assert.equal(awaited.text, 'Hello World!')
+})
+
+test('typescript, java and r run in their kernels', async () => {
+  const ts = await sandbox.runCode("const jsSdkMessage: string = 'typed'; jsSdkMessage", { language: 'ts' })
+  assert.equal(ts.error, undefined)
+  assert.equal(ts.text, 'typed')
+  const java = await sandbox.runCode('System.out.println("Hello, World!")', { language: 'java' })
+  assert.equal(java.logs.stdout[0], 'Hello, World!')
+  assert.equal((await sandbox.runCode('6 * 7', { language: 'java' })).text, '42')
+  const r = await sandbox.runCode('40 + 2', { language: 'r' })
+  assert.equal(r.text, '[1] 42')
+})
+
+test('contexts: the defaults are listed, a new one last', async () => {
+  const languages = (await sandbox.listCodeContexts()).map((c) => c.language)
+  assert.ok(languages.includes('python') && languages.includes('javascript'))
+  const ctx = await sandbox.createCodeContext({ language: 'typescript' })
+  try {
+    const list = await sandbox.listCodeContexts()
+    assert.equal(list[list.length - 1].id, ctx.id)
+    assert.equal(list[list.length - 1].language, 'typescript')
+  } finally {
+    await sandbox.removeCodeContext(ctx)
+  }
+})
