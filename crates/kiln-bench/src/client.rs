@@ -104,7 +104,16 @@ impl Api {
 
     /// `POST /sandboxes` (201).
     pub async fn create(&self, template: &str) -> Result<Sandbox> {
-        let body = json!({"templateID": template, "timeout": 600});
+        self.create_on(template, None).await
+    }
+
+    /// `POST /sandboxes` on a runtime (Kiln's `runtime` field); an error
+    /// says why the server refused (e.g. the runtime is not available).
+    pub async fn create_on(&self, template: &str, runtime: Option<&str>) -> Result<Sandbox> {
+        let mut body = json!({"templateID": template, "timeout": 600});
+        if let Some(r) = runtime {
+            body["runtime"] = json!(r);
+        }
         let (status, body) = self
             .send(self.control(Method::POST, "/sandboxes", Some(body)))
             .await?;
@@ -122,6 +131,101 @@ impl Api {
                 .unwrap_or_default()
                 .to_string(),
         })
+    }
+
+    /// A control call that must answer `want`; its JSON body (or null).
+    async fn expect(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        want: StatusCode,
+    ) -> Result<Value> {
+        let what = format!("{method} {path}");
+        let (status, body) = self.send(self.control(method, path, body)).await?;
+        if status != want {
+            bail!(
+                "{what} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// `POST /sandboxes/{id}/pause` with or without memory.
+    pub async fn pause(&self, id: &str, memory: bool) -> Result<()> {
+        let path = format!("/sandboxes/{id}/pause");
+        self.expect(
+            Method::POST,
+            &path,
+            Some(json!({"memory": memory})),
+            StatusCode::NO_CONTENT,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `POST /v2/sandboxes/{id}/connect` of a paused sandbox (201: resumed).
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        let path = format!("/v2/sandboxes/{id}/connect");
+        self.expect(
+            Method::POST,
+            &path,
+            Some(json!({"timeout": 600})),
+            StatusCode::CREATED,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `POST /sandboxes/{id}/snapshots`: (snapshot id, bytes on disk).
+    pub async fn snapshot(&self, id: &str, memory: Option<bool>) -> Result<(String, u64)> {
+        let path = format!("/sandboxes/{id}/snapshots");
+        let body = match memory {
+            Some(m) => json!({"memory": m}),
+            None => json!({}),
+        };
+        let v = self
+            .expect(Method::POST, &path, Some(body), StatusCode::CREATED)
+            .await?;
+        Ok((
+            v["snapshotID"].as_str().unwrap_or_default().to_string(),
+            v["sizeBytes"].as_u64().unwrap_or(0),
+        ))
+    }
+
+    /// `DELETE /templates/{id}` of a snapshot.
+    pub async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
+        let id = snapshot_id.trim_end_matches(":default");
+        self.expect(
+            Method::DELETE,
+            &format!("/templates/{id}"),
+            None,
+            StatusCode::NO_CONTENT,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `POST /sandboxes/{id}/fork`: the copies' ids (every copy must start).
+    pub async fn fork(&self, id: &str, count: usize) -> Result<Vec<String>> {
+        let path = format!("/sandboxes/{id}/fork");
+        let v = self
+            .expect(
+                Method::POST,
+                &path,
+                Some(json!({"count": count, "timeout": 600})),
+                StatusCode::CREATED,
+            )
+            .await?;
+        let mut ids = Vec::new();
+        for r in v.as_array().cloned().unwrap_or_default() {
+            match r["sandbox"]["sandboxID"].as_str() {
+                Some(id) => ids.push(id.to_string()),
+                None => bail!("a fork copy failed: {}", r["error"]),
+            }
+        }
+        Ok(ids)
     }
 
     /// `DELETE /sandboxes/{id}` (204; 404 counts as gone).

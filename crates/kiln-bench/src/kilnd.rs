@@ -98,6 +98,8 @@ impl Kilnd {
             .arg("--no-install")
             .env("KILN_API_KEY", &key)
             .env("KILN_RUNTIME", "container")
+            // Room for the 1 GiB a memory pause is measured with.
+            .env("KILN_SANDBOX_MEMORY_MIB", "1536")
             .env("KILN_RUNTIME_TAG", &opts.tag)
             .env("KILN_SUBNET", free_subnet(&opts.subnet))
             .env(
