@@ -13,6 +13,10 @@ use crate::templates::StartCommand;
 pub struct AgentInit {
     pub env_vars: BTreeMap<String, String>,
     pub access_token: String,
+    /// The token the agent holds now, when `access_token` replaces it (a
+    /// warm sandbox handed to its user, a restored copy of another
+    /// sandbox): the request is authenticated with it.
+    pub previous_token: Option<String>,
     pub timestamp: DateTime<Utc>,
     pub default_user: String,
     pub default_workdir: String,
@@ -38,6 +42,18 @@ pub trait AgentClient: Send + Sync + 'static {
             "this agent client cannot run start commands ({:?})",
             start.argv
         ))
+    }
+
+    /// Sends a template's warm-up request (see
+    /// [`crate::templates::WarmRequest`]) to a started sandbox and waits for
+    /// its answer. Default: nothing to do.
+    async fn warm(
+        &self,
+        _handle: &SandboxHandle,
+        _access_token: &str,
+        _req: &crate::templates::WarmRequest,
+    ) -> Result<(), String> {
+        Ok(())
     }
 }
 

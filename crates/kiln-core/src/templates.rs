@@ -39,6 +39,18 @@ pub struct StartCommand {
     pub ready_path: String,
     /// How long the create waits for the ready check.
     pub ready_timeout: Duration,
+    /// A request that readies the process for its first real use (the code
+    /// interpreter: start the default kernel, import what agents import),
+    /// sent to sandboxes kept warm for this template.
+    pub warm: Option<WarmRequest>,
+}
+
+/// `POST http://<sandbox>:<port><path>` with `body` (JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmRequest {
+    pub port: u16,
+    pub path: String,
+    pub body: String,
 }
 
 /// The templates kilnd knows, looked up by id or alias.

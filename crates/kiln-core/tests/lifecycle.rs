@@ -665,6 +665,7 @@ async fn a_failing_start_command_fails_the_create_and_leaves_nothing() {
             ready_port: 49999,
             ready_path: "/health".into(),
             ready_timeout: Duration::from_secs(1),
+            warm: None,
         }),
     });
     let core = Core::new(
@@ -1440,4 +1441,170 @@ async fn templates_are_found_by_id_alias_or_own_snapshot_and_counted() {
     assert_eq!(usage[0].template_id, "base-v1");
     assert_eq!(usage[0].spawn_count, 2);
     assert!(core.template_usage(&team("b")).await.unwrap().is_empty());
+}
+
+/// Records the agent calls a warm pool makes.
+#[derive(Default)]
+struct RecordingAgent {
+    calls: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl kiln_core::AgentClient for RecordingAgent {
+    async fn init(
+        &self,
+        h: &kiln_runtime::SandboxHandle,
+        init: &kiln_core::AgentInit,
+    ) -> Result<(), String> {
+        self.calls.lock().unwrap().push(format!(
+            "init {} {} prev={}",
+            h.id,
+            init.access_token,
+            init.previous_token.as_deref().unwrap_or("-")
+        ));
+        Ok(())
+    }
+    async fn start(
+        &self,
+        h: &kiln_runtime::SandboxHandle,
+        _token: &str,
+        _start: &kiln_core::templates::StartCommand,
+    ) -> Result<(), String> {
+        self.calls.lock().unwrap().push(format!("start {}", h.id));
+        Ok(())
+    }
+    async fn warm(
+        &self,
+        h: &kiln_runtime::SandboxHandle,
+        _token: &str,
+        req: &kiln_core::templates::WarmRequest,
+    ) -> Result<(), String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("warm {} {}", h.id, req.body));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn warm_sandboxes_are_handed_over_with_new_tokens_and_refilled() {
+    let rt = Arc::new(FakeRuntime::new());
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let templates = catalog();
+    templates.add(TemplateInfo {
+        template: TemplateRef {
+            id: "ci-v1".into(),
+            rootfs: "/nonexistent".into(),
+        },
+        aliases: vec!["code-interpreter".into()],
+        vcpus: 2,
+        memory_mib: 1024,
+        disk_mib: 4096,
+        created_at: Utc::now(),
+        runtime: None,
+        start: Some(kiln_core::templates::StartCommand {
+            argv: vec!["/usr/local/bin/interp".into()],
+            user: "user".into(),
+            cwd: "/home/user".into(),
+            env: vec![],
+            ready_port: 49999,
+            ready_path: "/health".into(),
+            ready_timeout: Duration::from_secs(1),
+            warm: Some(kiln_core::templates::WarmRequest {
+                port: 49999,
+                path: "/execute".into(),
+                body: "{\"code\":\"1\"}".into(),
+            }),
+        }),
+    });
+    let agent = Arc::new(RecordingAgent::default());
+    let core = Core::new(
+        CoreConfig {
+            warm_pools: [("code-interpreter".to_string(), 2)].into(),
+            ..CoreConfig::default()
+        },
+        store.clone(),
+        Runtimes::single(rt.clone(), agent.clone()),
+        templates,
+    );
+    core.start().await.unwrap();
+    eventually("the pool is full", || rt.count() == 2).await;
+    let t = team("a");
+    assert!(
+        core.list(&t, &ListFilter::default())
+            .unwrap()
+            .page
+            .items
+            .is_empty(),
+        "the pool is no team's"
+    );
+    let warm_ids: Vec<String> = agent
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|c| {
+            c.strip_prefix("warm ")
+                .map(|r| r.split(' ').next().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(warm_ids.len(), 2, "{:?}", agent.calls.lock().unwrap());
+
+    let mut r = CreateSandbox {
+        template: "code-interpreter".into(),
+        timeout_secs: Some(60),
+        ..req()
+    };
+    r.metadata.insert("who".into(), "me".into());
+    r.env_vars.insert("K".into(), "V".into());
+    let rec = core.create(&t, r).await.unwrap();
+    assert!(
+        warm_ids.contains(&rec.id),
+        "{} is not one of the warm {warm_ids:?}",
+        rec.id
+    );
+    assert_eq!(rec.team_id, "a");
+    assert_eq!(rec.metadata["who"], "me");
+    assert_eq!(rec.env_vars["K"], "V");
+    assert!((55..=61).contains(&(rec.end_at - Utc::now()).num_seconds()));
+    // The agent got the new token, authenticated with the pool's.
+    let calls = agent.calls.lock().unwrap().clone();
+    let handed = calls
+        .iter()
+        .rev()
+        .find(|c| c.starts_with(&format!("init {} {}", rec.id, rec.envd_access_token)))
+        .unwrap_or_else(|| panic!("no init with the new token: {calls:?}"));
+    assert!(!handed.ends_with("prev=-"), "{handed}");
+    assert_eq!(core.get(&t, &rec.id).unwrap().id, rec.id);
+    let stored = store.get_sandbox(&rec.id).await.unwrap().unwrap();
+    assert_eq!(stored.team_id, "a");
+    assert_eq!(stored.envd_access_token, rec.envd_access_token);
+    assert_eq!(stored.metadata["who"], "me");
+    // The pool refills; a cold create of another template is unaffected.
+    eventually("the pool refilled", || rt.count() == 3).await;
+    core.create(&t, req()).await.unwrap();
+    assert_eq!(
+        core.list(&t, &ListFilter::default())
+            .unwrap()
+            .page
+            .items
+            .len(),
+        2
+    );
+    // A request the pool cannot serve (another runtime) is created cold.
+    let cold = core
+        .create(
+            &t,
+            CreateSandbox {
+                template: "code-interpreter".into(),
+                runtime: Some(RuntimeKind::Gvisor),
+                ..req()
+            },
+        )
+        .await;
+    assert!(
+        matches!(cold, Err(CoreError::InvalidArgument(_))),
+        "{cold:?}"
+    );
 }

@@ -236,6 +236,47 @@ impl AgentClient for HttpAgentClient {
         }
     }
 
+    async fn warm(
+        &self,
+        handle: &SandboxHandle,
+        access_token: &str,
+        req: &kiln_core::templates::WarmRequest,
+    ) -> Result<(), String> {
+        let url = format!(
+            "http://{}{}",
+            std::net::SocketAddr::new(handle.ip, req.port),
+            req.path
+        );
+        let r = Request::builder()
+            .method(Method::POST)
+            .uri(&url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("X-Access-Token", access_token)
+            .body(Body::from(req.body.clone()))
+            .map_err(|e| format!("cannot build the warm-up request: {e}"))?;
+        let resp = tokio::time::timeout(Duration::from_secs(120), async {
+            let resp = self.client.request(r).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        })
+        .await
+        .map_err(|_| format!("POST {url} got no answer within 120 s"))?
+        .map_err(|e| format!("POST {url} failed: {e}"))?;
+        let (status, body) = resp;
+        let text = String::from_utf8_lossy(&body);
+        // The interpreter streams NDJSON: an error is a line of its own.
+        if !status.is_success() || text.lines().any(|l| l.contains("\"type\":\"error\"")) {
+            return Err(format!("POST {url} answered {status}: {}", text.trim()));
+        }
+        Ok(())
+    }
+
     async fn init(&self, handle: &SandboxHandle, init: &AgentInit) -> Result<(), String> {
         let url = format!(
             "http://{}/init",
@@ -257,7 +298,10 @@ impl AgentClient for HttpAgentClient {
                 .method(Method::POST)
                 .uri(&url)
                 .header(header::CONTENT_TYPE, "application/json")
-                .header("X-Access-Token", &init.access_token)
+                .header(
+                    "X-Access-Token",
+                    init.previous_token.as_deref().unwrap_or(&init.access_token),
+                )
                 .body(Body::from(body.clone()))
                 .map_err(|e| format!("cannot build the init request: {e}"))?;
             attempts += 1;
@@ -330,6 +374,7 @@ mod tests {
             ready_port: 1,
             ready_path: "/health".into(),
             ready_timeout: Duration::from_secs(1),
+            warm: None,
         });
         assert_eq!(v["process"]["cmd"], "/bin/x");
         assert_eq!(v["process"]["args"], json!(["--a", "1"]));

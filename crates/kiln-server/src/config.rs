@@ -31,6 +31,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KILN_SPAWN_BIN", "The container runtime's kiln-spawn helper (default: kiln-spawn next to this program). TOML: runtime.container.spawn_bin."),
     ("KILN_RUNTIME_TAG", "Tag naming the container runtime's host objects (cgroups, bridge, namespaces, firewall table), 1-4 of [a-z0-9]; two kilnds on one host need different tags (default k0)."),
     ("KILN_SUBNET", "The sandbox bridge's private /16, given by its first address (default 10.88.0.0); distinct per tag."),
+    ("KILN_INTERPRETER_WARM_POOL", "Code-interpreter sandboxes kept started ahead of time, their default Python kernel running with numpy, pandas and matplotlib imported (about 150 MiB of memory apiece), so that create → first run_code takes milliseconds; 0 turns it off (default: one per 3 GiB of host memory, 1 to 8)."),
     ("KILN_METRICS_INTERVAL", "Seconds between two resource-use samples of every running sandbox, 1-3600 (default 5); the last 720 samples of each are kept in memory for GET /sandboxes/{id}/metrics."),
     ("KILN_NODE_NAME", "This node's name, reported as clientID (default kiln)."),
     ("KILN_API_KEY", "An API key kilnd accepts (added to the store at start, team `default`); environment only, never in the file."),
@@ -55,6 +56,8 @@ pub struct Config {
     pub sandbox_disk_mib: u64,
     pub node_name: String,
     pub metrics_interval_secs: u64,
+    /// `None`: sized from the host's memory.
+    pub interpreter_warm_pool: Option<usize>,
     pub agent_bin: Option<PathBuf>,
     /// `None`: when the interpreter binary is there.
     pub code_interpreter: Option<bool>,
@@ -81,6 +84,7 @@ impl Default for Config {
             sandbox_disk_mib: 4096,
             node_name: "kiln".into(),
             metrics_interval_secs: 5,
+            interpreter_warm_pool: None,
             agent_bin: None,
             code_interpreter: None,
             interpreter_bin: None,
@@ -289,6 +293,9 @@ impl Config {
         if let Some(v) = env("KILN_WARM_POOL") {
             self.runtime.container.warm_pool = parse("KILN_WARM_POOL", v)?;
         }
+        if let Some(v) = env("KILN_INTERPRETER_WARM_POOL") {
+            self.interpreter_warm_pool = Some(parse("KILN_INTERPRETER_WARM_POOL", v)?);
+        }
         if let Some(v) = env("KILN_METRICS_INTERVAL") {
             self.metrics_interval_secs = parse("KILN_METRICS_INTERVAL", v)?;
         }
@@ -433,6 +440,22 @@ impl Config {
                 .ok()
                 .and_then(|e| e.parent().map(|d| d.join("kiln-interpreter")))
                 .unwrap_or_else(|| PathBuf::from("kiln-interpreter"))
+        })
+    }
+
+    /// How many warm code-interpreter sandboxes to keep: as configured, else
+    /// one per 3 GiB of host memory, 1 to 8.
+    pub fn interpreter_warm_pool(&self) -> usize {
+        self.interpreter_warm_pool.unwrap_or_else(|| {
+            let total_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| {
+                    m.lines()
+                        .find(|l| l.starts_with("MemTotal:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                })
+                .unwrap_or(0);
+            ((total_kib >> 20) / 3).clamp(1, 8) as usize
         })
     }
 

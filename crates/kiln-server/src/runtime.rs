@@ -291,6 +291,17 @@ pub fn code_interpreter_start() -> StartCommand {
         // Its /health answers as soon as it listens (kernels start in the
         // background), normally within tens of milliseconds.
         ready_timeout: Duration::from_secs(20),
+        // A warm sandbox's default kernel is running, with what data
+        // agents import first already imported.
+        warm: Some(kiln_core::templates::WarmRequest {
+            port: kiln_interpreter::template::PORT,
+            path: "/execute".into(),
+            body: serde_json::json!({
+                "code": "import numpy, pandas, matplotlib.pyplot",
+                "language": "python",
+            })
+            .to_string(),
+        }),
     }
 }
 

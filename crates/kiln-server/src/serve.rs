@@ -93,6 +93,11 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
             client_id: config.node_name.clone(),
             domain: Some(config.domain()),
             metrics_interval: Duration::from_secs(config.metrics_interval_secs),
+            warm_pools: std::iter::once((
+                kiln_interpreter::template::NAME.to_owned(),
+                config.interpreter_warm_pool(),
+            ))
+            .collect(),
         },
         store,
         runtimes,

@@ -17,6 +17,7 @@ fn init() -> AgentInit {
     AgentInit {
         env_vars: BTreeMap::from([("A".into(), "1".into())]),
         access_token: "tok".into(),
+        previous_token: None,
         timestamp: Utc::now(),
         default_user: "user".into(),
         default_workdir: "/home/user".into(),

@@ -160,6 +160,13 @@ impl Core {
                 .or(t.runtime)
                 .unwrap_or(self.inner.runtimes.default_kind()),
         };
+        if let Source::Template(t) = &source {
+            if team.id != super::warm::POOL_TEAM {
+                if let Some(rec) = self.take_warm(team, &req, t, timeout).await {
+                    return Ok(rec);
+                }
+            }
+        }
         let (vcpus, memory_mib, disk_mib) = match &source {
             Source::Snapshot(s, _) => (s.vcpus, s.memory_mib, s.disk_mib),
             Source::Template(t) => (t.vcpus, t.memory_mib, t.disk_mib),

@@ -21,6 +21,7 @@ mod snapshot;
 mod timeout;
 pub mod transitions;
 mod validate;
+mod warm;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -62,6 +63,8 @@ pub struct CoreConfig {
     pub domain: Option<String>,
     /// How often every running sandbox's resource use is sampled.
     pub metrics_interval: std::time::Duration,
+    /// Warm sandboxes kept per template (id or alias) with a start command.
+    pub warm_pools: std::collections::BTreeMap<String, usize>,
 }
 
 impl Default for CoreConfig {
@@ -73,6 +76,7 @@ impl Default for CoreConfig {
             client_id: "kiln".into(),
             domain: None,
             metrics_interval: std::time::Duration::from_secs(5),
+            warm_pools: Default::default(),
         }
     }
 }
@@ -133,6 +137,10 @@ pub(crate) struct Inner {
     pub(crate) runtimes: Runtimes,
     pub(crate) templates: Arc<TemplateCatalog>,
     pub(crate) live: RwLock<HashMap<String, Arc<Live>>>,
+    /// Warm sandboxes per template id (see `warm.rs`).
+    pub(crate) pools: Mutex<HashMap<String, Vec<Arc<Live>>>>,
+    /// Templates whose pool is being refilled.
+    pub(crate) refilling: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The sandbox service. Cheap to clone.
@@ -155,6 +163,8 @@ impl Core {
                 runtimes,
                 templates,
                 live: RwLock::new(HashMap::new()),
+                pools: Mutex::new(HashMap::new()),
+                refilling: Mutex::new(Default::default()),
             }),
         }
     }
@@ -165,6 +175,7 @@ impl Core {
     pub async fn start(&self) -> Result<recovery::RecoveryReport, CoreError> {
         let report = recovery::recover(self).await?;
         timers::watch_runtime_events(self);
+        self.start_pools();
         timers::spawn_metrics_sampler(self);
         Ok(report)
     }
@@ -296,9 +307,20 @@ impl Core {
         handle: &SandboxHandle,
         rec: &SandboxRecord,
     ) -> Result<(), CoreError> {
+        self.init_agent_replacing(handle, rec, None).await
+    }
+
+    /// `init_agent` for an agent that holds another token now (`previous`).
+    pub(crate) async fn init_agent_replacing(
+        &self,
+        handle: &SandboxHandle,
+        rec: &SandboxRecord,
+        previous: Option<String>,
+    ) -> Result<(), CoreError> {
         let init = AgentInit {
             env_vars: rec.env_vars.clone(),
             access_token: rec.envd_access_token.clone(),
+            previous_token: previous,
             timestamp: Utc::now(),
             default_user: "user".into(),
             default_workdir: "/home/user".into(),

@@ -85,6 +85,9 @@ impl Core {
         if check(Op::Expire, id, rec.state).is_err() || rec.end_at != end {
             return; // paused, killed, or the deadline moved meanwhile
         }
+        if rec.team_id == super::warm::POOL_TEAM {
+            return; // a warm sandbox waits for its user, not a deadline
+        }
         if !rec.auto_pause {
             self.finish_kill(&live, Some("its timeout expired")).await;
             tracing::info!(sandbox = %id, "sandbox timed out and was killed");

@@ -73,6 +73,8 @@ pub trait Store: Send + Sync + 'static {
     /// Overwrites the mutable fields (state, end_at, killed_at, auto_pause,
     /// egress, pause_mode, end_reason).
     async fn update_sandbox(&self, sandbox: &SandboxRecord) -> Result<(), StoreError>;
+    /// Overwrites every field but the id (a warm sandbox handed to a team).
+    async fn reassign_sandbox(&self, sandbox: &SandboxRecord) -> Result<(), StoreError>;
     async fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError>;
     /// Sandboxes in any of `states` (of one team, or of all with `None`),
     /// oldest first, ties broken by id.

@@ -366,6 +366,45 @@ fn snapshot_from_raw(raw: RawSnapshot) -> Result<SnapshotRecord, StoreError> {
     })
 }
 
+fn insert_sandbox_row(conn: &Connection, s: &SandboxRecord) -> Result<(), StoreError> {
+    conn.execute(
+        &format!(
+            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                      ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
+        ),
+        params![
+            s.id,
+            s.team_id,
+            s.template_id,
+            s.alias,
+            s.state.as_str(),
+            ms(s.started_at),
+            ms(s.end_at),
+            s.killed_at.map(ms),
+            s.vcpus,
+            s.memory_mib as i64,
+            s.disk_mib as i64,
+            to_json(&s.metadata),
+            to_json(&s.env_vars),
+            s.envd_access_token,
+            s.traffic_access_token,
+            s.auto_pause,
+            s.internet,
+            s.envd_version,
+            s.runtime.as_str(),
+            s.pause_mode.map(|m| m.as_str()),
+            s.end_reason,
+            to_json(&s.allow_out),
+            to_json(&s.deny_out),
+            s.auto_pause_memory,
+            s.auto_resume,
+        ],
+    )
+    .map_err(db("inserting a sandbox"))?;
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn insert_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
@@ -442,45 +481,7 @@ impl Store for SqliteStore {
 
     async fn insert_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
         let s = s.clone();
-        self.run(move |conn| {
-            conn.execute(
-                &format!(
-                    "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                      ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
-                ),
-                params![
-                    s.id,
-                    s.team_id,
-                    s.template_id,
-                    s.alias,
-                    s.state.as_str(),
-                    ms(s.started_at),
-                    ms(s.end_at),
-                    s.killed_at.map(ms),
-                    s.vcpus,
-                    s.memory_mib as i64,
-                    s.disk_mib as i64,
-                    to_json(&s.metadata),
-                    to_json(&s.env_vars),
-                    s.envd_access_token,
-                    s.traffic_access_token,
-                    s.auto_pause,
-                    s.internet,
-                    s.envd_version,
-                    s.runtime.as_str(),
-                    s.pause_mode.map(|m| m.as_str()),
-                    s.end_reason,
-                    to_json(&s.allow_out),
-                    to_json(&s.deny_out),
-                    s.auto_pause_memory,
-                    s.auto_resume,
-                ],
-            )
-            .map_err(db("inserting a sandbox"))?;
-            Ok(())
-        })
-        .await
+        self.run(move |conn| insert_sandbox_row(conn, &s)).await
     }
 
     async fn update_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
@@ -507,6 +508,20 @@ impl Store for SqliteStore {
             )
             .map_err(db("updating a sandbox"))?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn reassign_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
+        let s = s.clone();
+        self.run(move |conn| {
+            let tx = conn
+                .unchecked_transaction()
+                .map_err(db("reassigning a sandbox"))?;
+            tx.execute("DELETE FROM sandboxes WHERE id = ?1", [&s.id])
+                .map_err(db("reassigning a sandbox"))?;
+            insert_sandbox_row(&tx, &s)?;
+            tx.commit().map_err(db("reassigning a sandbox"))
         })
         .await
     }
