@@ -82,6 +82,10 @@ struct Counts {
     floor_runs: usize,
     runsc_runs: usize,
     durable: durable::Counts,
+    first_results: usize,
+    first_concurrent: usize,
+    /// Time for the warm code-interpreter pool to fill.
+    pool_settle: Duration,
 }
 
 impl Counts {
@@ -101,6 +105,9 @@ impl Counts {
                 sustain_workers: 2,
                 floor_runs: 3,
                 runsc_runs: 2,
+                first_results: 2,
+                first_concurrent: 2,
+                pool_settle: Duration::from_secs(5),
                 durable: durable::Counts {
                     pause_reps: 2,
                     touched_mib: vec![16],
@@ -125,6 +132,9 @@ impl Counts {
                 sustain_workers: 2,
                 floor_runs: 100,
                 runsc_runs: 30,
+                first_results: 20,
+                first_concurrent: 8,
+                pool_settle: Duration::from_secs(30),
                 durable: durable::Counts {
                     pause_reps: 10,
                     touched_mib: vec![256, 1024],
@@ -262,6 +272,19 @@ async fn bench(args: &Args) -> Result<Report> {
         .await,
     );
     kiln.extend(run("run_code", f, measure::run_code(&api, c.run_codes)).await);
+    kiln.extend(
+        run(
+            "code interpreter: create → first",
+            f,
+            measure::interpreter_first_result(
+                &api,
+                c.first_results,
+                c.first_concurrent,
+                c.pool_settle,
+            ),
+        )
+        .await,
+    );
     kiln.extend(run("/files", f, measure::files(&api, c.file_bytes, c.file_reps)).await);
     kiln.extend(
         run(
@@ -355,7 +378,9 @@ fn check(report: &Report) -> Result<()> {
     for o in &report.kiln {
         match (&o.summary, &o.skipped) {
             (Some(s), _) if s.n > 0 && s.p50.is_finite() && s.p50 > 0.0 => {}
-            (None, Some(why)) if o.what.starts_with("run_code") && !why.starts_with("FAILED") => {}
+            (None, Some(why))
+                if (o.what.starts_with("run_code") || o.what.starts_with("code interpreter"))
+                    && !why.starts_with("FAILED") => {}
             // A runtime this host lacks, or an operation it does not do,
             // is a row with the reason; the container runtime does all.
             (None, Some(_))

@@ -195,6 +195,59 @@ pub async fn run_code(api: &Api, n: usize) -> Result<Outcome> {
     r
 }
 
+/// Create of a code-interpreter sandbox → first `run_code("1+1")` result:
+/// `n` in a row, then `concurrent` agents at once (each its own create and
+/// first run). What E2B's template snapshot gives: a kernel already running.
+/// Between the two, a pause lets the warm pool refill.
+pub async fn interpreter_first_result(
+    api: &Api,
+    n: usize,
+    concurrent: usize,
+    settle: Duration,
+) -> Result<Vec<Outcome>> {
+    let seq_what = format!("code interpreter: create → first run_code result ({n} sequential)");
+    let conc_what =
+        format!("code interpreter: create → first run_code result ({concurrent} at once)");
+    let templates = api.templates().await?;
+    let Some(tpl) = INTERPRETER_TEMPLATES
+        .iter()
+        .find(|t| templates.iter().any(|x| x == *t))
+    else {
+        let why = "no code-interpreter template in this kilnd";
+        return Ok(vec![
+            Outcome::skipped(&seq_what, why),
+            Outcome::skipped(&conc_what, why),
+        ]);
+    };
+    async fn one(api: &Api, tpl: &str) -> Result<f64> {
+        let t = Instant::now();
+        let s = api.create(tpl).await?;
+        let r = api.run_code(&s, "1+1").await;
+        let took = ms(t);
+        api.kill(&s.id).await?;
+        let out = r?;
+        if !out.contains('2') {
+            bail!("the first run_code(\"1+1\") answered {out}");
+        }
+        Ok(took)
+    }
+    // The pool fills after kilnd's start: give it the time it takes.
+    tokio::time::sleep(settle).await;
+    let mut seq = Vec::with_capacity(n);
+    for _ in 0..n {
+        seq.push(one(api, tpl).await?);
+        // One at a time, as an agent working alone: the pool refills.
+        tokio::time::sleep(settle / 10).await;
+    }
+    tokio::time::sleep(settle).await;
+    let all = futures_util::future::join_all((0..concurrent).map(|_| one(api, tpl))).await;
+    let conc = all.into_iter().collect::<Result<Vec<f64>>>()?;
+    Ok(vec![
+        Outcome::measured(&seq_what, "ms", Summary::of(&seq)).note("template", *tpl),
+        Outcome::measured(&conc_what, "ms", Summary::of(&conc)).note("template", *tpl),
+    ])
+}
+
 /// Upload then download of `bytes` through `/files`, `reps` times each.
 pub async fn files(api: &Api, bytes: usize, reps: usize) -> Result<Vec<Outcome>> {
     let data: Bytes = (0..bytes)
