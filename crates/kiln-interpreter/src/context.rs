@@ -177,6 +177,9 @@ pub struct Registry {
     next_seq: AtomicU64,
     /// language → id of its default context.
     defaults: tokio::sync::Mutex<HashMap<String, String>>,
+    /// The sandbox's env vars, for every kernel (off until
+    /// [`Registry::reading_sandbox_env`]).
+    pub sandbox_env: crate::envs::SandboxEnv,
 }
 
 impl Registry {
@@ -195,7 +198,14 @@ impl Registry {
             contexts: RwLock::default(),
             next_seq: AtomicU64::new(0),
             defaults: tokio::sync::Mutex::default(),
+            sandbox_env: crate::envs::SandboxEnv::off(),
         }
+    }
+
+    /// Gives every kernel the sandbox's env vars, read through `env`.
+    pub fn reading_sandbox_env(mut self, env: crate::envs::SandboxEnv) -> Self {
+        self.sandbox_env = env;
+        self
     }
 
     /// Keeps a spare kernel ready for each of `languages` (normalized names);

@@ -35,6 +35,9 @@ pub struct Cell {
     pub code: String,
     pub env_vars: BTreeMap<String, String>,
     pub timeout: Option<Duration>,
+    /// The sandbox's own env vars (see [`crate::envs`]): set in the
+    /// kernel for good, under the cell's own `env_vars`.
+    pub sandbox_env: BTreeMap<String, String>,
 }
 
 impl Cell {
@@ -57,6 +60,7 @@ impl Cell {
             code,
             env_vars,
             timeout,
+            sandbox_env: BTreeMap::new(),
         })
     }
 }
@@ -113,6 +117,18 @@ async fn run(context: Arc<Context>, cell: Cell, tx: mpsc::Sender<String>) {
     };
     let language = context.info.language.as_str();
 
+    let changed = {
+        let given = kernel.sandbox_env.lock().unwrap_or_else(|p| p.into_inner());
+        crate::envs::changes(&cell.sandbox_env, &given)
+    };
+    if !changed.is_empty() {
+        run_silent(&kernel, &set_env_code(language, &changed)).await;
+        kernel
+            .sandbox_env
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(changed);
+    }
     if !cell.env_vars.is_empty() {
         let code = set_env_code(language, &cell.env_vars);
         run_silent(&kernel, &code).await;
@@ -127,7 +143,12 @@ async fn run(context: Arc<Context>, cell: Cell, tx: mpsc::Sender<String>) {
         return;
     }
     if !cell.env_vars.is_empty() && kernel.death().is_none() {
-        let code = reset_env_code(language, &cell.env_vars);
+        let given = kernel
+            .sandbox_env
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let code = reset_env_code(language, &cell.env_vars, &given);
         run_silent(&kernel, &code).await;
     }
     sink.send(&Output::EndOfExecution).await;

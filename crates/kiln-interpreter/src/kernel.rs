@@ -2,7 +2,7 @@
 //! `jupyter-zmq-client`), and the routing of its messages to the request that
 //! caused them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -83,6 +83,9 @@ pub struct Kernel {
     death: Arc<Mutex<Option<String>>>,
     tasks: Vec<JoinHandle<()>>,
     connection_file: PathBuf,
+    /// The sandbox's env vars this kernel was given on top of the
+    /// environment it inherited (see [`crate::envs`]).
+    pub sandbox_env: Mutex<BTreeMap<String, String>>,
 }
 
 impl Kernel {
@@ -302,6 +305,7 @@ impl Kernel {
             death,
             tasks,
             connection_file,
+            sandbox_env: Mutex::default(),
         };
         kernel.wait_ready(started).await?;
         tracing::info!(kernel = %name, ms = started.elapsed().as_millis() as u64, "kernel ready");

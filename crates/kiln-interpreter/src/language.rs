@@ -87,12 +87,17 @@ pub fn set_env_code(language: &str, vars: &BTreeMap<String, String>) -> String {
         .join("\n")
 }
 
-/// Code that puts `vars` back as the server's own environment has them
-/// (kernels inherit it), or removes them.
-pub fn reset_env_code(language: &str, vars: &BTreeMap<String, String>) -> String {
+/// Code that puts `vars` back as the kernel had them before the cell: as
+/// `base` (the sandbox's variables it was given) has them, else as the
+/// server's own environment (which kernels inherit), or removes them.
+pub fn reset_env_code(
+    language: &str,
+    vars: &BTreeMap<String, String>,
+    base: &BTreeMap<String, String>,
+) -> String {
     let (mut set, mut unset) = (BTreeMap::new(), Vec::new());
     for k in vars.keys() {
-        match std::env::var(k) {
+        match base.get(k).cloned().ok_or(()).or_else(|_| std::env::var(k)) {
             Ok(v) => {
                 set.insert(k.clone(), v);
             }
@@ -146,16 +151,29 @@ mod tests {
     fn reset_removes_variables_the_server_does_not_have() {
         let vars = BTreeMap::from([("KILN_TEST_SURELY_UNSET_VAR".to_owned(), "v".to_owned())]);
         assert_eq!(
-            reset_env_code("bash", &vars),
+            reset_env_code("bash", &vars, &BTreeMap::new()),
             "unset KILN_TEST_SURELY_UNSET_VAR"
         );
         assert_eq!(
-            reset_env_code("python", &vars),
+            reset_env_code("python", &vars, &BTreeMap::new()),
             r#"__import__('os').environ.pop("KILN_TEST_SURELY_UNSET_VAR", None)"#
         );
         assert_eq!(
-            reset_env_code("java", &vars),
+            reset_env_code("java", &vars, &BTreeMap::new()),
             r#"System.clearProperty("KILN_TEST_SURELY_UNSET_VAR");"#
+        );
+    }
+
+    #[test]
+    fn reset_puts_back_the_sandbox_value_a_cell_overrode() {
+        let vars = BTreeMap::from([("KILN_TEST_SURELY_UNSET_VAR".to_owned(), "cell".to_owned())]);
+        let base = BTreeMap::from([(
+            "KILN_TEST_SURELY_UNSET_VAR".to_owned(),
+            "sandbox".to_owned(),
+        )]);
+        assert_eq!(
+            reset_env_code("bash", &vars, &base),
+            "export KILN_TEST_SURELY_UNSET_VAR='sandbox'"
         );
     }
 

@@ -6,6 +6,7 @@
 //! - [`language`]: per-language code around a kernel (env vars, start-up, main result)
 //! - [`kernel`]: one kernel process and its channels
 //! - [`context`]: stateful contexts, one default per language
+//! - [`envs`]: the sandbox's env vars, read from the agent, for every kernel
 //! - [`execute`]: one cell, streamed as NDJSON
 //! - [`output`]: the NDJSON lines and the Jupyter-message mapping
 //! - [`server`]: the axum router
@@ -13,6 +14,8 @@
 
 #[cfg(feature = "server")]
 pub mod context;
+#[cfg(feature = "server")]
+pub mod envs;
 #[cfg(feature = "server")]
 pub mod execute;
 #[cfg(feature = "server")]

@@ -89,7 +89,9 @@ async fn main() -> anyhow::Result<()> {
     let catalog = Catalog::discover().await;
     tracing::info!(languages = ?catalog.languages(), "kernels found");
     let registry = Arc::new(
-        Registry::new(catalog, args.cwd.clone(), runtime_dir.clone()).keep_spares(&args.spares),
+        Registry::new(catalog, args.cwd.clone(), runtime_dir.clone())
+            .keep_spares(&args.spares)
+            .reading_sandbox_env(kiln_interpreter::envs::SandboxEnv::from_env()),
     );
 
     let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -93,12 +93,15 @@ struct ExecuteBody {
 
 async fn execute_handler(
     State(registry): State<Arc<Registry>>,
+    headers: HeaderMap,
     payload: Result<Json<ExecuteBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let request = body(payload)?;
     let context_id = request.context_id.filter(|c| !c.is_empty());
     let language = request.language.filter(|l| !l.is_empty());
-    let cell = Cell::new(request.code, request.env_vars, request.timeout)?;
+    let mut cell = Cell::new(request.code, request.env_vars, request.timeout)?;
+    let token = headers.get("x-access-token").and_then(|t| t.to_str().ok());
+    cell.sandbox_env = registry.sandbox_env.current(token).await;
     let context = match (context_id, language) {
         (Some(_), Some(_)) => return Err(ApiError::ContextAndLanguage),
         (Some(id), None) => {
