@@ -272,3 +272,39 @@ def test_unfinished_headers_are_closed_within_a_minute(agent):
     for t in threads:
         t.join()
     assert all(c is not None and c < 60 for c in closed_after), closed_after
+
+
+def test_async_sdk_remove_and_streamed_watch(agent, workdir):
+    import asyncio
+
+    from e2b import AsyncSandbox
+
+    async def main():
+        sbx = agent.sandbox(cls=AsyncSandbox)
+        await sbx.files.remove(f"{workdir}/never-was")
+        os.makedirs(f"{workdir}/sub")
+        os.chown(f"{workdir}/sub", 1000, 1000)
+        events = []
+        h = await sbx.files.watch_dir(
+            workdir, recursive=True, on_event=lambda e: events.append((e.type, e.name))
+        )
+        try:
+            await sbx.files.write(f"{workdir}/sub/a.txt", "a")
+            await sbx.files.remove(workdir)
+            want = [
+                (Ev.CREATE, "sub/a.txt"),
+                (Ev.CHMOD, "sub/a.txt"),
+                (Ev.WRITE, "sub/a.txt"),
+                (Ev.REMOVE, "sub/a.txt"),
+                (Ev.REMOVE, "sub"),
+                (Ev.REMOVE, "."),
+            ]
+            for _ in range(100):
+                if len(events) >= len(want):
+                    break
+                await asyncio.sleep(0.1)
+            assert events == want
+        finally:
+            await h.stop()
+
+    asyncio.run(main())
