@@ -41,8 +41,7 @@ def test_write_read_stat_list_move_remove(sbx, workdir):
     assert not sbx.files.exists(f"{workdir}/d")
     with pytest.raises(NotFoundException):
         sbx.files.get_info(f"{workdir}/d")
-    with pytest.raises(NotFoundException):
-        sbx.files.remove(f"{workdir}/d")
+    sbx.files.remove(f"{workdir}/d")  # already gone: envd answers success
 
 
 def test_relative_paths_are_in_home(sbx, agent):

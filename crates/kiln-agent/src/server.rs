@@ -3,10 +3,11 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use kiln_api::agent::{Code, InitRequest};
 use tokio::net::TcpListener;
 
@@ -17,6 +18,38 @@ use crate::state::AgentState;
 
 /// Largest header block accepted (HTTP/1.1 and HTTP/2).
 const MAX_HEADERS: usize = 64 * 1024;
+/// How long a connection may take to send a request's header block, from
+/// its first byte or, between requests, from the end of the last answer
+/// (an HTTP/1.1 connection idle that long is closed too).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2: a ping this often, and a peer that does not answer one within
+/// `H2_PING_TIMEOUT` is gone.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits until the client has sent enough to tell HTTP/1.1 from h2c, at
+/// most `HEADER_TIMEOUT` (hyper's own header timeout starts only after
+/// that). False when the client sent nothing in time or closed.
+async fn first_bytes(stream: &tokio::net::TcpStream) -> bool {
+    let wait = async {
+        let mut buf = [0u8; 24];
+        loop {
+            if stream.readable().await.is_err() {
+                return false;
+            }
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] => return true,
+                // A prefix of the h2c preface: wait for the rest.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    tokio::time::timeout(HEADER_TIMEOUT, wait)
+        .await
+        .unwrap_or(false)
+}
 
 /// Accepts connections until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<AgentState>) {
@@ -33,6 +66,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AgentState>) {
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         tokio::spawn(async move {
+            if !first_bytes(&stream).await {
+                return;
+            }
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handle(state, req).await) }
@@ -41,9 +77,14 @@ pub async fn serve(listener: TcpListener, state: Arc<AgentState>) {
             builder
                 .http1()
                 .max_buf_size(MAX_HEADERS.max(8192))
-                .keep_alive(true);
+                .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
             builder
                 .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
                 .max_header_list_size(MAX_HEADERS as u32)
                 .initial_stream_window_size(1 << 20)
                 .initial_connection_window_size(2 << 20);
@@ -232,6 +273,8 @@ fn json_response<T: serde::Serialize>(v: &T) -> Response<Body> {
     r
 }
 
+/// `/init`: checks every field, then applies them all, or answers why not
+/// and changes nothing.
 async fn init(state: &Arc<AgentState>, body: Incoming) -> Response<Body> {
     let bytes = match connect::read_body(body, 1 << 20).await {
         Ok(b) => b,
@@ -250,24 +293,57 @@ async fn init(state: &Arc<AgentState>, body: Incoming) -> Response<Body> {
             return http_error(400, e.message);
         }
     }
-    if let Some(env) = &req.env_vars {
-        if let Some(k) = env
-            .keys()
-            .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
-        {
-            return http_error(400, format!("invalid environment variable name {k:?}"));
+    if let Some(w) = req.default_workdir.as_deref().filter(|w| !w.is_empty()) {
+        if w.contains('\0') || w.len() > 4096 {
+            return http_error(
+                400,
+                "defaultWorkdir must be a path of at most 4096 bytes without NUL",
+            );
         }
     }
     if let Some(ts) = req.timestamp.as_deref() {
-        crate::clock::sync(ts);
+        if crate::clock::parse_rfc3339(ts).is_none() {
+            return http_error(400, format!("timestamp {ts:?} is not an RFC 3339 time"));
+        }
     }
     let mut s = state.settings.write().unwrap_or_else(|p| p.into_inner());
+    let mut env_vars = s.env_vars.clone();
     if let Some(env) = req.env_vars {
-        s.env_vars.extend(env);
+        if let Err(e) = crate::process::limits::check_env(env.iter()) {
+            return http_error(400, e.message);
+        }
+        env_vars.extend(env);
+        if let Err(e) = crate::process::limits::check_env(env_vars.iter()) {
+            return http_error(400, e.message);
+        }
     }
-    if let Some(t) = req.access_token {
-        s.access_token = if t.is_empty() { None } else { Some(t) };
+    let token = match req.access_token {
+        // Once set, the token can be changed (by a caller who holds it:
+        // the request passed the check) but never removed, which would
+        // switch authentication off.
+        Some(t) if t.is_empty() => {
+            if s.access_token.is_some() {
+                return http_error(401, "access token reset not authorized");
+            }
+            None
+        }
+        Some(t) => {
+            if !t.bytes().all(|b| b.is_ascii_graphic()) || t.len() > 4096 {
+                return http_error(
+                    400,
+                    "accessToken must be at most 4096 printable ASCII characters",
+                );
+            }
+            Some(t)
+        }
+        None => s.access_token.clone(),
+    };
+    // Everything checked: apply.
+    if let Some(ts) = req.timestamp.as_deref() {
+        crate::clock::sync(ts);
     }
+    s.env_vars = env_vars;
+    s.access_token = token;
     if let Some(u) = req.default_user.filter(|u| !u.is_empty()) {
         s.default_user = Some(u);
     }

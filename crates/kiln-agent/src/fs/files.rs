@@ -327,9 +327,9 @@ async fn write_stream(
     let p = path.clone();
     let m = meta.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<(), RpcError> {
-        let file = as_user(&u, || open_for_write(&p))?;
+        let file = as_user(&u, || open_for_write(&p, &u))?;
         let write_err = |e: std::io::Error| RpcError::io("writing", &p, &e);
-        if gzip {
+        let file = if gzip {
             // Errors without an errno come from the decoder: a corrupt body.
             let gz_err = |e: std::io::Error| {
                 if e.raw_os_error().is_some() {
@@ -343,17 +343,17 @@ async fn write_stream(
                 dec.write_all(&b).map_err(gz_err)?;
             }
             dec.try_finish().map_err(gz_err)?;
-            dec.finish().map_err(gz_err)?;
+            dec.finish().map_err(gz_err)?
         } else {
             let mut file = file;
             while let Some(b) = rx.blocking_recv() {
                 file.write_all(&b).map_err(write_err)?;
             }
             file.flush().map_err(write_err)?;
-        }
-        if !m.is_empty() {
-            as_user(&u, || super::metadata::store(&p, &m))?;
-        }
+            file
+        };
+        // Always: an overwrite drops the old file's metadata.
+        as_user(&u, || super::metadata::replace(&file, &p, &m))?;
         Ok(())
     });
     let mut body_err = None;
@@ -387,28 +387,44 @@ async fn write_stream(
             .unwrap_or_default(),
         kind: "file".to_string(),
         path: path.to_string_lossy().into_owned(),
-        metadata: if meta.is_empty() {
-            None
-        } else {
-            Some(meta.clone())
+        metadata: {
+            // What the file holds (a filesystem without xattrs keeps none).
+            let stored = super::metadata::load(&path);
+            (!stored.is_empty()).then_some(stored)
         },
     })
 }
 
-fn open_for_write(p: &Path) -> Result<File, RpcError> {
-    if let Ok(m) = std::fs::metadata(p) {
+/// Opens `p` for writing, truncated, creating it and its parents. The
+/// inotify events match envd's for the same upload (it chowns the file to
+/// the user: an existing file before it opens it, a new one after), so a
+/// watcher sees CHMOD between CREATE and WRITE, as with E2B. Here the file
+/// already is the user's: the chown changes nothing but the event.
+fn open_for_write(p: &Path, user: &User) -> Result<File, RpcError> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = rustix::fs::Uid::from_raw(user.uid);
+    let gid = rustix::fs::Gid::from_raw(user.gid);
+    let existing = std::fs::metadata(p).ok();
+    if let Some(m) = &existing {
         if m.is_dir() {
             return Err(RpcError::invalid(format!(
                 "{} is a directory: cannot write a file there",
                 p.display()
             )));
         }
+        if m.uid() == user.uid && m.gid() == user.gid {
+            let _ = rustix::fs::chown(p, Some(uid), Some(gid));
+        }
     }
     if let Some(parent) = p.parent() {
-        std::fs::create_dir_all(parent)
+        super::tree::create_dir_all(parent)
             .map_err(|e| RpcError::io("creating directory", parent, &e))?;
     }
-    File::create(p).map_err(|e| RpcError::io("creating", p, &e))
+    let f = File::create(p).map_err(|e| RpcError::io("creating", p, &e))?;
+    if existing.is_none() {
+        let _ = rustix::fs::fchown(&f, Some(uid), Some(gid));
+    }
+    Ok(f)
 }
 
 #[cfg(test)]

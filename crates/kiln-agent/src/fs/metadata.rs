@@ -11,17 +11,31 @@ use crate::error::RpcError;
 
 const XATTR_PREFIX: &str = "user.e2b.";
 const HEADER_PREFIX: &str = "x-metadata-";
+/// Longest metadata key: Linux allows 255 bytes of xattr name, prefix
+/// included (envd's limit too).
+pub const MAX_KEY_LEN: usize = 255 - XATTR_PREFIX.len();
+/// Most metadata on one file, names (with the prefix) and values together:
+/// ext4 keeps a file's xattrs in one 4 KiB block (envd's limit too).
+pub const MAX_TOTAL_LEN: usize = 4096;
 
 /// The metadata an upload carries in its `X-Metadata-*` headers, keys
-/// lowercased. Values must be printable ASCII.
+/// lowercased, checked against the limits before anything is written.
+/// Values must be printable ASCII.
 pub fn from_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>, RpcError> {
     let mut out = BTreeMap::new();
+    let mut total = 0usize;
     for (name, value) in headers {
         let Some(key) = name.as_str().strip_prefix(HEADER_PREFIX) else {
             continue;
         };
         if key.is_empty() {
             return Err(RpcError::invalid("empty metadata key"));
+        }
+        if key.len() > MAX_KEY_LEN {
+            return Err(RpcError::invalid(format!(
+                "metadata key of {} bytes is over the limit of {MAX_KEY_LEN} bytes",
+                key.len()
+            )));
         }
         let v = value
             .to_str()
@@ -32,27 +46,66 @@ pub fn from_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>, Rpc
                     "metadata value for {key:?} must be printable ASCII"
                 ))
             })?;
+        total += XATTR_PREFIX.len() + key.len() + v.len();
+        if total > MAX_TOTAL_LEN {
+            return Err(RpcError::invalid(format!(
+                "metadata over the limit of {MAX_TOTAL_LEN} bytes (keys with the \"{XATTR_PREFIX}\" prefix and values together)"
+            )));
+        }
         out.insert(key.to_ascii_lowercase(), v.to_string());
     }
     Ok(out)
 }
 
-/// Stores `meta` on the file (run as the acting user).
-pub fn store(path: &Path, meta: &BTreeMap<String, String>) -> Result<(), RpcError> {
+/// Makes `meta` the file's whole metadata (run as the acting user): keys
+/// the file had from an earlier upload and `meta` lacks are removed, as
+/// envd does (truncating a file keeps its xattrs). A filesystem without
+/// xattrs (/proc, /sys) keeps none and is no error, as in envd.
+pub fn replace(
+    file: &std::fs::File,
+    path: &Path,
+    meta: &BTreeMap<String, String>,
+) -> Result<(), RpcError> {
+    let fail = |k: &str, e: rustix::io::Errno| {
+        let e = std::io::Error::from(e);
+        RpcError::new(
+            crate::error::io_code(&e),
+            format!("storing metadata {k:?} on {} failed: {e}", path.display()),
+        )
+    };
+    let unsupported = |e: rustix::io::Errno| e == rustix::io::Errno::NOTSUP;
+    let mut names = vec![0u8; 1 << 16];
+    let n = match rustix::fs::flistxattr(file, &mut names[..]) {
+        Ok(n) => n,
+        Err(e) if unsupported(e) => return Ok(()),
+        Err(e) => return Err(fail("", e)),
+    };
+    for name in names[..n.min(names.len())].split(|b| *b == 0) {
+        let Ok(name) = std::str::from_utf8(name) else {
+            continue;
+        };
+        let Some(key) = name.strip_prefix(XATTR_PREFIX) else {
+            continue;
+        };
+        if meta.contains_key(key) {
+            continue;
+        }
+        match rustix::fs::fremovexattr(file, name) {
+            Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+            Err(e) => return Err(fail(key, e)),
+        }
+    }
     for (k, v) in meta {
-        rustix::fs::setxattr(
-            path,
+        match rustix::fs::fsetxattr(
+            file,
             format!("{XATTR_PREFIX}{k}").as_str(),
             v.as_bytes(),
             rustix::fs::XattrFlags::empty(),
-        )
-        .map_err(|e| {
-            let e = std::io::Error::from(e);
-            RpcError::new(
-                crate::error::io_code(&e),
-                format!("storing metadata {k:?} on {} failed: {e}", path.display()),
-            )
-        })?;
+        ) {
+            Ok(()) => {}
+            Err(e) if unsupported(e) => return Ok(()),
+            Err(e) => return Err(fail(k, e)),
+        }
     }
     Ok(())
 }
@@ -128,5 +181,22 @@ mod tests {
             m.into_iter().collect::<Vec<_>>(),
             [("owner".to_string(), "Team A".to_string())]
         );
+    }
+
+    #[test]
+    fn metadata_limits_are_checked_first() {
+        let header = |key: &str, v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                http::HeaderName::from_bytes(format!("x-metadata-{key}").as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+            h
+        };
+        assert!(from_headers(&header(&"k".repeat(MAX_KEY_LEN), "v")).is_ok());
+        let e = from_headers(&header(&"k".repeat(MAX_KEY_LEN + 1), "v")).unwrap_err();
+        assert!(e.message.contains("246"), "{}", e.message);
+        let e = from_headers(&header("k", &"v".repeat(MAX_TOTAL_LEN))).unwrap_err();
+        assert!(e.message.contains("4096"), "{}", e.message);
     }
 }

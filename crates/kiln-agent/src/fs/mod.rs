@@ -5,4 +5,5 @@ pub mod entry;
 pub mod files;
 pub mod metadata;
 pub mod rpc;
+pub mod tree;
 pub mod watch;

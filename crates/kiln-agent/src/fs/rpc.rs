@@ -1,6 +1,6 @@
 //! The `filesystem.Filesystem` RPC handlers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use http::{HeaderMap, Response};
@@ -13,14 +13,12 @@ use kiln_api::agent::Code;
 
 use super::creds::blocking;
 use super::entry::entry_info;
+use super::tree::{self, MAX_LIST_DEPTH, MAX_LIST_ENTRIES};
 use super::watch;
 use crate::connect::{self, Body, Framing};
 use crate::error::RpcError;
 use crate::state::{resolve_path, AgentState};
 use crate::users::{Names, User};
-
-/// Most entries one ListDir answers with.
-const MAX_LIST_ENTRIES: usize = 200_000;
 
 pub async fn call(
     state: &Arc<AgentState>,
@@ -111,6 +109,11 @@ async fn unary(
             let req: ListDirRequest = connect::decode(bytes)?;
             let path = resolve_path(&req.path, &user)?;
             let depth = req.depth.max(1);
+            if depth > MAX_LIST_DEPTH {
+                return Err(RpcError::invalid(format!(
+                    "depth {depth} is over the limit of {MAX_LIST_DEPTH} levels"
+                )));
+            }
             let entries = blocking(&user, move || list_dir(&path, depth)).await??;
             Ok(connect::unary_ok(&ListDirResponse { entries }))
         }
@@ -162,15 +165,14 @@ fn make_dir(path: &Path) -> Result<EntryInfo, RpcError> {
         }
         Err(_) => {}
     }
-    std::fs::create_dir_all(path).map_err(|e| RpcError::io("creating directory", path, &e))?;
+    tree::create_dir_all(path).map_err(|e| RpcError::io("creating directory", path, &e))?;
     stat(path)
 }
 
 fn rename(from: &Path, to: &Path) -> Result<EntryInfo, RpcError> {
     std::fs::symlink_metadata(from).map_err(|e| RpcError::io("moving", from, &e))?;
     if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| RpcError::io("creating directory", parent, &e))?;
+        tree::create_dir_all(parent).map_err(|e| RpcError::io("creating directory", parent, &e))?;
     }
     std::fs::rename(from, to).map_err(|e| {
         RpcError::new(
@@ -181,17 +183,13 @@ fn rename(from: &Path, to: &Path) -> Result<EntryInfo, RpcError> {
     stat(to)
 }
 
+/// Removes a file or a tree. Like envd (Go's `os.RemoveAll`), a path that
+/// does not exist is not an error: the caller wanted it gone and it is.
 fn remove(path: &Path) -> Result<(), RpcError> {
-    let m = std::fs::symlink_metadata(path).map_err(|e| RpcError::io("removing", path, &e))?;
     if path == Path::new("/") {
         return Err(RpcError::invalid("refusing to remove /"));
     }
-    let res = if m.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
-    };
-    res.map_err(|e| RpcError::io("removing", path, &e))
+    tree::remove_all(path).map_err(|e| RpcError::io("removing", path, &e))
 }
 
 fn list_dir(path: &Path, depth: u32) -> Result<Vec<EntryInfo>, RpcError> {
@@ -202,31 +200,19 @@ fn list_dir(path: &Path, depth: u32) -> Result<Vec<EntryInfo>, RpcError> {
             path.display()
         )));
     }
+    std::fs::read_dir(path).map_err(|e| RpcError::io("listing", path, &e))?;
+    let found = tree::list(path, depth, MAX_LIST_ENTRIES).map_err(|_| {
+        RpcError::new(
+            Code::ResourceExhausted,
+            format!(
+                "{} holds more than {MAX_LIST_ENTRIES} entries down to depth {depth}: list less deep",
+                path.display()
+            ),
+        )
+    })?;
     let names = Names::load();
-    let mut out = Vec::new();
-    let first = std::fs::read_dir(path).map_err(|e| RpcError::io("listing", path, &e))?;
-    walk(first, 1, depth, &names, &mut out);
-    Ok(out)
-}
-
-fn walk(dir: std::fs::ReadDir, level: u32, depth: u32, names: &Names, out: &mut Vec<EntryInfo>) {
-    let mut children: Vec<PathBuf> = dir.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-    children.sort();
-    for child in children {
-        if out.len() >= MAX_LIST_ENTRIES {
-            return;
-        }
-        let Ok(info) = entry_info(&child, names) else {
-            continue;
-        };
-        let descend = level < depth
-            && !info.is_symlink
-            && info.kind == kiln_api::agent::filesystem::FileType::Directory;
-        out.push(info);
-        if descend {
-            if let Ok(rd) = std::fs::read_dir(&child) {
-                walk(rd, level + 1, depth, names, out);
-            }
-        }
-    }
+    Ok(found
+        .into_iter()
+        .filter_map(|(p, _)| entry_info(&p, &names).ok())
+        .collect())
 }

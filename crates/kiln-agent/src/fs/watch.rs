@@ -1,23 +1,24 @@
 //! Directory watches with inotify: streamed (`WatchDir`) or polled
 //! (`CreateWatcher` / `GetWatcherEvents` / `RemoveWatcher`).
 
-use std::collections::HashMap;
-use std::ffi::OsString;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
+use inotify::{EventMask, EventOwned, Inotify, WatchDescriptor, WatchMask};
 use kiln_api::agent::filesystem::{
     Empty, EventType, FilesystemEvent, WatchDirResponse, WatchRequest,
 };
 use kiln_api::agent::Code;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use super::creds::blocking;
 use super::entry::entry_info;
+use super::tree::{self, MAX_WATCH_DIRS};
 use crate::connect::{end_stream, envelope};
 use crate::error::RpcError;
 use crate::state::resolve_path;
@@ -53,6 +54,9 @@ struct Watch {
     recursive: bool,
     include_entry: bool,
     dirs: HashMap<WatchDescriptor, PathBuf>,
+    /// The watched directory is gone (or the inotify descriptor failed):
+    /// no event will come any more.
+    ended: bool,
 }
 
 async fn open_watch(req: WatchRequest, user: &User) -> Result<Watch, RpcError> {
@@ -74,11 +78,18 @@ async fn open_watch(req: WatchRequest, user: &User) -> Result<Watch, RpcError> {
                 r.display()
             )));
         }
-        let mut dirs = Vec::new();
-        if recursive {
-            collect_dirs(&r, &mut dirs);
+        if !recursive {
+            return Ok(Vec::new());
         }
-        Ok(dirs)
+        tree::subdirs(&r, MAX_WATCH_DIRS).map_err(|_| {
+            RpcError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "{} holds more than {MAX_WATCH_DIRS} directories: watch a smaller tree",
+                    r.display()
+                ),
+            )
+        })
     })
     .await??;
     let inotify = Inotify::init().map_err(|e| RpcError::internal(format!("inotify: {e}")))?;
@@ -88,6 +99,7 @@ async fn open_watch(req: WatchRequest, user: &User) -> Result<Watch, RpcError> {
         recursive,
         include_entry: req.include_entry,
         dirs: HashMap::new(),
+        ended: false,
     };
     let mut watches = w.inotify.watches();
     let wd = watches.add(&root, mask()).map_err(|e| {
@@ -100,102 +112,72 @@ async fn open_watch(req: WatchRequest, user: &User) -> Result<Watch, RpcError> {
     })?;
     w.dirs.insert(wd, PathBuf::new());
     for d in subdirs {
-        if let Ok(wd) = watches.add(&d, mask()) {
-            if let Ok(rel) = d.strip_prefix(&root) {
-                w.dirs.insert(wd, rel.to_path_buf());
-            }
-        }
+        w.add_dir(&d);
     }
     Ok(w)
 }
 
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            let p = e.path();
-            out.push(p.clone());
-            collect_dirs(&p, out);
+impl Watch {
+    fn add_dir(&mut self, d: &Path) {
+        if self.dirs.len() >= MAX_WATCH_DIRS {
+            return;
+        }
+        if let Ok(wd) = self.inotify.watches().add(d, mask()) {
+            if let Ok(rel) = d.strip_prefix(&self.root) {
+                self.dirs.insert(wd, rel.to_path_buf());
+            }
         }
     }
-}
 
-/// Where a watch's events go.
-enum Sink {
-    Stream(mpsc::Sender<Bytes>),
-    Poll(Arc<Mutex<Vec<FilesystemEvent>>>),
-}
-
-impl Sink {
-    async fn emit(&self, ev: FilesystemEvent) -> bool {
-        match self {
-            Sink::Stream(tx) => tx
-                .send(envelope(&WatchDirResponse {
-                    filesystem: Some(ev),
-                    ..Default::default()
-                }))
-                .await
-                .is_ok(),
-            Sink::Poll(buf) => {
-                let mut b = buf.lock().unwrap_or_else(|p| p.into_inner());
-                if b.len() >= MAX_POLLED_EVENTS {
-                    b.remove(0);
+    /// Translates every event the kernel holds now into `out`, without
+    /// blocking: what happened before this call is in `out` after it.
+    fn drain(&mut self, out: &mut Vec<FilesystemEvent>) {
+        let mut buf = [0u8; 4096];
+        while !self.ended {
+            let events: Vec<EventOwned> = match self.inotify.read_events(&mut buf) {
+                Ok(evs) => evs.map(|e| e.to_owned()).collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.ended = true;
+                    return;
                 }
-                b.push(ev);
-                true
+            };
+            for ev in events {
+                self.translate(ev, out);
             }
         }
     }
-}
 
-async fn run(w: Watch, sink: Sink) {
-    let Watch {
-        inotify,
-        root,
-        recursive,
-        include_entry,
-        mut dirs,
-    } = w;
-    let Ok(mut stream) = inotify.into_event_stream(vec![0u8; 4096]) else {
-        return;
-    };
-    let mut watches: Watches = stream.watches();
-    loop {
-        let next = match &sink {
-            Sink::Stream(tx) => tokio::select! {
-                n = stream.next() => n,
-                _ = tx.closed() => return,
-            },
-            Sink::Poll(_) => stream.next().await,
-        };
-        let Some(Ok(ev)) = next else { return };
+    /// One inotify event as envd (fsnotify) reports it: the name relative to
+    /// the watched directory ("." for the directory itself), one type.
+    fn translate(&mut self, ev: EventOwned, out: &mut Vec<FilesystemEvent>) {
         if ev.mask.contains(EventMask::IGNORED) {
-            dirs.remove(&ev.wd);
-            if dirs.is_empty() {
-                return;
+            self.dirs.remove(&ev.wd);
+            if self.dirs.is_empty() {
+                self.ended = true;
             }
-            continue;
+            return;
         }
-        let Some(dir) = dirs.get(&ev.wd).cloned() else {
-            continue;
+        let Some(dir) = self.dirs.get(&ev.wd).cloned() else {
+            return;
         };
-        let name: Option<OsString> = ev.name.map(|n| n.to_os_string());
-        let rel = match &name {
+        let rel = match &ev.name {
             Some(n) => dir.join(n),
             None => dir.clone(),
         };
+        // Events about a subdirectory itself also arrive from its parent.
+        if ev.name.is_none() && !rel.as_os_str().is_empty() {
+            return;
+        }
         let kind = if ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
-            if recursive && ev.mask.contains(EventMask::ISDIR) {
-                let abs = root.join(&rel);
-                let mut new_dirs = vec![abs.clone()];
-                collect_dirs(&abs, &mut new_dirs);
-                for d in new_dirs {
-                    if let Ok(wd) = watches.add(&d, mask()) {
-                        if let Ok(r) = d.strip_prefix(&root) {
-                            dirs.insert(wd, r.to_path_buf());
-                        }
+            if self.recursive && ev.mask.contains(EventMask::ISDIR) {
+                let abs = self.root.join(&rel);
+                self.add_dir(&abs);
+                let room = MAX_WATCH_DIRS.saturating_sub(self.dirs.len());
+                if let Ok(below) = tree::subdirs(&abs, room) {
+                    for d in below {
+                        self.add_dir(&d);
                     }
                 }
             }
@@ -215,27 +197,55 @@ async fn run(w: Watch, sink: Sink) {
         } else if ev.mask.contains(EventMask::ATTRIB) {
             EventType::Chmod
         } else {
-            continue;
+            return;
         };
-        // Events about a subdirectory itself also arrive from its parent.
-        if name.is_none() && !rel.as_os_str().is_empty() {
-            continue;
-        }
-        let entry = if include_entry
+        let entry = if self.include_entry
             && matches!(
                 kind,
                 EventType::Create | EventType::Write | EventType::Chmod
             ) {
-            entry_info(&root.join(&rel), &Names::load()).ok()
+            entry_info(&self.root.join(&rel), &Names::load()).ok()
         } else {
             None
         };
-        let fe = FilesystemEvent {
-            name: rel.to_string_lossy().into_owned(),
-            kind,
-            entry,
+        let name = if rel.as_os_str().is_empty() {
+            ".".to_string()
+        } else {
+            rel.to_string_lossy().into_owned()
         };
-        if !sink.emit(fe).await {
+        out.push(FilesystemEvent { name, kind, entry });
+    }
+
+    /// A second descriptor of the same inotify instance, to wait on.
+    fn readiness(&self) -> Option<AsyncFd<OwnedFd>> {
+        let fd = rustix::io::fcntl_dupfd_cloexec(&self.inotify, 0).ok()?;
+        crate::process::spawn::nonblocking_async_fd(fd).ok()
+    }
+}
+
+/// Streams a watch's events until the client goes away or the watched
+/// directory does.
+async fn run_stream(mut w: Watch, tx: mpsc::Sender<Bytes>) {
+    let Some(ready) = w.readiness() else { return };
+    loop {
+        let guard = tokio::select! {
+            g = ready.readable() => g,
+            _ = tx.closed() => return,
+        };
+        let Ok(mut guard) = guard else { return };
+        let mut events = Vec::new();
+        w.drain(&mut events);
+        guard.clear_ready();
+        for ev in events {
+            let msg = envelope(&WatchDirResponse {
+                filesystem: Some(ev),
+                ..Default::default()
+            });
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+        if w.ended {
             return;
         }
     }
@@ -254,14 +264,72 @@ pub async fn watch_stream(
     }));
     tokio::spawn(async move {
         let done = tx.clone();
-        run(w, Sink::Stream(tx)).await;
+        run_stream(w, tx).await;
         let _ = done.send(end_stream(None)).await;
     });
     Ok(rx)
 }
 
+/// A polled watcher: the watch and the events read from it but not taken
+/// yet, under one lock so that they stay in order.
+struct PollState {
+    watch: Watch,
+    events: VecDeque<FilesystemEvent>,
+}
+
+impl PollState {
+    /// Moves what the kernel holds into `events`. Like the kernel's own
+    /// queue, an event equal to the one before it (same name, same type,
+    /// not taken yet) is one event: a file written in several chunks is one
+    /// WRITE however the reads fell.
+    fn pull(&mut self) {
+        let mut new = Vec::new();
+        self.watch.drain(&mut new);
+        for ev in new {
+            if let Some(last) = self.events.back_mut() {
+                if last.name == ev.name && last.kind == ev.kind {
+                    if ev.entry.is_some() {
+                        last.entry = ev.entry;
+                    }
+                    continue;
+                }
+            }
+            if self.events.len() >= MAX_POLLED_EVENTS {
+                self.events.pop_front();
+            }
+            self.events.push_back(ev);
+        }
+    }
+}
+
+fn lock(state: &Mutex<PollState>) -> std::sync::MutexGuard<'_, PollState> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Keeps a polled watcher's queue read while nobody asks, so the kernel's
+/// queue does not overflow.
+async fn run_polled(state: Arc<Mutex<PollState>>) {
+    let Some(ready) = lock(&state).watch.readiness() else {
+        return;
+    };
+    loop {
+        let Ok(mut guard) = ready.readable().await else {
+            return;
+        };
+        let ended = {
+            let mut st = lock(&state);
+            st.pull();
+            st.watch.ended
+        };
+        guard.clear_ready();
+        if ended {
+            return;
+        }
+    }
+}
+
 struct Polled {
-    events: Arc<Mutex<Vec<FilesystemEvent>>>,
+    state: Arc<Mutex<PollState>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -280,9 +348,12 @@ impl Watchers {
                 format!("too many watchers (at most {MAX_WATCHERS})"),
             ));
         }
-        let w = open_watch(req, user).await?;
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(run(w, Sink::Poll(events.clone())));
+        let watch = open_watch(req, user).await?;
+        let state = Arc::new(Mutex::new(PollState {
+            watch,
+            events: VecDeque::new(),
+        }));
+        let task = tokio::spawn(run_polled(state.clone()));
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -292,17 +363,20 @@ impl Watchers {
         self.map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), Polled { events, task });
+            .insert(id.clone(), Polled { state, task });
         Ok(id)
     }
 
+    /// The events since the last call, including every one the kernel
+    /// queued before this call (a write that returned is in them).
     pub fn take_events(&self, id: &str) -> Result<Vec<FilesystemEvent>, RpcError> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let w = map
             .get(id)
             .ok_or_else(|| RpcError::not_found(format!("watcher {id:?} not found")))?;
-        let mut ev = w.events.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(std::mem::take(&mut *ev))
+        let mut st = lock(&w.state);
+        st.pull();
+        Ok(std::mem::take(&mut st.events).into())
     }
 
     pub fn remove(&self, id: &str) -> Result<(), RpcError> {

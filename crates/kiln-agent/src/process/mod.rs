@@ -1,6 +1,7 @@
 //! `process.Process`: starting processes, streaming their output to any
 //! number of attached streams, input, signals, PTY resize.
 
+pub mod limits;
 pub mod reaper;
 pub mod rpc;
 pub mod spawn;
@@ -223,6 +224,9 @@ impl Processes {
             .reaper
             .spawn_registered(|| spawn::spawn(&spec.spawn))
             .map_err(|e| {
+                if e.raw_os_error() == Some(rustix::io::Errno::TOOBIG.raw_os_error()) {
+                    return limits::too_big(&spec.spawn.cmd);
+                }
                 let code = match e.kind() {
                     std::io::ErrorKind::NotFound => Code::NotFound,
                     std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,

@@ -167,9 +167,7 @@ async fn start(
     if config.cmd.is_empty() {
         return Err(RpcError::invalid("process cmd is empty"));
     }
-    if config.cmd.contains('\0') || config.args.iter().any(|a| a.contains('\0')) {
-        return Err(RpcError::invalid("process cmd or args contain a NUL byte"));
-    }
+    super::limits::check_args(std::iter::once(&config.cmd).chain(config.args.iter()))?;
     let settings = state.settings();
     let cwd = match config.cwd.as_deref().filter(|c| !c.is_empty()) {
         Some(c) => resolve_path(c, &user)?,
@@ -209,15 +207,12 @@ async fn start(
         }
         None => None,
     };
+    super::limits::check_env(config.envs.iter())?;
     for (k, v) in settings.env_vars.iter().chain(config.envs.iter()) {
-        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(RpcError::invalid(format!(
-                "invalid environment variable {k:?}"
-            )));
-        }
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
     }
+    super::limits::check_env(env.iter().map(|(k, v)| (k, v)))?;
 
     let timeout = headers
         .get("connect-timeout-ms")
