@@ -33,7 +33,10 @@ impl HttpAgentClient {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            // Below the agent's 30 s idle close (see the proxy).
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(std::time::Duration::from_secs(20))
+                .build(connector),
         }
     }
 }
