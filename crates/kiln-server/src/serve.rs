@@ -146,6 +146,7 @@ pub async fn run(
             tokio::time::sleep(Duration::from_secs(5)).await;
         } => Ok(()),
     };
+    core.stop_pools().await;
     for b in core.runtimes().backends() {
         if let Err(e) = b.runtime.shutdown().await {
             tracing::error!(runtime = %b.runtime.kind(), error = %e, "releasing a runtime's pools failed");

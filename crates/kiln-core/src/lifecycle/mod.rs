@@ -141,6 +141,8 @@ pub(crate) struct Inner {
     pub(crate) pools: Mutex<HashMap<String, Vec<Arc<Live>>>>,
     /// Templates whose pool is being refilled.
     pub(crate) refilling: Mutex<std::collections::HashSet<String>>,
+    /// Set by [`Core::stop_pools`]: no more warm sandboxes are made.
+    pub(crate) pools_stopped: std::sync::atomic::AtomicBool,
 }
 
 /// The sandbox service. Cheap to clone.
@@ -165,6 +167,7 @@ impl Core {
                 live: RwLock::new(HashMap::new()),
                 pools: Mutex::new(HashMap::new()),
                 refilling: Mutex::new(Default::default()),
+                pools_stopped: Default::default(),
             }),
         }
     }

@@ -53,7 +53,8 @@ impl Core {
             let rec = l.record();
             match self.inner.templates.resolve(&rec.template_id) {
                 Some(t) if rec.state == SandboxState::Running && self.pool_size(&t) > 0 => {
-                    self.pool_push(&t.template.id, l)
+                    // Not stopped yet: this runs once, at start.
+                    let _ = self.pool_push(&t.template.id, l);
                 }
                 _ => {
                     // Paused, or of a template no longer pooled: not of use.
@@ -73,11 +74,45 @@ impl Core {
         }
     }
 
-    fn pool_push(&self, template_id: &str, live: Arc<Live>) {
-        lock(&self.inner.pools)
-            .entry(template_id.to_owned())
-            .or_default()
-            .push(live);
+    /// At a clean stop: makes no more warm sandboxes and kills those the
+    /// pools hold. Nobody can be handed one while kilnd is down, and each
+    /// holds a running kernel's memory; the next start makes them anew.
+    /// (A kilnd that dies without stopping leaves them; its next start
+    /// adopts them.)
+    pub async fn stop_pools(&self) {
+        self.inner
+            .pools_stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let pooled: Vec<Arc<Live>> = lock(&self.inner.pools)
+            .drain()
+            .flat_map(|(_, v)| v)
+            .collect();
+        for live in pooled {
+            let _g = live.op.lock().await;
+            self.finish_kill(
+                &live,
+                Some("kilnd stopped; warm sandboxes are made anew at its next start"),
+            )
+            .await;
+        }
+    }
+
+    fn pools_stopped(&self) -> bool {
+        self.inner
+            .pools_stopped
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Pools `live`, or gives it back once the pools are stopped (checked
+    /// under the pools' lock, which `stop_pools` drains after setting the
+    /// flag: a sandbox is either drained or given back, never left).
+    fn pool_push(&self, template_id: &str, live: Arc<Live>) -> Result<(), Arc<Live>> {
+        let mut pools = lock(&self.inner.pools);
+        if self.pools_stopped() {
+            return Err(live);
+        }
+        pools.entry(template_id.to_owned()).or_default().push(live);
+        Ok(())
     }
 
     fn pool_pop(&self, template_id: &str) -> Option<Arc<Live>> {
@@ -102,7 +137,7 @@ impl Core {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let core = Core { inner };
-                if core.pool_len(&id) >= size {
+                if core.pools_stopped() || core.pool_len(&id) >= size {
                     lock(&core.inner.refilling).remove(&id);
                     return;
                 }
@@ -142,7 +177,12 @@ impl Core {
                 tracing::warn!(sandbox = %rec.id, error = %e, "warming a sandbox up failed");
             }
         }
-        self.pool_push(&template.template.id, live);
+        if let Err(live) = self.pool_push(&template.template.id, live) {
+            let _g = live.op.lock().await;
+            self.finish_kill(&live, Some("kilnd stopped while it was being made warm"))
+                .await;
+            return Ok(());
+        }
         tracing::debug!(sandbox = %rec.id, template = %template.template.id, "warm sandbox ready");
         Ok(())
     }
