@@ -117,6 +117,13 @@ const DEFAULT_CAPS: [u32; 14] = [
 
 /// Entry point of the `kiln-spawn` binary. Returns the process exit code.
 pub fn main() -> i32 {
+    // Whatever the runtime inherited without close-on-exec (its own parent
+    // may have left it any descriptor) must not reach the sandbox: keep
+    // stdio and the ready pipe only. Nothing else is open yet.
+    if let Err(e) = close_from(READY_FD + 1, false) {
+        eprintln!("kiln-spawn: cannot close inherited descriptors: {e}");
+        return 1;
+    }
     let mut stdin = std::io::stdin().lock();
     let mut line = String::new();
     let prelude: Prelude = match stdin
@@ -687,8 +694,37 @@ fn init(
         env.push(cstr(&format!("{k}={v}"))?);
     }
     env.push(cstr(&format!("KILN_READY_FD={READY_FD}"))?);
+    // The agent gets stdio and the ready pipe, nothing else: every other
+    // descriptor closes at exec (marked, not closed, so that the error pipe
+    // still reports a failed exec).
+    ctx(close_from(READY_FD + 1, true), "close descriptors")?;
     let e = execve(&path, &argv, &env).unwrap_err();
     Err(format!("exec {}: {e}", cfg.agent_path))
+}
+
+/// close_range(2) of every descriptor from `first` up, or with `on_exec`
+/// only marks them close-on-exec.
+fn close_from(first: RawFd, on_exec: bool) -> Result<(), std::io::Error> {
+    let flags = if on_exec {
+        libc::CLOSE_RANGE_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: close_range takes three integers and touches no memory; the
+    // descriptors it closes are owned by nothing in this process (main
+    // calls it before opening any).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            flags,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The agent's nice value (its children's is 0): about 3 times the CPU
