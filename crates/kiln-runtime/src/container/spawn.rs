@@ -20,9 +20,13 @@
 //! 3. prints `{"pid": <C's host pid>}` once C has exec'd the agent, and exits.
 //!
 //! C, pid 1 of the new pid namespace, still real root, once it has the
-//! config: the disk (if the prelude's was not the right size); the overlay root; /proc with
-//! the sensitive paths masked or read-only; a minimal /dev; /sys read-only;
-//! a private /tmp; the agent bind-mounted read-only; pivot_root. Only then it
+//! config: the disk (if the prelude's was not the right size); a staging
+//! tmpfs with the layers bound in under neutral names and the sandbox's own
+//! boot id; the overlay root (nodev, mounted with relative layer paths, so
+//! the mount table names no host path); /proc with the sensitive paths
+//! masked or read-only and its boot id bound over; a minimal /dev; /sys
+//! read-only; a private /tmp; the agent (a copy on kilnd's `kiln` tmpfs)
+//! bind-mounted read-only; pivot_root; a session of its own. Only then it
 //! enters a new user namespace (root inside ↦ `uid_base` outside), so the
 //! mount, network and uts namespaces stay owned by the host's user namespace
 //! and root inside can change none of them. Then seccomp, capabilities cut
@@ -401,6 +405,31 @@ fn init(
     }
     ctx(sethostname(&cfg.id), "set the hostname")?;
 
+    // A staging tmpfs on the (empty) rootfs directory, private to this
+    // mount namespace: the layers are bound into it under neutral names and
+    // the overlay is mounted with paths relative to it, so that the
+    // sandbox's mount table names no host path (overlayfs shows its options
+    // as given). It also holds the sandbox's own boot id. It is detached
+    // with the old root at pivot_root.
+    let stage = &cfg.rootfs;
+    do_mount(
+        Some("kiln"),
+        stage,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0700,size=64k"),
+    )?;
+    let bind_at = |from: &Path, name: &str| -> Result<(), String> {
+        let to = stage.join(name);
+        mkdirs(&to)?;
+        do_mount(
+            Some(from.to_str().unwrap_or_default()),
+            &to,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )
+    };
     // A snapshot's layers, read-only, between the upper and the template.
     let mut lowers = Vec::new();
     for (image, at) in &cfg.ro_layers {
@@ -413,22 +442,38 @@ fn init(
             Some(crate::host::disk::RO_MOUNT_OPTIONS),
         )?;
         drop(loopfd);
-        lowers.push(at.join("upper").display().to_string());
+        let name = format!("l{}", lowers.len());
+        bind_at(&at.join("upper"), &name)?;
+        lowers.push(name);
     }
-    lowers.push(cfg.lower.display().to_string());
+    let name = format!("l{}", lowers.len());
+    bind_at(&cfg.lower, &name)?;
+    lowers.push(name);
+    bind_at(&cfg.layers, "u")?;
+    let boot_id = stage.join("boot_id");
+    ctx(
+        std::fs::write(&boot_id, new_boot_id()?),
+        "write the boot id",
+    )?;
+    ctx(
+        std::fs::set_permissions(&boot_id, std::fs::Permissions::from_mode(0o444)),
+        "chmod the boot id",
+    )?;
 
-    let root = &cfg.rootfs;
+    let root = &stage.join("root");
+    mkdirs(root)?;
+    ctx(chdir(stage), "chdir to the staging directory")?;
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowers.join(":"),
-        cfg.layers.join("upper").display(),
-        cfg.layers.join("work").display()
+        "lowerdir={},upperdir=u/upper,workdir=u/work",
+        lowers.join(":")
     );
+    // nodev: a device node in a template (or one built from a hostile
+    // image) opens nothing; the sandbox's devices are its own /dev's.
     do_mount(
         Some("overlay"),
         root,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NODEV,
         Some(&opts),
     )?;
     let owner = format!("uid={0},gid={0}", cfg.uid_base);
@@ -470,6 +515,23 @@ fn init(
             )?;
         }
     }
+
+    // The sandbox's own boot id (read-only), new at each cold start.
+    let p = root.join("proc/sys/kernel/random/boot_id");
+    do_mount(
+        Some(boot_id.to_str().unwrap_or_default()),
+        &p,
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )?;
+    do_mount(
+        None,
+        &p,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosdx,
+        None,
+    )?;
 
     // /dev
     let dev = root.join("dev");
@@ -642,6 +704,10 @@ fn init(
     // SAFETY: setpriority on the calling process; no memory is passed.
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, AGENT_NICE) };
 
+    // A session of its own: the agent must not share kilnd's session (and
+    // through it kilnd's controlling terminal, open to TIOCSTI).
+    ctx(nix::unistd::setsid(), "setsid")?;
+
     // Enter the user namespace; H writes the maps.
     ctx(
         unshare(CloneFlags::CLONE_NEWUSER),
@@ -700,6 +766,26 @@ fn init(
     ctx(close_from(READY_FD + 1, true), "close descriptors")?;
     let e = execve(&path, &argv, &env).unwrap_err();
     Err(format!("exec {}: {e}", cfg.agent_path))
+}
+
+/// A random (version 4) UUID as the kernel writes a boot id.
+fn new_boot_id() -> Result<String, String> {
+    let mut b = [0u8; 16];
+    ctx(
+        File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)),
+        "read /dev/urandom",
+    )?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}\n",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
 }
 
 /// close_range(2) of every descriptor from `first` up, or with `on_exec`
