@@ -89,9 +89,11 @@ def healthy(url: str) -> bool:
         return False
 
 
-def spawn_kilnd(data: pathlib.Path, port: int, env: dict, timeout: float = START_TIMEOUT) -> subprocess.Popen:
+def spawn_kilnd(data: pathlib.Path, port: int, env: dict, timeout: float = START_TIMEOUT,
+                pass_fds=()) -> subprocess.Popen:
     """Runs `kiln up` on `data` and 127.0.0.1:`port` with `env` (the whole
-    environment), logging to data/kilnd.log (watched for failure reports),
+    environment) and `pass_fds` inherited (as an attacker-chosen parent
+    could leave them), logging to data/kilnd.log (watched for failure reports),
     and returns once /health answers. Raises KilndStartError if kilnd exits
     or does not answer within `timeout` seconds (then it is killed)."""
     log = data / "kilnd.log"
@@ -103,6 +105,7 @@ def spawn_kilnd(data: pathlib.Path, port: int, env: dict, timeout: float = START
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            pass_fds=pass_fds,
         )
     deadline = time.monotonic() + timeout
     while not healthy(url):

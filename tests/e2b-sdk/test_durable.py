@@ -53,6 +53,27 @@ def test_filesystem_pause_keeps_files_and_boots_anew(kilnd):
         sbx.kill()
 
 
+def test_boot_id_is_each_sandboxes_own(kilnd):
+    """/proc/sys/kernel/random/boot_id: the sandbox's own (not the host's,
+    not another sandbox's), read-only, new at each cold start."""
+    path = "/proc/sys/kernel/random/boot_id"
+    host = open(path).read().strip()
+    a, b = Sandbox.create(timeout=300), Sandbox.create(timeout=300)
+    try:
+        ida, idb = (s.files.read(path).strip() for s in (a, b))
+        assert host not in (ida, idb), "a sandbox sees the host's boot id"
+        assert ida != idb, "two sandboxes share a boot id"
+        r = a.commands.run(f"echo 00000000-0000-4000-8000-000000000000 > {path} || echo refused", user="root")
+        assert "refused" in r.stdout
+        assert a.files.read(path).strip() == ida
+        assert a.pause(mode="filesystem")
+        again = Sandbox.connect(a.sandbox_id)
+        assert again.files.read(path).strip() not in (ida, idb, host)
+    finally:
+        a.kill()
+        b.kill()
+
+
 def test_memory_pause_keeps_processes(kilnd):
     sbx = Sandbox.create(timeout=300)
     try:

@@ -1,9 +1,12 @@
 """The hostile-workload suite's kilnd: a real `kiln up` (container runtime)
 on a temp data dir, tag `sec`, with small sandboxes (1 vCPU, 256 MiB,
-512 MiB disk) so the bombs hit their limits quickly. At the end every
+512 MiB disk) so the bombs hit their limits quickly. kilnd is started
+holding an inheritable pipe, as a careless parent would leave it one
+(test_isolation checks no sandbox process sees it). At the end every
 sandbox is killed, kilnd stops, and nothing of the tag may be left on the
 host (processes, cgroups, veths, network namespaces, mounts, loop devices)."""
 
+import os
 import secrets
 
 import pytest
@@ -26,7 +29,17 @@ def kilnd(tmp_path_factory):
         KILN_SANDBOX_MEMORY_MIB="256",
         KILN_SANDBOX_DISK_MIB="512",
     )
-    k.start()
+    # A pipe kilnd inherits without close-on-exec; the test keeps the read
+    # end and its inode to look for the write end inside sandboxes.
+    leak_r, leak_w = os.pipe()
+    os.set_inheritable(leak_w, True)
+    k.pass_fds = (leak_w,)
+    k.leaked_pipe = os.fstat(leak_w).st_ino
+    try:
+        k.start()
+    finally:
+        os.close(leak_w)
+    k.leaked_pipe_reader = leak_r
     yield k
     try:
         k.kill_all()

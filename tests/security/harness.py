@@ -43,6 +43,8 @@ class Kilnd:
     env: dict
     proc: subprocess.Popen = None
     log: pathlib.Path = field(init=False)
+    # Descriptors kilnd inherits without close-on-exec (see start).
+    pass_fds: tuple = ()
 
     def __post_init__(self):
         self.log = self.data / "kilnd.log"
@@ -64,7 +66,7 @@ class Kilnd:
             KILN_RUNTIME_TAG=self.tag,
         )
         env.update(self.env)
-        self.proc = spawn_kilnd(self.data, self.port, env, timeout)
+        self.proc = spawn_kilnd(self.data, self.port, env, timeout, pass_fds=self.pass_fds)
 
     def log_tail(self, n=4000):
         return log_tail(self.log, n)

@@ -80,12 +80,13 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<(u32, Spawned)> {
     let raise_oom = own_oom_score_adj().is_some_and(|a| a < CHILD_OOM_SCORE_ADJ);
 
     // SAFETY: the hook runs in the forked child before exec, where only
-    // async-signal-safe work is allowed. It makes raw system calls through
-    // rustix (setpriority, open/write/close of a static path, setsid, ioctl,
-    // setgroups, setgid, setuid: no allocation, no locks) on values prepared
-    // before the fork and captured by move.
+    // async-signal-safe work is allowed. It makes raw system calls
+    // (close_range, and through rustix setpriority, open/write/close of a
+    // static path, setsid, ioctl, setgroups, setgid, setuid: no allocation,
+    // no locks) on values prepared before the fork and captured by move.
     unsafe {
         cmd.pre_exec(move || {
+            close_inherited_on_exec()?;
             if reset_nice {
                 let _ = rustix::process::setpriority_process(None, 0);
             }
@@ -119,6 +120,27 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<(u32, Spawned)> {
     // Dropping a `Child` neither waits nor kills: the reaper collects it.
     drop(child);
     Ok((pid, spawned))
+}
+
+/// Marks every descriptor above stdio close-on-exec, so the child gets
+/// only 0-2: nothing the agent holds (or inherited, whatever its flags)
+/// reaches the processes it starts. Marking rather than closing keeps std's
+/// own exec-error pipe working (it is close-on-exec already).
+/// Async-signal-safe: one system call.
+fn close_inherited_on_exec() -> io::Result<()> {
+    // SAFETY: close_range takes three integers and touches no memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The agent's own `oom_score_adj`, if /proc tells; read once (nothing
@@ -196,6 +218,33 @@ pub fn nonblocking_async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn children_get_only_stdio() {
+        // A descriptor without close-on-exec, as one inherited from
+        // whoever started the agent would be.
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::empty()).unwrap();
+        let spec = SpawnSpec {
+            cmd: "/bin/ls".into(),
+            args: vec!["/proc/self/fd".into()],
+            env: vec![],
+            cwd: "/".into(),
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+            groups: vec![],
+            pty: None,
+            stdin: false,
+        };
+        let (_, spawned) = spawn(&spec).unwrap();
+        let mut out = String::new();
+        std::fs::File::from(spawned.stdout.unwrap())
+            .read_to_string(&mut out)
+            .unwrap();
+        drop((r, w));
+        // ls lists its own directory descriptor (3) besides stdio.
+        let fds: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(fds, ["0", "1", "2", "3"], "open in the child: {out}");
+    }
 
     #[test]
     fn children_are_the_oom_killers_first_choice() {

@@ -292,13 +292,15 @@ fn prepare(
             ro_layers,
             uid_base: cfg.uid_base,
             uid_count: cfg.uid_count,
-            agent_bin: cfg.agent_bin.clone(),
+            agent_bin: inner.bin(&cfg.agent_bin),
             agent_path: cfg.agent_path.clone(),
             binds: cfg
                 .template_binds
                 .get(&spec.template.id)
-                .cloned()
-                .unwrap_or_default(),
+                .into_iter()
+                .flatten()
+                .map(|(host, inside)| (inner.bin(host), inside.clone()))
+                .collect(),
             args: cfg.agent_args.clone(),
             env: spec
                 .env
@@ -391,6 +393,11 @@ async fn start(
     }
     if let Err(e) = write_record(inner, &rec) {
         return Err(Box::new((e, rec)));
+    }
+    // The init has mounted its disks (the loop devices are no longer
+    // needed) and exec'd the agent; nothing of the workload runs yet.
+    if let Err(e) = inner.cgroups.restrict_devices(&rec.cgroup) {
+        return Err(Box::new((e.into(), rec)));
     }
     let r = async {
         let mut ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready)

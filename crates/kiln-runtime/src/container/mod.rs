@@ -214,6 +214,9 @@ impl Sandbox {
 
 struct Inner {
     cfg: ContainerConfig,
+    /// Where each file bound into sandboxes (the agent, templates' binds)
+    /// has its neutral copy (see [`crate::host::bins`]).
+    bins: BTreeMap<PathBuf, PathBuf>,
     net: Arc<kiln_net::Network>,
     disk: disk::DiskPool,
     cgroups: Cgroups,
@@ -241,6 +244,19 @@ pub struct ContainerRuntime {
 impl Inner {
     fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.cfg.data_dir.join("sandboxes").join(id)
+    }
+
+    /// The tmpfs with the copies of the files bound into sandboxes.
+    fn bins_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("sandbox-bin")
+    }
+
+    /// The copy of a host file bound into sandboxes (itself if not copied).
+    fn bin(&self, host: &std::path::Path) -> PathBuf {
+        self.bins
+            .get(host)
+            .cloned()
+            .unwrap_or_else(|| host.to_owned())
     }
 
     /// Where snapshots' layers live (`<build>/layer.img`, `meta.json`).

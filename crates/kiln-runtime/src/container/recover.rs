@@ -31,6 +31,12 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
         runtime: "container",
         reason: e.to_string(),
     })?;
+    if !cgroups.filters_devices() {
+        tracing::warn!(
+            "cgroup v2: no device filter for sandboxes (a BPF device program is not implemented); \
+             they are held to their minimal /dev by the user namespace and nodev mounts only"
+        );
+    }
     let disk = DiskPool::new(cfg.data_dir.join("disk-pool"), cfg.uid_base, cfg.disk_pool)?;
     for size in &cfg.disk_pool_sizes_mib {
         disk.want(*size);
@@ -80,8 +86,9 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
     let keep: Vec<_> = live.iter().map(Record::lease).collect();
     let net = kiln_net::Network::setup(cfg.net.clone(), &keep).map_err(net_err)?;
 
-    let inner = Inner {
+    let mut inner = Inner {
         cfg,
+        bins: BTreeMap::new(),
         net,
         disk,
         cgroups,
@@ -153,6 +160,17 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
     }
     // Now that every sandbox standing on a layer is known.
     super::snapshot::collect_garbage_at(&inner, true);
+    // Last, so that nothing fails after it is mounted.
+    let mut files = vec![inner.cfg.agent_bin.clone()];
+    files.extend(
+        inner
+            .cfg
+            .template_binds
+            .values()
+            .flatten()
+            .map(|(h, _)| h.clone()),
+    );
+    inner.bins = crate::host::bins::mount_copies(&inner.bins_dir(), &files)?;
     Ok(inner)
 }
 
@@ -160,6 +178,7 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
 pub(super) fn shutdown(inner: &Inner) -> Result<(), RuntimeError> {
     inner.net.shutdown().map_err(net_err)?;
     inner.disk.clear();
+    crate::host::bins::unmount(&inner.bins_dir());
     if inner.sandboxes.lock().unwrap().is_empty() {
         inner.cgroups.remove_parents();
     }

@@ -20,9 +20,13 @@
 //! 3. prints `{"pid": <C's host pid>}` once C has exec'd the agent, and exits.
 //!
 //! C, pid 1 of the new pid namespace, still real root, once it has the
-//! config: the disk (if the prelude's was not the right size); the overlay root; /proc with
-//! the sensitive paths masked or read-only; a minimal /dev; /sys read-only;
-//! a private /tmp; the agent bind-mounted read-only; pivot_root. Only then it
+//! config: the disk (if the prelude's was not the right size); a staging
+//! tmpfs with the layers bound in under neutral names and the sandbox's own
+//! boot id; the overlay root (nodev, mounted with relative layer paths, so
+//! the mount table names no host path); /proc with the sensitive paths
+//! masked or read-only and its boot id bound over; a minimal /dev; /sys
+//! read-only; a private /tmp; the agent (a copy on kilnd's `kiln` tmpfs)
+//! bind-mounted read-only; pivot_root; a session of its own. Only then it
 //! enters a new user namespace (root inside ↦ `uid_base` outside), so the
 //! mount, network and uts namespaces stay owned by the host's user namespace
 //! and root inside can change none of them. Then seccomp, capabilities cut
@@ -117,6 +121,13 @@ const DEFAULT_CAPS: [u32; 14] = [
 
 /// Entry point of the `kiln-spawn` binary. Returns the process exit code.
 pub fn main() -> i32 {
+    // Whatever the runtime inherited without close-on-exec (its own parent
+    // may have left it any descriptor) must not reach the sandbox: keep
+    // stdio and the ready pipe only. Nothing else is open yet.
+    if let Err(e) = close_from(READY_FD + 1, false) {
+        eprintln!("kiln-spawn: cannot close inherited descriptors: {e}");
+        return 1;
+    }
     let mut stdin = std::io::stdin().lock();
     let mut line = String::new();
     let prelude: Prelude = match stdin
@@ -394,6 +405,31 @@ fn init(
     }
     ctx(sethostname(&cfg.id), "set the hostname")?;
 
+    // A staging tmpfs on the (empty) rootfs directory, private to this
+    // mount namespace: the layers are bound into it under neutral names and
+    // the overlay is mounted with paths relative to it, so that the
+    // sandbox's mount table names no host path (overlayfs shows its options
+    // as given). It also holds the sandbox's own boot id. It is detached
+    // with the old root at pivot_root.
+    let stage = &cfg.rootfs;
+    do_mount(
+        Some("kiln"),
+        stage,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0700,size=64k"),
+    )?;
+    let bind_at = |from: &Path, name: &str| -> Result<(), String> {
+        let to = stage.join(name);
+        mkdirs(&to)?;
+        do_mount(
+            Some(from.to_str().unwrap_or_default()),
+            &to,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )
+    };
     // A snapshot's layers, read-only, between the upper and the template.
     let mut lowers = Vec::new();
     for (image, at) in &cfg.ro_layers {
@@ -406,22 +442,38 @@ fn init(
             Some(crate::host::disk::RO_MOUNT_OPTIONS),
         )?;
         drop(loopfd);
-        lowers.push(at.join("upper").display().to_string());
+        let name = format!("l{}", lowers.len());
+        bind_at(&at.join("upper"), &name)?;
+        lowers.push(name);
     }
-    lowers.push(cfg.lower.display().to_string());
+    let name = format!("l{}", lowers.len());
+    bind_at(&cfg.lower, &name)?;
+    lowers.push(name);
+    bind_at(&cfg.layers, "u")?;
+    let boot_id = stage.join("boot_id");
+    ctx(
+        std::fs::write(&boot_id, new_boot_id()?),
+        "write the boot id",
+    )?;
+    ctx(
+        std::fs::set_permissions(&boot_id, std::fs::Permissions::from_mode(0o444)),
+        "chmod the boot id",
+    )?;
 
-    let root = &cfg.rootfs;
+    let root = &stage.join("root");
+    mkdirs(root)?;
+    ctx(chdir(stage), "chdir to the staging directory")?;
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowers.join(":"),
-        cfg.layers.join("upper").display(),
-        cfg.layers.join("work").display()
+        "lowerdir={},upperdir=u/upper,workdir=u/work",
+        lowers.join(":")
     );
+    // nodev: a device node in a template (or one built from a hostile
+    // image) opens nothing; the sandbox's devices are its own /dev's.
     do_mount(
         Some("overlay"),
         root,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NODEV,
         Some(&opts),
     )?;
     let owner = format!("uid={0},gid={0}", cfg.uid_base);
@@ -463,6 +515,23 @@ fn init(
             )?;
         }
     }
+
+    // The sandbox's own boot id (read-only), new at each cold start.
+    let p = root.join("proc/sys/kernel/random/boot_id");
+    do_mount(
+        Some(boot_id.to_str().unwrap_or_default()),
+        &p,
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )?;
+    do_mount(
+        None,
+        &p,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosdx,
+        None,
+    )?;
 
     // /dev
     let dev = root.join("dev");
@@ -635,6 +704,10 @@ fn init(
     // SAFETY: setpriority on the calling process; no memory is passed.
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, AGENT_NICE) };
 
+    // A session of its own: the agent must not share kilnd's session (and
+    // through it kilnd's controlling terminal, open to TIOCSTI).
+    ctx(nix::unistd::setsid(), "setsid")?;
+
     // Enter the user namespace; H writes the maps.
     ctx(
         unshare(CloneFlags::CLONE_NEWUSER),
@@ -687,8 +760,57 @@ fn init(
         env.push(cstr(&format!("{k}={v}"))?);
     }
     env.push(cstr(&format!("KILN_READY_FD={READY_FD}"))?);
+    // The agent gets stdio and the ready pipe, nothing else: every other
+    // descriptor closes at exec (marked, not closed, so that the error pipe
+    // still reports a failed exec).
+    ctx(close_from(READY_FD + 1, true), "close descriptors")?;
     let e = execve(&path, &argv, &env).unwrap_err();
     Err(format!("exec {}: {e}", cfg.agent_path))
+}
+
+/// A random (version 4) UUID as the kernel writes a boot id.
+fn new_boot_id() -> Result<String, String> {
+    let mut b = [0u8; 16];
+    ctx(
+        File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)),
+        "read /dev/urandom",
+    )?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}\n",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+/// close_range(2) of every descriptor from `first` up, or with `on_exec`
+/// only marks them close-on-exec.
+fn close_from(first: RawFd, on_exec: bool) -> Result<(), std::io::Error> {
+    let flags = if on_exec {
+        libc::CLOSE_RANGE_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: close_range takes three integers and touches no memory; the
+    // descriptors it closes are owned by nothing in this process (main
+    // calls it before opening any).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            flags,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The agent's nice value (its children's is 0): about 3 times the CPU

@@ -101,17 +101,30 @@ fn rmdir(path: &Path) -> Result<(), HostError> {
     })
 }
 
-const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
+const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"];
+
+/// The devices a sandbox may open: those of its minimal /dev (null, zero,
+/// full, random, urandom, tty, ptmx and its own devpts' ptys).
+pub const ALLOWED_DEVICES: [&str; 8] = [
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+];
 
 impl Cgroups {
     /// v2 if `/sys/fs/cgroup` is a cgroup2 mount, else v1 (which needs the
-    /// memory, cpu, pids and freezer hierarchies).
+    /// memory, cpu, pids, freezer and devices hierarchies).
     pub fn detect(tag: &str) -> Result<Self, HostError> {
         let root = PathBuf::from("/sys/fs/cgroup");
         if root.join("cgroup.controllers").exists() {
             return Ok(Self::V2(V2::new(root, tag)));
         }
-        for c in ["memory", "cpu", "pids", "freezer"] {
+        for c in ["memory", "cpu", "pids", "freezer", "devices"] {
             if !root.join(c).join("cgroup.procs").exists() {
                 return Err(HostError::Unsupported(format!(
                     "cgroup v1 controller {c} is not mounted under /sys/fs/cgroup"
@@ -151,6 +164,30 @@ impl Cgroups {
             Self::V1(v) => v.set_limits(id, limits),
             Self::V2(v) => v.set_limits(id, limits),
         }
+    }
+
+    /// Lets the sandbox's processes open only [`ALLOWED_DEVICES`] (cgroup
+    /// v1's devices controller). Written once the init has mounted its
+    /// disks (which needs the loop devices) and exec'd the agent, before the
+    /// sandbox runs anything else. Cgroup v2 has no devices file (its filter
+    /// is a BPF program, not done): [`Cgroups::filters_devices`] says so.
+    pub fn restrict_devices(&self, id: &str) -> Result<(), HostError> {
+        match self {
+            Self::V1(v) => {
+                let dir = v.root.join("devices").join(v.rel(id));
+                write(&dir.join("devices.deny"), "a")?;
+                for rule in ALLOWED_DEVICES {
+                    write(&dir.join("devices.allow"), rule)?;
+                }
+                Ok(())
+            }
+            Self::V2(_) => Ok(()),
+        }
+    }
+
+    /// Whether [`Cgroups::restrict_devices`] filters anything here (v1 only).
+    pub fn filters_devices(&self) -> bool {
+        matches!(self, Self::V1(_))
     }
 
     /// The files a process writes its pid to, to join the sandbox's cgroups.

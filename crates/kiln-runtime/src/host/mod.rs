@@ -7,6 +7,7 @@
 //! and not inside one backend. Errors are [`HostError`]s that carry the
 //! path they concern.
 
+pub mod bins;
 pub mod cgroup;
 pub mod disk;
 mod error;
