@@ -53,6 +53,9 @@ pub struct Prepared {
 /// Opens the store, makes sure an API key exists, builds the runtime,
 /// recovers the previous run's sandboxes and binds the listener.
 pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
+    if let Err(e) = kiln_runtime::host::sys::cloexec_inherited() {
+        tracing::warn!(error = %e, "could not mark inherited descriptors close-on-exec");
+    }
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in(&config.data_dir).map_err(
         |source| ServeError::Store {
             dir: config.data_dir.display().to_string(),

@@ -27,6 +27,27 @@ pub fn set_child_subreaper() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Marks every descriptor above stderr close-on-exec: kilnd may have
+/// inherited some from whatever started it (a pipe, a terminal's), and
+/// none of them may reach what it starts (template builds, runsc, the
+/// spawn helper, which closes its own again). Descriptors kilnd opens
+/// itself are close-on-exec already (Rust's default).
+pub fn cloexec_inherited() -> std::io::Result<()> {
+    // SAFETY: close_range takes three integers and touches no memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Makes `fd` appear as `target` (without close-on-exec) in a child being
 /// spawned. Only async-signal-safe calls: it runs between fork and exec.
 pub fn dup_into_child(cmd: &mut tokio::process::Command, fd: RawFd, target: RawFd) {
