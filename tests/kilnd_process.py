@@ -7,7 +7,9 @@ Use with tests/ on sys.path: `from kilnd_process import ...`.
 
 Environment: KILN_BIN (the `kiln` binary; default target/{debug,release}/kiln),
 KILN_E2E_START_TIMEOUT (seconds to wait for a kilnd to answer; a first start
-builds templates, so the default is 900)."""
+builds templates, so the default is 900). A test kilnd keeps no warm
+code-interpreter sandboxes unless its environment sets
+KILN_INTERPRETER_WARM_POOL."""
 
 import os
 import pathlib
@@ -98,6 +100,11 @@ def spawn_kilnd(data: pathlib.Path, port: int, env: dict, timeout: float = START
     or does not answer within `timeout` seconds (then it is killed)."""
     log = data / "kilnd.log"
     url = f"http://127.0.0.1:{port}"
+    # Warm code-interpreter sandboxes (up to 8, each a running kernel) only
+    # where a suite asks for them: on a 2-core host they load every other
+    # test, and the fault suites count every sandbox agent on the host.
+    env = dict(env)
+    env.setdefault("KILN_INTERPRETER_WARM_POOL", "0")
     watch(log)
     with open(log, "a") as out:
         proc = subprocess.Popen(

@@ -71,6 +71,8 @@ def start_kilnd(data: pathlib.Path, port: int, key: str, **extra_env) -> subproc
     env.setdefault("KILN_SUBNET", free_subnet())
     # Metrics tests wait for a few samples.
     env.setdefault("KILN_METRICS_INTERVAL", "1")
+    # The code-interpreter tests check the warm hand-over (env vars, tokens).
+    env.setdefault("KILN_INTERPRETER_WARM_POOL", "2")
     env.update(extra_env)
     try:
         return spawn_kilnd(data, port, env)
