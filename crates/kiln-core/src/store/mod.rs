@@ -28,6 +28,12 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot create {path} or make it private (0600)")]
+    Private {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("corrupt record in the store: {0}")]
     Corrupt(String),
     #[error("a store task failed: {0}")]

@@ -96,14 +96,49 @@ fn from_ms(v: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_millis(v).ok_or_else(|| StoreError::Corrupt(format!("timestamp {v}")))
 }
 
+/// Creates `path` as an empty 0600 file if missing; makes it 0600 if not.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |source| StoreError::Private {
+        path: path.display().to_string(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    let mode = f.metadata().map_err(err)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) `<dir>/kiln.db` and applies pending migrations.
     pub fn open_in(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        let conn = Connection::open(dir.join("kiln.db")).map_err(db("opening kiln.db"))?;
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|source| StoreError::Dir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        // The store holds every key's hash and every sandbox's access token:
+        // only its owner may read it. SQLite gives the WAL and shared-memory
+        // files the database file's mode, so the database is made 0600 before
+        // SQLite opens it (and tightened if an older Kiln left it readable).
+        let path = dir.join("kiln.db");
+        private_file(&path)?;
+        for side in ["kiln.db-wal", "kiln.db-shm", "kiln.db-journal"] {
+            let p = dir.join(side);
+            if p.exists() {
+                private_file(&p)?;
+            }
+        }
+        let conn = Connection::open(&path).map_err(db("opening kiln.db"))?;
         // WAL lets `kiln keys` write while kilnd reads; NORMAL sync is safe with WAL.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db("setting journal mode"))?;

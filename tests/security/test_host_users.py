@@ -1,0 +1,118 @@
+"""Attacks from the host side, as an unprivileged host user (`nobody`, via
+setpriv): reading kilnd's store, disks, snapshots and log; reaching a
+sandbox's ports at its bridge address, around the proxy's traffic token.
+And from inside a sandbox: reaching a network the host's own interfaces
+sit on (here TEST-NET-2, 198.51.100.0/24, on a veth to a network namespace
+this test makes: the host is its own "outside", no real address is tried).
+
+The suite's kilnd runs on a data dir made 0755 under /tmp, as `mkdir -p
+/var/lib/kiln` or an older Kiln left it (see conftest.py): kilnd must close
+it at start."""
+
+import json
+import os
+import pathlib
+import secrets
+import stat
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from harness import new_kilnd, sh
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+
+# Run as nobody: tries to read each path; prints {path: "read" | error}.
+READ = """
+import json, sys
+out = {}
+for p in json.loads(sys.argv[1]):
+    try:
+        with open(p, "rb") as f:
+            f.read(16)
+        out[p] = "read"
+    except OSError as e:
+        out[p] = type(e).__name__
+print(json.dumps(out))
+"""
+
+# Run as nobody or root: connects to host:port, sends a GET, prints the
+# status line or the error.
+GET = """
+import socket, sys
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+    print(s.recv(100).split(b"\\r\\n")[0].decode())
+except OSError as e:
+    print(type(e).__name__)
+"""
+
+
+def as_nobody(code: str, *args: str) -> str:
+    r = subprocess.run(NOBODY + ["/usr/bin/python3", "-c", code, *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def private_files(data: pathlib.Path):
+    """Every file below the data dir but the templates' (which sandboxes see)."""
+    out = []
+    for root, dirs, files in os.walk(data):
+        if pathlib.Path(root) == data and "templates" in dirs:
+            dirs.remove("templates")
+        out += [pathlib.Path(root, f) for f in files]
+    return out
+
+
+def test_data_dir_is_closed_to_other_host_users(kilnd, new_sandbox, marker):
+    sbx = new_sandbox()
+    sbx.files.write("/root/secret.txt", marker, user="root")
+    snap = sbx.create_snapshot(name=f"perm-{secrets.token_hex(3)}")
+    try:
+        files = private_files(kilnd.data)
+        names = {f.name for f in files}
+        assert "kiln.db" in names and "kilnd.log" in names, names
+        disks = [f for f in files if f.suffix == ".img" and "disk-pool" not in f.parts]
+        snaps = [f for f in files if "snapshots" in f.parts]
+        assert disks and snaps, f"no disk image or snapshot file found in {sorted(map(str, files))[:40]}"
+        targets = [str(kilnd.data / "kiln.db"), str(kilnd.data / "kilnd.log")]
+        targets += [str(f) for f in files if f.name.startswith("kiln.db-")]
+        targets += [str(f) for f in disks[:5] + snaps[:5]]
+        got = json.loads(as_nobody(READ, json.dumps(targets)))
+        readable = [p for p, r in got.items() if r == "read"]
+        assert not readable, f"an unprivileged host user reads {readable}"
+        # Nor can it list what is there.
+        assert as_nobody("import os, sys\ntry:\n os.listdir(sys.argv[1]); print('listed')\nexcept OSError as e: print(type(e).__name__)",
+                         str(kilnd.data)) == "PermissionError"
+        # And the modes themselves: data dir 0700, every file 0600, all root's.
+        st = kilnd.data.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == 0, oct(st.st_mode)
+        loose = []
+        for f in files:
+            try:
+                m = f.lstat()
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(m.st_mode) and (m.st_mode & 0o077 or m.st_uid != 0):
+                loose.append(f"{f} {oct(stat.S_IMODE(m.st_mode))} uid {m.st_uid}")
+        assert not loose, f"files open to others: {loose[:10]}"
+    finally:
+        httpx.delete(f"{kilnd.url}/templates/{snap.snapshot_id.split(':')[0]}", headers=kilnd.headers, timeout=60)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775])
+def test_kilnd_refuses_a_writable_data_dir(tmp_path, mode):
+    data = tmp_path / "open"
+    data.mkdir()
+    os.chmod(data, mode)
+    k = new_kilnd(data, "secw", "10.241.0.0", KILN_WARM_POOL="0", KILN_CODE_INTERPRETER="false")
+    with pytest.raises(Exception) as e:
+        k.start(timeout=60)
+    assert "writable" in str(e.value), str(e.value)
+    assert k.proc is None or k.proc.poll() is not None
+    assert not (data / "kiln.db").exists(), "kilnd opened the store in a writable data dir"
