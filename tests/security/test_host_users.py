@@ -116,3 +116,39 @@ def test_kilnd_refuses_a_writable_data_dir(tmp_path, mode):
     assert "writable" in str(e.value), str(e.value)
     assert k.proc is None or k.proc.poll() is not None
     assert not (data / "kiln.db").exists(), "kilnd opened the store in a writable data dir"
+
+
+SERVE = "nohup python3 -m http.server {port} --bind 0.0.0.0 >/tmp/http.log 2>&1 &"
+
+
+def wait_serving(sbx, port):
+    for _ in range(50):
+        code, out, _ = sh(sbx, f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 1)\" && echo up")
+        if "up" in out:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the sandbox's server did not start")
+
+
+def test_host_users_cannot_bypass_the_traffic_token(kilnd, new_sandbox):
+    sbx = new_sandbox(allow_internet_access=True, network={"allow_public_traffic": False})
+    port = 8123
+    sh(sbx, SERVE.format(port=port))
+    wait_serving(sbx, port)
+    ip = sh(sbx, "ip -4 -o addr show eth0")[1].split()[3].split("/")[0]
+    token = sbx.traffic_access_token
+    assert token, "a sandbox with allow_public_traffic=False has a traffic token"
+    proxied = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": str(port)}
+    # Through the proxy: refused without the token, served with it.
+    assert httpx.get(kilnd.url, headers=proxied, timeout=30).status_code == 403
+    ok = httpx.get(kilnd.url, headers={**proxied, "e2b-traffic-access-token": token}, timeout=30)
+    assert ok.status_code == 200, ok.text
+    # Directly at the bridge address: root on the host (kilnd's user) gets
+    # there, any other user does not.
+    root = subprocess.run(["python3", "-c", GET, ip, str(port)], capture_output=True, text=True, timeout=30)
+    assert root.stdout.startswith("HTTP/1.0 200"), root.stdout + root.stderr
+    nobody = as_nobody(GET, ip, str(port))
+    assert not nobody.startswith("HTTP"), f"an unprivileged host user reached {ip}:{port} directly: {nobody}"
+    # Nor the agent's port (its own token checks aside).
+    nobody = as_nobody(GET, ip, "49983")
+    assert not nobody.startswith("HTTP"), f"an unprivileged host user reached the agent at {ip}: {nobody}"

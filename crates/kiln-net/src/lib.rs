@@ -8,6 +8,11 @@
 //! services are unreachable; replies to connections the host opened pass),
 //! drops egress to denied ranges (private networks, link-local/metadata),
 //! drops all egress of sandboxes that are offline, and masquerades the rest.
+//! Towards the sandboxes, only root's sockets on the host (kilnd's) may
+//! send: other host users cannot reach a sandbox's ports at its bridge
+//! address, bypassing the proxy's access checks, and nothing is forwarded
+//! to the bridge from elsewhere (other namespaces, containers, the LAN) but
+//! replies.
 //!
 //! Namespaces are made ahead of time in a pool, off the create path: taking
 //! one costs a mutex and, for an offline sandbox, one `nft` call.

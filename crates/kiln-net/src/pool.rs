@@ -125,6 +125,14 @@ pub(crate) fn setup_firewall(cfg: &NetConfig) -> Result<(), NetError> {
 }
 
 /// The nftables ruleset of one network (one table, loaded atomically).
+///
+/// `output`: of the host's own traffic, only root's sockets (kilnd's) may
+/// reach the sandboxes, over the bridge or to their subnet by any route.
+/// Root-only rather than kilnd's cgroup: root can enter any cgroup or the
+/// sandbox's namespaces anyway, while every other user (and every
+/// container or user namespace whose ids map to other host uids) is kept
+/// to the proxy and its access checks. Packets with no full socket (the
+/// kernel's resets and ICMP errors) do not match `meta skuid` and pass.
 pub(crate) fn ruleset(cfg: &NetConfig) -> String {
     let table = cfg.table();
     let br = cfg.bridge();
@@ -166,6 +174,11 @@ table inet {table} {{
 {dns}        iifname "{br}" ip daddr @denied drop
         iifname "{br}" ip saddr {subnet} accept
         iifname "{br}" drop
+    }}
+    chain output {{
+        type filter hook output priority -10; policy accept;
+        oifname "{br}" meta skuid != 0 drop
+        ip daddr {subnet} meta skuid != 0 drop
     }}
     chain postrouting {{
         type nat hook postrouting priority 100; policy accept;
@@ -230,5 +243,6 @@ mod tests {
         assert!(r.contains("masquerade"));
         cfg.dns.clear();
         assert!(!ruleset(&cfg).contains("dport 53"));
+        assert!(r.contains("oifname \"kb-x1\" meta skuid != 0 drop"));
     }
 }
