@@ -152,3 +152,70 @@ def test_host_users_cannot_bypass_the_traffic_token(kilnd, new_sandbox):
     # Nor the agent's port (its own token checks aside).
     nobody = as_nobody(GET, ip, "49983")
     assert not nobody.startswith("HTTP"), f"an unprivileged host user reached the agent at {ip}: {nobody}"
+
+
+OUTSIDE_NS = "ksec-out"
+HOST_VETH, OUT_VETH = "ksec-h", "ksec-o"
+
+
+@pytest.fixture
+def host_network():
+    """A network the host sits on: veth ksec-h (198.51.100.1/24) in the host
+    namespace, its peer (198.51.100.2) in namespace ksec-out, serving HTTP
+    on port 8080. Removed afterwards."""
+
+    def ip(*args, check=True):
+        return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+    ip("netns", "del", OUTSIDE_NS, check=False)
+    ip("link", "del", HOST_VETH, check=False)
+    server = None
+    try:
+        ip("netns", "add", OUTSIDE_NS)
+        ip("link", "add", HOST_VETH, "type", "veth", "peer", "name", OUT_VETH, "netns", OUTSIDE_NS)
+        ip("addr", "add", "198.51.100.1/24", "dev", HOST_VETH)
+        ip("link", "set", HOST_VETH, "up")
+        ip("-n", OUTSIDE_NS, "addr", "add", "198.51.100.2/24", "dev", OUT_VETH)
+        ip("-n", OUTSIDE_NS, "link", "set", OUT_VETH, "up")
+        ip("-n", OUTSIDE_NS, "link", "set", "lo", "up")
+        ip("-n", OUTSIDE_NS, "route", "add", "default", "via", "198.51.100.1")
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", OUTSIDE_NS, "python3", "-m", "http.server", "8080", "--bind", "198.51.100.2"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(50):
+            r = subprocess.run(["python3", "-c", GET, "198.51.100.2", "8080"], capture_output=True, text=True)
+            if r.stdout.startswith("HTTP"):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the outside server did not start")
+        yield "198.51.100.2"
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        ip("link", "del", HOST_VETH, check=False)
+        ip("netns", "del", OUTSIDE_NS, check=False)
+
+
+def test_sandbox_cannot_reach_the_hosts_own_networks(kilnd, new_sandbox, host_network):
+    # The host (root) reaches it: the network is real and served.
+    r = subprocess.run(["python3", "-c", GET, host_network, "8080"], capture_output=True, text=True, timeout=30)
+    assert r.stdout.startswith("HTTP/1.0 200"), r.stdout
+    # kilnd notices the new network within its refresh period.
+    table = f"kiln_{kilnd.tag}"
+    deadline = time.monotonic() + 15
+    while True:
+        s = subprocess.run(["nft", "list", "set", "inet", table, "hostnets"], capture_output=True, text=True).stdout
+        if "198.51.100.0/24" in s or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    sbx = new_sandbox(allow_internet_access=True)
+    sbx.files.write("/tmp/get.py", GET, user="root")
+    code, out, err = sh(sbx, f"python3 /tmp/get.py {host_network} 8080")
+    assert not out.startswith("HTTP"), f"a sandbox reached {host_network}:8080 on the host's own network: {out}"
+    code, out, err = sh(sbx, "python3 /tmp/get.py 198.51.100.1 8080")
+    assert not out.startswith("HTTP"), out
+    assert "198.51.100.0/24" in s, f"the host's network is not in the deny set:\n{s}"
