@@ -103,6 +103,9 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
                 config.interpreter_warm_pool(),
             ))
             .collect(),
+            admission: config
+                .limits
+                .admission(crate::config::HostResources::read(&config.data_dir)),
         },
         store,
         runtimes,

@@ -65,6 +65,8 @@ pub struct CoreConfig {
     pub metrics_interval: std::time::Duration,
     /// Warm sandboxes kept per template (id or alias) with a start command.
     pub warm_pools: std::collections::BTreeMap<String, usize>,
+    /// Per-team default limits and the host's capacity (`limits.rs`).
+    pub admission: crate::limits::AdmissionConfig,
 }
 
 impl Default for CoreConfig {
@@ -77,6 +79,7 @@ impl Default for CoreConfig {
             domain: None,
             metrics_interval: std::time::Duration::from_secs(5),
             warm_pools: Default::default(),
+            admission: Default::default(),
         }
     }
 }
@@ -141,6 +144,8 @@ pub(crate) struct Inner {
     pub(crate) pools: Mutex<HashMap<String, Vec<Arc<Live>>>>,
     /// Templates whose pool is being refilled.
     pub(crate) refilling: Mutex<std::collections::HashSet<String>>,
+    /// Admissions between their check and their sandbox's entry in `live`.
+    pub(crate) pending: Arc<Mutex<crate::limits::Pending>>,
 }
 
 /// The sandbox service. Cheap to clone.
@@ -165,6 +170,7 @@ impl Core {
                 live: RwLock::new(HashMap::new()),
                 pools: Mutex::new(HashMap::new()),
                 refilling: Mutex::new(Default::default()),
+                pending: Default::default(),
             }),
         }
     }

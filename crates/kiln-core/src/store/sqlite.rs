@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{KeyRecord, Store, StoreError, TemplateUsage};
+use crate::limits::TeamLimits;
 use crate::sandbox::{SandboxRecord, SandboxState};
 use crate::snapshots::SnapshotRecord;
 
@@ -77,6 +78,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     CREATE INDEX snapshots_team ON snapshots (team_id, created_at);
     CREATE UNIQUE INDEX snapshots_team_name ON snapshots (team_id, name);",
+    ),
+    (
+        4,
+        "CREATE TABLE team_limits (
+        team_id TEXT PRIMARY KEY,
+        sandboxes BIGINT,
+        vcpus BIGINT,
+        memory_mib BIGINT,
+        disk_mib BIGINT
+    );",
     ),
 ];
 
@@ -743,6 +754,80 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn team_limits(&self, team_id: &str) -> Result<Option<TeamLimits>, StoreError> {
+        let team_id = team_id.to_owned();
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT team_id, sandboxes, vcpus, memory_mib, disk_mib FROM team_limits WHERE team_id = ?1",
+                [team_id],
+                limits_row,
+            )
+            .optional()
+            .map_err(db("reading a team's limits"))
+            .map(|r| r.map(|(_, l)| l))
+        })
+        .await
+    }
+
+    async fn set_team_limits(&self, team_id: &str, l: &TeamLimits) -> Result<(), StoreError> {
+        let (team_id, l) = (team_id.to_owned(), *l);
+        let n = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+        self.run(move |conn| {
+            if l.is_empty() {
+                conn.execute("DELETE FROM team_limits WHERE team_id = ?1", [team_id])
+            } else {
+                conn.execute(
+                    "INSERT INTO team_limits (team_id, sandboxes, vcpus, memory_mib, disk_mib)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (team_id) DO UPDATE SET sandboxes = ?2, vcpus = ?3,
+                     memory_mib = ?4, disk_mib = ?5",
+                    params![
+                        team_id,
+                        n(l.sandboxes),
+                        n(l.vcpus),
+                        n(l.memory_mib),
+                        n(l.disk_mib)
+                    ],
+                )
+            }
+            .map_err(db("setting a team's limits"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_team_limits(&self) -> Result<Vec<(String, TeamLimits)>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT team_id, sandboxes, vcpus, memory_mib, disk_mib FROM team_limits ORDER BY team_id",
+                )
+                .map_err(db("listing teams' limits"))?;
+            let rows = stmt
+                .query_map([], limits_row)
+                .map_err(db("listing teams' limits"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db("listing teams' limits"))?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+fn limits_row(r: &Row<'_>) -> rusqlite::Result<(String, TeamLimits)> {
+    let n = |i: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(|v| v.max(0) as u64))
+    };
+    Ok((
+        r.get(0)?,
+        TeamLimits {
+            sandboxes: n(1)?,
+            vcpus: n(2)?,
+            memory_mib: n(3)?,
+            disk_mib: n(4)?,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -779,6 +864,28 @@ mod tests {
             pause_mode: None,
             end_reason: None,
         }
+    }
+
+    #[tokio::test]
+    async fn team_limits_round_trip_and_reset() {
+        let s = SqliteStore::in_memory().unwrap();
+        assert_eq!(s.team_limits("t1").await.unwrap(), None);
+        let l = TeamLimits {
+            sandboxes: Some(3),
+            memory_mib: Some(2048),
+            ..Default::default()
+        };
+        s.set_team_limits("t1", &l).await.unwrap();
+        s.set_team_limits("t1", &l).await.unwrap();
+        assert_eq!(s.team_limits("t1").await.unwrap(), Some(l));
+        assert_eq!(
+            s.list_team_limits().await.unwrap(),
+            vec![("t1".to_string(), l)]
+        );
+        s.set_team_limits("t1", &TeamLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(s.team_limits("t1").await.unwrap(), None);
     }
 
     #[tokio::test]
