@@ -41,7 +41,7 @@ def fill(path):
 @pytest.fixture(scope="module")
 def full_disk_run(tmp_path_factory):
     data = tmp_path_factory.mktemp("kiln-full")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "kiln-fault-tmpfs", str(data)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m,mode=0700", "kiln-fault-tmpfs", str(data)], check=True)
     # A small warm pool: 64 helpers' disk images would fill this tmpfs
     # before the test does.
     k = new_kilnd(data, TAG, "10.243.0.0", KILN_SANDBOX_DISK_MIB="64", KILN_SANDBOX_MEMORY_MIB="128",

@@ -1,13 +1,16 @@
 """The hostile-workload suite's kilnd: a real `kiln up` (container runtime)
-on a temp data dir, tag `sec`, with small sandboxes (1 vCPU, 256 MiB,
-512 MiB disk) so the bombs hit their limits quickly. kilnd is started
-holding an inheritable pipe, as a careless parent would leave it one
-(test_isolation checks no sandbox process sees it). At the end every
-sandbox is killed, kilnd stops, and nothing of the tag may be left on the
-host (processes, cgroups, veths, network namespaces, mounts, loop devices)."""
+on a temp data dir (0755 under /tmp, see below), tag `sec`, with small
+sandboxes (1 vCPU, 256 MiB, 512 MiB disk) so the bombs hit their limits
+quickly. kilnd is started holding an inheritable pipe, as a careless parent
+would leave it one (test_isolation checks no sandbox process sees it). At
+the end every sandbox is killed, kilnd stops, and nothing of the tag may be
+left on the host (processes, cgroups, veths, network namespaces, mounts, loop devices)."""
 
 import os
+import pathlib
 import secrets
+import shutil
+import tempfile
 
 import pytest
 from e2b import Sandbox
@@ -19,8 +22,12 @@ TAG = "sec"
 
 
 @pytest.fixture(scope="session")
-def kilnd(tmp_path_factory):
-    data = tmp_path_factory.mktemp("kiln-sec")
+def kilnd():
+    # A data dir other host users can traverse (0755 under /tmp), as
+    # `mkdir -p /var/lib/kiln` or an older Kiln leaves it: kilnd must close
+    # it at start (test_host_users.py). pytest's own temp dirs are 0700.
+    data = pathlib.Path(tempfile.mkdtemp(prefix="kiln-sec-", dir="/tmp"))
+    os.chmod(data, 0o755)
     k = new_kilnd(
         data,
         TAG,
@@ -48,6 +55,7 @@ def kilnd(tmp_path_factory):
     assert code == 0, f"kilnd exited with {code} on SIGINT:\n{k.log_tail()}"
     left = wait_host_clean(TAG, data)
     assert not left, f"left on the host after the security suite: {left}"
+    shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture

@@ -100,6 +100,13 @@ impl Kilnd {
             .env("KILN_RUNTIME", "container")
             // Room for the 1 GiB a memory pause is measured with.
             .env("KILN_SANDBOX_MEMORY_MIB", "1536")
+            // The density run holds up to 1000 sandboxes of 1536 MiB, 2
+            // vCPUs and 4 GiB of (sparse) disk on any host: admission would
+            // stop it long before (it measures what the host really holds).
+            .env("KILN_VCPU_OVERCOMMIT", "1000")
+            .env("KILN_MEMORY_OVERCOMMIT", "1000")
+            .env("KILN_DISK_OVERCOMMIT", "1000")
+            .env("KILN_TEAM_SANDBOXES", "100000")
             .env("KILN_RUNTIME_TAG", &opts.tag)
             .env("KILN_SUBNET", free_subnet(&opts.subnet))
             .env(

@@ -1,4 +1,5 @@
-//! `kiln`: set up and serve (`kiln up`), manage API keys (`kiln keys`), and
+//! `kiln`: set up and serve (`kiln up`), manage API keys (`kiln keys`) and
+//! teams' limits (`kiln teams`), and
 //! the client verbs (`kiln sandbox`, `exec`, `shell`, `cp`, `template`,
 //! `doctor`, `mcp`) in `commands/`, one file per verb, built on kiln-client.
 
@@ -35,6 +36,19 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+        /// Data directory holding the store.
+        #[arg(
+            long,
+            env = "KILN_DATA_DIR",
+            default_value = "/var/lib/kiln",
+            global = true
+        )]
+        data_dir: PathBuf,
+    },
+    /// Per-team limits: concurrent sandboxes, vCPUs, memory, disk.
+    Teams {
+        #[command(subcommand)]
+        command: TeamsCommand,
         /// Data directory holding the store.
         #[arg(
             long,
@@ -108,6 +122,30 @@ enum KeysCommand {
     Revoke { id: String },
 }
 
+#[derive(Subcommand)]
+enum TeamsCommand {
+    /// Teams (those with keys or limits of their own) and their limits.
+    List,
+    /// Set some of a team's limits (the others stay); applies to its next create.
+    Set {
+        team: String,
+        /// Concurrent (running) sandboxes.
+        #[arg(long)]
+        sandboxes: Option<u64>,
+        /// vCPUs of its running sandboxes together.
+        #[arg(long)]
+        vcpus: Option<u64>,
+        /// Memory limits (MiB) of its sandboxes together.
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        /// Disk limits (MiB) of its sandboxes together.
+        #[arg(long)]
+        disk_mib: Option<u64>,
+    },
+    /// Give a team the default limits again.
+    Reset { team: String },
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -134,6 +172,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             KeysCommand::List => block_on(commands::keys::list(&data_dir)),
             KeysCommand::Revoke { id } => block_on(commands::keys::revoke(&data_dir, &id)),
+        },
+        Command::Teams { command, data_dir } => match command {
+            TeamsCommand::List => block_on(commands::teams::list(&data_dir)),
+            TeamsCommand::Set {
+                team,
+                sandboxes,
+                vcpus,
+                memory_mib,
+                disk_mib,
+            } => block_on(commands::teams::set(
+                &data_dir,
+                &team,
+                kiln_core::limits::TeamLimits {
+                    sandboxes,
+                    vcpus,
+                    memory_mib,
+                    disk_mib,
+                },
+            )),
+            TeamsCommand::Reset { team } => block_on(commands::teams::reset(&data_dir, &team)),
         },
         Command::Sandbox { command } => block_on(commands::sandbox::run(command, &cli.client)),
         Command::Snapshot { command } => block_on(commands::snapshot::run(command, &cli.client)),

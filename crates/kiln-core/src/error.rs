@@ -19,6 +19,10 @@ pub enum CoreError {
     /// The operation does not fit the sandbox's current state.
     #[error("{0}")]
     Conflict(String),
+    /// The caller's team, or the host, has no room for this sandbox's
+    /// limits (see `limits.rs`); the message names the limit.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// Kiln does not offer this yet.
     #[error("{0}")]
     NotImplemented(String),

@@ -85,7 +85,7 @@ pub async fn authenticate(store: &dyn Store, key: Option<&str>) -> Result<Team, 
     }
 }
 
-fn validate_team(team_id: &str) -> Result<(), CoreError> {
+pub(crate) fn validate_team(team_id: &str) -> Result<(), CoreError> {
     let ok = !team_id.is_empty()
         && team_id.len() <= 64
         && team_id

@@ -10,6 +10,7 @@ pub mod history;
 pub mod ids;
 pub mod keys;
 pub mod lifecycle;
+pub mod limits;
 pub mod sandbox;
 pub mod snapshots;
 pub mod store;

@@ -1608,3 +1608,72 @@ async fn warm_sandboxes_are_handed_over_with_new_tokens_and_refilled() {
         "{cold:?}"
     );
 }
+
+#[tokio::test]
+async fn team_limits_refuse_then_make_room_and_spare_other_teams() {
+    use kiln_core::limits::{AdmissionConfig, Amounts, TeamLimits};
+    let rt = Arc::new(FakeRuntime::new());
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let host = Amounts {
+        sandboxes: u64::MAX,
+        vcpus: 100,
+        memory_mib: 5 * 1024,
+        disk_mib: 1 << 30,
+    };
+    let core = Core::new(
+        CoreConfig {
+            admission: AdmissionConfig {
+                team_default: Amounts {
+                    sandboxes: 10,
+                    ..host
+                },
+                host,
+                host_note: "test host".into(),
+            },
+            ..CoreConfig::default()
+        },
+        store.clone(),
+        Runtimes::single(rt.clone(), Arc::new(NoAgent)),
+        catalog(),
+    );
+    kiln_core::limits::set_team_limits(
+        store.as_ref(),
+        "a",
+        &TeamLimits {
+            sandboxes: Some(2),
+            ..TeamLimits::default()
+        },
+    )
+    .await
+    .unwrap();
+    let a = team("a");
+    let one = core.create(&a, req()).await.unwrap();
+    core.create(&a, req()).await.unwrap();
+    let e = core.create(&a, req()).await.unwrap_err();
+    assert!(matches!(e, CoreError::LimitExceeded(_)), "{e}");
+    assert!(
+        e.to_string().contains("limit of 2 concurrent sandboxes"),
+        "{e}"
+    );
+    assert_eq!(rt.count(), 2, "nothing is started for a refused create");
+    // Another team is not held to team a's limit; the host's memory
+    // (5 GiB of 1 GiB sandboxes) is what stops it.
+    let b = team("b");
+    for _ in 0..3 {
+        core.create(&b, req()).await.unwrap();
+    }
+    let e = core.create(&b, req()).await.unwrap_err();
+    assert!(
+        e.to_string().starts_with("host: limit of 5120 MiB memory"),
+        "{e}"
+    );
+    // Killing one of team a's makes room for it again.
+    core.kill(&a, &one.id).await.unwrap();
+    core.create(&a, req()).await.unwrap();
+    // A bad team name is a clear error.
+    let e =
+        kiln_core::limits::set_team_limits(store.as_ref(), "no such/team", &TeamLimits::default())
+            .await
+            .unwrap_err();
+    assert!(e.to_string().contains("invalid team name"), "{e}");
+}

@@ -6,8 +6,14 @@
 //! sandboxes cannot talk to each other at layer 2; an nftables table per
 //! [`Network`] drops traffic from the bridge to the host itself (the host's
 //! services are unreachable; replies to connections the host opened pass),
-//! drops egress to denied ranges (private networks, link-local/metadata),
-//! drops all egress of sandboxes that are offline, and masquerades the rest.
+//! drops egress to denied ranges (private networks, link-local/metadata) and
+//! to every network the host's own interfaces sit on ([`hostnets`], kept
+//! current while kilnd runs), drops all egress of sandboxes that are
+//! offline, and masquerades the rest. Towards the sandboxes, only root's
+//! sockets on the host (kilnd's) may send: other host users cannot reach a
+//! sandbox's ports at its bridge address, bypassing the proxy's access
+//! checks, and nothing is forwarded to the bridge from elsewhere (other
+//! namespaces, containers, the LAN) but replies.
 //!
 //! Namespaces are made ahead of time in a pool, off the create path: taking
 //! one costs a mutex and, for an offline sandbox, one `nft` call.
@@ -15,11 +21,13 @@
 //! Host tools used: `ip` (iproute2) and `nft` (nftables).
 
 mod cmd;
+pub mod hostnets;
 mod pool;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use cmd::NetError;
@@ -125,6 +133,8 @@ pub struct NetLease {
 pub struct Network {
     cfg: NetConfig,
     state: Mutex<State>,
+    /// Set by [`Network::shutdown`]: the host-network watcher stops.
+    stopped: AtomicBool,
 }
 
 #[derive(Default)]
@@ -167,9 +177,12 @@ impl Network {
         let net = Arc::new(Self {
             cfg,
             state: Mutex::new(State::default()),
+            stopped: AtomicBool::new(false),
         });
         net.remove_leftovers(keep)?;
-        net.setup_host()?;
+        let host_nets = hostnets::host_networks();
+        net.setup_host(&host_nets)?;
+        hostnets::watch(Arc::downgrade(&net), host_nets);
         {
             let mut st = net.state.lock().unwrap();
             for lease in keep {
@@ -256,6 +269,7 @@ impl Network {
     /// Removes the pool, the bridge and the firewall. Leases still out are
     /// the caller's to release first. Blocking.
     pub fn shutdown(&self) -> Result<(), NetError> {
+        self.stopped.store(true, Ordering::Relaxed);
         let pool = std::mem::take(&mut self.state.lock().unwrap().pool);
         for lease in &pool {
             self.destroy(lease)?;
@@ -330,9 +344,9 @@ impl Network {
         }
     }
 
-    fn setup_host(&self) -> Result<(), NetError> {
+    fn setup_host(&self, host_nets: &[hostnets::Net]) -> Result<(), NetError> {
         pool::setup_bridge(&self.cfg)?;
-        pool::setup_firewall(&self.cfg)
+        pool::setup_firewall(&self.cfg, host_nets)
     }
 
     fn remove_leftovers(&self, keep: &[NetLease]) -> Result<(), NetError> {

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use crate::cmd::{run, run_with_input, NetError};
+use crate::hostnets::{self, Net};
 use crate::{NetConfig, NetLease};
 
 pub(crate) fn make_netns(cfg: &NetConfig, lease: &NetLease) -> Result<(), NetError> {
@@ -119,17 +120,30 @@ fn bridge_addresses(out: &str) -> Vec<&str> {
         .collect()
 }
 
-pub(crate) fn setup_firewall(cfg: &NetConfig) -> Result<(), NetError> {
-    run_with_input("nft", &["-f", "-"], Some(&ruleset(cfg)))?;
+pub(crate) fn setup_firewall(cfg: &NetConfig, host_nets: &[Net]) -> Result<(), NetError> {
+    run_with_input("nft", &["-f", "-"], Some(&ruleset(cfg, host_nets)))?;
     Ok(())
 }
 
 /// The nftables ruleset of one network (one table, loaded atomically).
-pub(crate) fn ruleset(cfg: &NetConfig) -> String {
+///
+/// `output`: of the host's own traffic, only root's sockets (kilnd's) may
+/// reach the sandboxes, over the bridge or to their subnet by any route.
+/// Root-only rather than kilnd's cgroup: root can enter any cgroup or the
+/// sandbox's namespaces anyway, while every other user (and every
+/// container or user namespace whose ids map to other host uids) is kept
+/// to the proxy and its access checks. Packets with no full socket (the
+/// kernel's resets and ICMP errors) do not match `meta skuid` and pass.
+pub(crate) fn ruleset(cfg: &NetConfig, host_nets: &[Net]) -> String {
     let table = cfg.table();
     let br = cfg.bridge();
     let subnet = format!("{}/16", cfg.subnet);
     let denied = cfg.denied.join(", ");
+    let host_nets = if host_nets.is_empty() {
+        String::new()
+    } else {
+        format!(" elements = {{ {} }};", hostnets::elements(host_nets))
+    };
     let dns = if cfg.dns.is_empty() {
         String::new()
     } else {
@@ -152,6 +166,7 @@ delete table inet {table}
 table inet {table} {{
     set offline {{ type ipv4_addr; }}
     set denied {{ type ipv4_addr; flags interval; elements = {{ {denied} }} }}
+    set hostnets {{ type ipv4_addr; flags interval;{host_nets} }}
     chain input {{
         type filter hook input priority -10; policy accept;
         iifname "{br}" ct state established,related accept
@@ -164,8 +179,14 @@ table inet {table} {{
         iifname "{br}" meta nfproto ipv6 drop
         iifname "{br}" ip saddr @offline drop
 {dns}        iifname "{br}" ip daddr @denied drop
+        iifname "{br}" ip daddr @hostnets drop
         iifname "{br}" ip saddr {subnet} accept
         iifname "{br}" drop
+    }}
+    chain output {{
+        type filter hook output priority -10; policy accept;
+        oifname "{br}" meta skuid != 0 drop
+        ip daddr {subnet} meta skuid != 0 drop
     }}
     chain postrouting {{
         type nat hook postrouting priority 100; policy accept;
@@ -221,7 +242,7 @@ mod tests {
     fn ruleset_orders_offline_dns_denied() {
         let mut cfg = NetConfig::new("x1");
         cfg.dns = vec!["10.255.255.53".parse().unwrap()];
-        let r = ruleset(&cfg);
+        let r = ruleset(&cfg, &[]);
         let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("{s} missing in\n{r}"));
         assert!(pos("@offline drop") < pos("udp dport 53 accept"));
         assert!(pos("tcp dport 53 accept") < pos("@denied drop"));
@@ -229,6 +250,16 @@ mod tests {
         assert!(r.contains("iifname \"kb-x1\" ct state established,related accept"));
         assert!(r.contains("masquerade"));
         cfg.dns.clear();
-        assert!(!ruleset(&cfg).contains("dport 53"));
+        assert!(!ruleset(&cfg, &[]).contains("dport 53"));
+        assert!(pos("@denied drop") < pos("@hostnets drop"));
+        assert!(pos("@hostnets drop") < pos("ip saddr 10.88.0.0/16 accept"));
+        assert!(r.contains("oifname \"kb-x1\" meta skuid != 0 drop"));
+        let with = ruleset(&cfg, &[("198.51.100.0".parse().unwrap(), 24)]);
+        assert!(
+            with.contains(
+                "set hostnets { type ipv4_addr; flags interval; elements = { 198.51.100.0/24 }; }"
+            ),
+            "{with}"
+        );
     }
 }

@@ -1,6 +1,9 @@
 //! Sandbox networking on the real kernel. Traffic only goes to loopback and
 //! to namespaces this test makes: the "outside" host is a network namespace
-//! at 198.18.<n>.2 (a benchmarking range) reached through the host's NAT.
+//! joined to the host by a link on 198.18.<n>.0/24 (a benchmarking range),
+//! serving at 198.19.<n>.2, one hop beyond it, reached through the host's
+//! NAT. (Networks the host itself sits on, like the link, are denied to
+//! sandboxes: the internet is beyond a router.)
 
 mod common;
 
@@ -24,7 +27,8 @@ impl Outside {
         let ns = format!("kiln-test-out{n}");
         let veth = format!("kto{n}");
         let host_ip = format!("198.18.{n}.1");
-        let out_ip = format!("198.18.{n}.2");
+        let link_ip = format!("198.18.{n}.2");
+        let out_ip = format!("198.19.{n}.2");
         let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         let _ = Command::new("ip").args(["link", "del", &veth]).status();
         let run = |args: &[&str]| {
@@ -42,12 +46,23 @@ impl Outside {
             &ns,
             "addr",
             "add",
-            &format!("{out_ip}/24"),
+            &format!("{link_ip}/24"),
             "dev",
             "eth0",
         ]);
         run(&["-n", &ns, "link", "set", "eth0", "up"]);
         run(&["-n", &ns, "link", "set", "lo", "up"]);
+        run(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{out_ip}/32"),
+            "dev",
+            "lo",
+        ]);
+        // Gone with the veth.
+        run(&["route", "add", &format!("198.19.{n}.0/24"), "via", &link_ip]);
         let server = Command::new("ip")
             .args(["netns", "exec", &ns, "busybox", "httpd", "-f", "-p"])
             .arg(format!("{out_ip}:8080"))

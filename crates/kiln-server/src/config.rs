@@ -24,6 +24,13 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KILN_SANDBOX_VCPUS", "vCPUs of a sandbox (default 2)."),
     ("KILN_SANDBOX_MEMORY_MIB", "Memory limit of a sandbox in MiB (default 1024)."),
     ("KILN_SANDBOX_DISK_MIB", "Disk limit of a sandbox in MiB (default 4096)."),
+    ("KILN_TEAM_SANDBOXES", "TOML: limits.sandboxes. Concurrent (running) sandboxes a team may hold, unless `kiln teams set` gave it its own (default: the host's memory capacity / 256 MiB)."),
+    ("KILN_TEAM_VCPUS", "TOML: limits.vcpus. vCPUs a team's running sandboxes may hold together (default: the host's capacity, see KILN_VCPU_OVERCOMMIT)."),
+    ("KILN_TEAM_MEMORY_MIB", "TOML: limits.memory_mib. Memory limits (MiB) a team's sandboxes may hold together, running or paused with memory (default: the host's capacity)."),
+    ("KILN_TEAM_DISK_MIB", "TOML: limits.disk_mib. Disk limits (MiB) a team's sandboxes may hold together, running or paused (default: the host's capacity)."),
+    ("KILN_VCPU_OVERCOMMIT", "TOML: limits.vcpu_overcommit. The host admits sandboxes while their vCPUs add up to at most this many times its CPUs, 1-1000 (default 64: vCPUs are CPU-time ceilings)."),
+    ("KILN_MEMORY_OVERCOMMIT", "TOML: limits.memory_overcommit. The host admits sandboxes while their memory limits add up to at most this many times its memory, 1-1000 (default 4)."),
+    ("KILN_DISK_OVERCOMMIT", "TOML: limits.disk_overcommit. The host admits sandboxes while their disk limits add up to at most this many times the size of the data directory's file system, 1-1000 (default 4: disks are sparse)."),
     ("KILN_WARM_POOL", "TOML: runtime.container.warm_pool. Sandboxes the container runtime keeps started ahead of time, each with its namespaces, cgroups and disk ready (about 1 MiB of host memory apiece): creates beyond it in a burst take the slower cold path (default 64, at most 1000)."),
     ("KILN_AGENT_BIN", "The static kiln-agent binary put into every sandbox (default: kiln-agent next to this program, or the agent build in target/)."),
     ("KILN_CODE_INTERPRETER", "Build and serve the code-interpreter template (aliases code-interpreter-v1, code-interpreter: the e2b-code-interpreter SDK's default) with the container runtime: true (required: kilnd does not start without it), false (off), or unset (default: built when the kiln-interpreter binary is found, else a warning). Its first build takes a few minutes; later starts use the cache."),
@@ -64,6 +71,8 @@ pub struct Config {
     pub interpreter_bin: Option<PathBuf>,
     pub runtime_tag: String,
     pub subnet: std::net::Ipv4Addr,
+    /// `[limits]`: per-team defaults and the host's overcommit factors.
+    pub limits: LimitsConfig,
     /// From `KILN_API_KEY` only.
     #[serde(skip)]
     pub api_key: Option<String>,
@@ -90,7 +99,107 @@ impl Default for Config {
             interpreter_bin: None,
             runtime_tag: "k0".into(),
             subnet: std::net::Ipv4Addr::new(10, 88, 0, 0),
+            limits: LimitsConfig::default(),
             api_key: None,
+        }
+    }
+}
+
+/// `[limits]` of the config file: what a team may hold unless `kiln teams
+/// set` gave it its own limits (`None`: sized from the host), and how far
+/// the host's own resources are overcommitted when admitting sandboxes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub sandboxes: Option<u64>,
+    pub vcpus: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub disk_mib: Option<u64>,
+    pub vcpu_overcommit: u32,
+    pub memory_overcommit: u32,
+    pub disk_overcommit: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            sandboxes: None,
+            vcpus: None,
+            memory_mib: None,
+            disk_mib: None,
+            vcpu_overcommit: 64,
+            memory_overcommit: 4,
+            disk_overcommit: 4,
+        }
+    }
+}
+
+/// What admission is sized from: the host's CPUs, memory and the size of
+/// the data directory's file system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostResources {
+    pub cpus: u64,
+    pub memory_mib: u64,
+    pub disk_mib: u64,
+}
+
+impl HostResources {
+    /// This host's, for a data directory at `data_dir`.
+    pub fn read(data_dir: &Path) -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u64)
+            .unwrap_or(1);
+        let memory_mib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .map(|kib| kib >> 10)
+            .unwrap_or(1024);
+        let disk_mib = nix::sys::statvfs::statvfs(data_dir)
+            .map(|s| s.blocks().saturating_mul(s.fragment_size()) >> 20)
+            .unwrap_or(0);
+        Self {
+            cpus,
+            memory_mib,
+            disk_mib,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The core's admission settings on a host with `host`'s resources.
+    pub fn admission(&self, host: HostResources) -> kiln_core::limits::AdmissionConfig {
+        use kiln_core::limits::{AdmissionConfig, Amounts};
+        let capacity = Amounts {
+            sandboxes: u64::MAX,
+            vcpus: host.cpus.saturating_mul(self.vcpu_overcommit.into()),
+            memory_mib: host
+                .memory_mib
+                .saturating_mul(self.memory_overcommit.into()),
+            disk_mib: host.disk_mib.saturating_mul(self.disk_overcommit.into()),
+        };
+        AdmissionConfig {
+            team_default: Amounts {
+                sandboxes: self
+                    .sandboxes
+                    .unwrap_or((capacity.memory_mib / 256).max(1)),
+                vcpus: self.vcpus.unwrap_or(capacity.vcpus),
+                memory_mib: self.memory_mib.unwrap_or(capacity.memory_mib),
+                disk_mib: self.disk_mib.unwrap_or(capacity.disk_mib),
+            },
+            host: capacity,
+            host_note: format!(
+                "it admits {}x its {} CPUs, {}x its {} MiB of memory and {}x its {} MiB data file system",
+                self.vcpu_overcommit,
+                host.cpus,
+                self.memory_overcommit,
+                host.memory_mib,
+                self.disk_overcommit,
+                host.disk_mib
+            ),
         }
     }
 }
@@ -290,6 +399,27 @@ impl Config {
         if let Some(v) = env("KILN_SANDBOX_DISK_MIB") {
             self.sandbox_disk_mib = parse("KILN_SANDBOX_DISK_MIB", v)?;
         }
+        if let Some(v) = env("KILN_TEAM_SANDBOXES") {
+            self.limits.sandboxes = Some(parse("KILN_TEAM_SANDBOXES", v)?);
+        }
+        if let Some(v) = env("KILN_TEAM_VCPUS") {
+            self.limits.vcpus = Some(parse("KILN_TEAM_VCPUS", v)?);
+        }
+        if let Some(v) = env("KILN_TEAM_MEMORY_MIB") {
+            self.limits.memory_mib = Some(parse("KILN_TEAM_MEMORY_MIB", v)?);
+        }
+        if let Some(v) = env("KILN_TEAM_DISK_MIB") {
+            self.limits.disk_mib = Some(parse("KILN_TEAM_DISK_MIB", v)?);
+        }
+        if let Some(v) = env("KILN_VCPU_OVERCOMMIT") {
+            self.limits.vcpu_overcommit = parse("KILN_VCPU_OVERCOMMIT", v)?;
+        }
+        if let Some(v) = env("KILN_MEMORY_OVERCOMMIT") {
+            self.limits.memory_overcommit = parse("KILN_MEMORY_OVERCOMMIT", v)?;
+        }
+        if let Some(v) = env("KILN_DISK_OVERCOMMIT") {
+            self.limits.disk_overcommit = parse("KILN_DISK_OVERCOMMIT", v)?;
+        }
         if let Some(v) = env("KILN_WARM_POOL") {
             self.runtime.container.warm_pool = parse("KILN_WARM_POOL", v)?;
         }
@@ -370,6 +500,18 @@ impl Config {
                 "metrics_interval_secs {} must be between 1 and 3600",
                 self.metrics_interval_secs
             )));
+        }
+        let l = &self.limits;
+        for (name, f) in [
+            ("vcpu_overcommit", l.vcpu_overcommit),
+            ("memory_overcommit", l.memory_overcommit),
+            ("disk_overcommit", l.disk_overcommit),
+        ] {
+            if !(1..=1000).contains(&f) {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.{name} {f} must be between 1 and 1000"
+                )));
+            }
         }
         if self.runtime.container.warm_pool > 1000 {
             return Err(ConfigError::Invalid(format!(
@@ -570,6 +712,38 @@ mod tests {
         };
         let e = Config::load_with(&Overrides::default(), env).unwrap_err();
         assert!(e.to_string().contains("not among the enabled"), "{e}");
+    }
+
+    #[test]
+    fn limits_from_file_env_and_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kiln.toml");
+        std::fs::write(&file, "[limits]\nsandboxes = 5\nmemory_overcommit = 2\n").unwrap();
+        let c = Config::from_file(&file).unwrap();
+        assert_eq!(c.limits.sandboxes, Some(5));
+        let env = |k: &str| match k {
+            "KILN_CONFIG" => Some(file.display().to_string()),
+            "KILN_TEAM_VCPUS" => Some("8".to_string()),
+            _ => None,
+        };
+        let c = Config::load_with(&Overrides::default(), env).unwrap();
+        let host = HostResources {
+            cpus: 2,
+            memory_mib: 1000,
+            disk_mib: 10_000,
+        };
+        let a = c.limits.admission(host);
+        assert_eq!(a.team_default.sandboxes, 5);
+        assert_eq!(a.team_default.vcpus, 8);
+        assert_eq!(a.host.vcpus, 128);
+        assert_eq!(a.host.memory_mib, 2000);
+        assert_eq!(a.team_default.memory_mib, 2000);
+        assert_eq!(a.host.disk_mib, 40_000);
+        let d = LimitsConfig::default().admission(host);
+        assert_eq!(d.team_default.sandboxes, 4000 / 256);
+        let env = |k: &str| (k == "KILN_MEMORY_OVERCOMMIT").then(|| "0".to_string());
+        let e = Config::load_with(&Overrides::default(), env).unwrap_err();
+        assert!(e.to_string().contains("memory_overcommit"), "{e}");
     }
 
     #[test]

@@ -60,6 +60,7 @@ impl From<CoreError> for ApiError {
             CoreError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, m),
             CoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, m),
             CoreError::NotImplemented(m) => Self::new(StatusCode::NOT_IMPLEMENTED, m),
+            CoreError::LimitExceeded(m) => Self::new(StatusCode::TOO_MANY_REQUESTS, m),
             CoreError::Runtime(RuntimeError::InvalidSpec(m)) => Self::new(
                 StatusCode::BAD_REQUEST,
                 format!("invalid sandbox spec: {m}"),

@@ -7,6 +7,7 @@ pub mod agent_client;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod datadir;
 pub mod error;
 pub mod proxy;
 pub mod rest;

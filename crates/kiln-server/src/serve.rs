@@ -29,6 +29,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Core(#[from] CoreError),
+    #[error(transparent)]
+    DataDir(#[from] crate::datadir::DataDirError),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -50,12 +52,15 @@ pub struct Prepared {
     pub recovery: RecoveryReport,
 }
 
-/// Opens the store, makes sure an API key exists, builds the runtime,
+/// Checks and closes the data directory (see [`crate::datadir`]), opens
+/// the store, makes sure an API key exists, builds the runtime,
 /// recovers the previous run's sandboxes and binds the listener.
 pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
     if let Err(e) = kiln_runtime::host::sys::cloexec_inherited() {
         tracing::warn!(error = %e, "could not mark inherited descriptors close-on-exec");
     }
+    crate::datadir::private_umask();
+    crate::datadir::secure(&config.data_dir, &config.template_dir())?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in(&config.data_dir).map_err(
         |source| ServeError::Store {
             dir: config.data_dir.display().to_string(),
@@ -101,6 +106,9 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
                 config.interpreter_warm_pool(),
             ))
             .collect(),
+            admission: config
+                .limits
+                .admission(crate::config::HostResources::read(&config.data_dir)),
         },
         store,
         runtimes,

@@ -199,7 +199,10 @@ fn build(recipe: &Recipe, dir: &Path, progress: &dyn Progress) -> Result<(), Tem
         recipe.name,
         recipe.packages.len()
     ));
-    let mut cmd = Command::new("mmdebstrap");
+    // The template is what every sandbox sees: it is built with the usual
+    // umask 022 whatever the caller's (kilnd's is 077).
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "umask 022 && exec mmdebstrap \"$@\"", "mmdebstrap"]);
     cmd.arg(format!("--variant={}", recipe.variant))
         .arg("--mode=root")
         .arg("--format=directory")

@@ -7,5 +7,6 @@ pub mod mcp;
 pub mod sandbox;
 pub mod shell;
 pub mod snapshot;
+pub mod teams;
 pub mod template;
 pub mod up;

@@ -10,6 +10,7 @@ use super::validate::{validate_env, validate_metadata};
 use super::{lock, Core, Live};
 use crate::error::CoreError;
 use crate::ids::{new_sandbox_id, random_hex};
+use crate::limits::{self, Amounts, Reservation};
 use crate::sandbox::{CreateSandbox, SandboxRecord, SandboxState, Team};
 use crate::snapshots::{strip_tag, SnapshotRecord};
 use crate::store::TemplateUsage;
@@ -57,6 +58,42 @@ impl Source {
 }
 
 impl Core {
+    /// Admits `want` more for `team` (a warm sandbox's create: for no team)
+    /// against its limits and the host's, or says which limit it passes
+    /// (see `limits.rs`).
+    pub(crate) async fn admit(&self, team: &Team, want: Amounts) -> Result<Reservation, CoreError> {
+        let config = &self.inner.config.admission;
+        let limits = if team.id == super::warm::POOL_TEAM {
+            None
+        } else {
+            let own = self
+                .inner
+                .store
+                .team_limits(&team.id)
+                .await?
+                .unwrap_or_default();
+            Some(own.over(&config.team_default))
+        };
+        let held: Vec<(String, Amounts)> = self
+            .inner
+            .live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|l| {
+                let r = lock(&l.record);
+                (r.team_id.clone(), Amounts::held_by(&r))
+            })
+            .collect();
+        limits::admit(
+            &self.inner.pending,
+            config,
+            limits.map(|l| (team.id.as_str(), l)),
+            want,
+            held.into_iter(),
+        )
+    }
+
     /// Creates and starts a sandbox. On any failure nothing is left behind:
     /// the runtime's sandbox is killed and the record marked killed.
     pub async fn create(
@@ -160,6 +197,14 @@ impl Core {
                 .or(t.runtime)
                 .unwrap_or(self.inner.runtimes.default_kind()),
         };
+        let (vcpus, memory_mib, disk_mib) = match &source {
+            Source::Snapshot(s, _) => (s.vcpus, s.memory_mib, s.disk_mib),
+            Source::Template(t) => (t.vcpus, t.memory_mib, t.disk_mib),
+        };
+        // Held until the sandbox is in the live map (or its create failed).
+        let reservation = self
+            .admit(team, Amounts::sized(vcpus, memory_mib, disk_mib))
+            .await?;
         if let Source::Template(t) = &source {
             if team.id != super::warm::POOL_TEAM {
                 if let Some(rec) = self.take_warm(team, &req, t, timeout).await {
@@ -167,10 +212,6 @@ impl Core {
                 }
             }
         }
-        let (vcpus, memory_mib, disk_mib) = match &source {
-            Source::Snapshot(s, _) => (s.vcpus, s.memory_mib, s.disk_mib),
-            Source::Template(t) => (t.vcpus, t.memory_mib, t.disk_mib),
-        };
         let backend = self.inner.runtimes.get(runtime)?;
         let caps = backend.runtime.capabilities();
         if (!req.allow_out.is_empty() || !req.deny_out.is_empty()) && !caps.egress_lists {
@@ -212,6 +253,7 @@ impl Core {
         let live = Live::new(record.clone(), None);
         let guard = live.op.lock().await;
         self.insert_live(live.clone());
+        drop(reservation);
 
         let started = async {
             let spec = self.spec_for(&record)?;

@@ -65,6 +65,8 @@ pub struct CoreConfig {
     pub metrics_interval: std::time::Duration,
     /// Warm sandboxes kept per template (id or alias) with a start command.
     pub warm_pools: std::collections::BTreeMap<String, usize>,
+    /// Per-team default limits and the host's capacity (`limits.rs`).
+    pub admission: crate::limits::AdmissionConfig,
 }
 
 impl Default for CoreConfig {
@@ -77,6 +79,7 @@ impl Default for CoreConfig {
             domain: None,
             metrics_interval: std::time::Duration::from_secs(5),
             warm_pools: Default::default(),
+            admission: Default::default(),
         }
     }
 }
@@ -143,6 +146,8 @@ pub(crate) struct Inner {
     pub(crate) refilling: Mutex<std::collections::HashSet<String>>,
     /// Set by [`Core::stop_pools`]: no more warm sandboxes are made.
     pub(crate) pools_stopped: std::sync::atomic::AtomicBool,
+    /// Admissions between their check and their sandbox's entry in `live`.
+    pub(crate) pending: Arc<Mutex<crate::limits::Pending>>,
 }
 
 /// The sandbox service. Cheap to clone.
@@ -168,6 +173,7 @@ impl Core {
                 pools: Mutex::new(HashMap::new()),
                 refilling: Mutex::new(Default::default()),
                 pools_stopped: Default::default(),
+                pending: Default::default(),
             }),
         }
     }

@@ -7,6 +7,7 @@ use kiln_runtime::{ResumeMode, StateMode};
 use super::transitions::{check, Op};
 use super::{lock, Core, Live};
 use crate::error::CoreError;
+use crate::limits::Amounts;
 use crate::sandbox::{SandboxRecord, SandboxState, Team};
 use std::sync::Arc;
 
@@ -60,6 +61,19 @@ impl Core {
         let _guard = live.op.lock().await;
         let rec = live.record();
         check(Op::Resume, &rec.id, rec.state)?;
+        // Running again takes its vCPUs, memory and a concurrent slot back
+        // (a paused sandbox holds its disk, and its memory if kept).
+        let (full, held) = (Amounts::of(&rec), Amounts::held_by(&rec));
+        let want = Amounts {
+            sandboxes: full.sandboxes.saturating_sub(held.sandboxes),
+            vcpus: full.vcpus.saturating_sub(held.vcpus),
+            memory_mib: full.memory_mib.saturating_sub(held.memory_mib),
+            disk_mib: full.disk_mib.saturating_sub(held.disk_mib),
+        };
+        let team = Team {
+            id: rec.team_id.clone(),
+        };
+        let _reservation = self.admit(&team, want).await?;
         let spec = self.spec_for(&rec)?;
         let handle = self.backend_of(&rec)?.runtime.resume(&spec, mode).await?;
         *lock(&live.handle) = Some(handle.clone());

@@ -9,6 +9,7 @@ pub mod sqlite;
 
 use chrono::{DateTime, Utc};
 
+use crate::limits::TeamLimits;
 use crate::sandbox::{SandboxRecord, SandboxState};
 use crate::snapshots::SnapshotRecord;
 
@@ -24,6 +25,12 @@ pub enum StoreError {
     },
     #[error("cannot create the data directory {path}")]
     Dir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create {path} or make it private (0600)")]
+    Private {
         path: String,
         #[source]
         source: std::io::Error,
@@ -101,4 +108,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<SnapshotRecord>, StoreError>;
     /// Deletes the record; false if there was none.
     async fn delete_snapshot(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// The limits set for a team (`None`: it has the defaults).
+    async fn team_limits(&self, team_id: &str) -> Result<Option<TeamLimits>, StoreError>;
+    /// Sets a team's limits; all `None` goes back to the defaults.
+    async fn set_team_limits(&self, team_id: &str, limits: &TeamLimits) -> Result<(), StoreError>;
+    /// Every team with limits of its own, by name.
+    async fn list_team_limits(&self) -> Result<Vec<(String, TeamLimits)>, StoreError>;
 }

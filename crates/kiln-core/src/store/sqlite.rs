@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{KeyRecord, Store, StoreError, TemplateUsage};
+use crate::limits::TeamLimits;
 use crate::sandbox::{SandboxRecord, SandboxState};
 use crate::snapshots::SnapshotRecord;
 
@@ -78,6 +79,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX snapshots_team ON snapshots (team_id, created_at);
     CREATE UNIQUE INDEX snapshots_team_name ON snapshots (team_id, name);",
     ),
+    (
+        4,
+        "CREATE TABLE team_limits (
+        team_id TEXT PRIMARY KEY,
+        sandboxes BIGINT,
+        vcpus BIGINT,
+        memory_mib BIGINT,
+        disk_mib BIGINT
+    );",
+    ),
 ];
 
 pub struct SqliteStore {
@@ -96,14 +107,49 @@ fn from_ms(v: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_millis(v).ok_or_else(|| StoreError::Corrupt(format!("timestamp {v}")))
 }
 
+/// Creates `path` as an empty 0600 file if missing; makes it 0600 if not.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |source| StoreError::Private {
+        path: path.display().to_string(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    let mode = f.metadata().map_err(err)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) `<dir>/kiln.db` and applies pending migrations.
     pub fn open_in(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        let conn = Connection::open(dir.join("kiln.db")).map_err(db("opening kiln.db"))?;
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|source| StoreError::Dir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        // The store holds every key's hash and every sandbox's access token:
+        // only its owner may read it. SQLite gives the WAL and shared-memory
+        // files the database file's mode, so the database is made 0600 before
+        // SQLite opens it (and tightened if an older Kiln left it readable).
+        let path = dir.join("kiln.db");
+        private_file(&path)?;
+        for side in ["kiln.db-wal", "kiln.db-shm", "kiln.db-journal"] {
+            let p = dir.join(side);
+            if p.exists() {
+                private_file(&p)?;
+            }
+        }
+        let conn = Connection::open(&path).map_err(db("opening kiln.db"))?;
         // WAL lets `kiln keys` write while kilnd reads; NORMAL sync is safe with WAL.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db("setting journal mode"))?;
@@ -708,6 +754,80 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn team_limits(&self, team_id: &str) -> Result<Option<TeamLimits>, StoreError> {
+        let team_id = team_id.to_owned();
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT team_id, sandboxes, vcpus, memory_mib, disk_mib FROM team_limits WHERE team_id = ?1",
+                [team_id],
+                limits_row,
+            )
+            .optional()
+            .map_err(db("reading a team's limits"))
+            .map(|r| r.map(|(_, l)| l))
+        })
+        .await
+    }
+
+    async fn set_team_limits(&self, team_id: &str, l: &TeamLimits) -> Result<(), StoreError> {
+        let (team_id, l) = (team_id.to_owned(), *l);
+        let n = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+        self.run(move |conn| {
+            if l.is_empty() {
+                conn.execute("DELETE FROM team_limits WHERE team_id = ?1", [team_id])
+            } else {
+                conn.execute(
+                    "INSERT INTO team_limits (team_id, sandboxes, vcpus, memory_mib, disk_mib)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (team_id) DO UPDATE SET sandboxes = ?2, vcpus = ?3,
+                     memory_mib = ?4, disk_mib = ?5",
+                    params![
+                        team_id,
+                        n(l.sandboxes),
+                        n(l.vcpus),
+                        n(l.memory_mib),
+                        n(l.disk_mib)
+                    ],
+                )
+            }
+            .map_err(db("setting a team's limits"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_team_limits(&self) -> Result<Vec<(String, TeamLimits)>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT team_id, sandboxes, vcpus, memory_mib, disk_mib FROM team_limits ORDER BY team_id",
+                )
+                .map_err(db("listing teams' limits"))?;
+            let rows = stmt
+                .query_map([], limits_row)
+                .map_err(db("listing teams' limits"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db("listing teams' limits"))?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+fn limits_row(r: &Row<'_>) -> rusqlite::Result<(String, TeamLimits)> {
+    let n = |i: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(|v| v.max(0) as u64))
+    };
+    Ok((
+        r.get(0)?,
+        TeamLimits {
+            sandboxes: n(1)?,
+            vcpus: n(2)?,
+            memory_mib: n(3)?,
+            disk_mib: n(4)?,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -744,6 +864,28 @@ mod tests {
             pause_mode: None,
             end_reason: None,
         }
+    }
+
+    #[tokio::test]
+    async fn team_limits_round_trip_and_reset() {
+        let s = SqliteStore::in_memory().unwrap();
+        assert_eq!(s.team_limits("t1").await.unwrap(), None);
+        let l = TeamLimits {
+            sandboxes: Some(3),
+            memory_mib: Some(2048),
+            ..Default::default()
+        };
+        s.set_team_limits("t1", &l).await.unwrap();
+        s.set_team_limits("t1", &l).await.unwrap();
+        assert_eq!(s.team_limits("t1").await.unwrap(), Some(l));
+        assert_eq!(
+            s.list_team_limits().await.unwrap(),
+            vec![("t1".to_string(), l)]
+        );
+        s.set_team_limits("t1", &TeamLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(s.team_limits("t1").await.unwrap(), None);
     }
 
     #[tokio::test]

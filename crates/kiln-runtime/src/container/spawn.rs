@@ -128,6 +128,10 @@ pub fn main() -> i32 {
         eprintln!("kiln-spawn: cannot close inherited descriptors: {e}");
         return 1;
     }
+    // kilnd runs with umask 077 (its files are private); what this helper
+    // makes (the upper layer's directories, /dev, /etc/hosts) and the
+    // agent's processes get the usual 022.
+    nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
     let mut stdin = std::io::stdin().lock();
     let mut line = String::new();
     let prelude: Prelude = match stdin

@@ -57,6 +57,13 @@ impl DiskPool {
         let upper = dir.join("skel/upper");
         std::os::unix::fs::chown(&upper, Some(uid_base), Some(uid_base))
             .map_err(HostError::io("chown", &upper))?;
+        // mkfs copies these modes into every image: the upper layer's root
+        // is the sandbox's `/` (kilnd's umask is 077).
+        for d in ["skel", "skel/upper", "skel/work"] {
+            let p = dir.join(d);
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(HostError::io("chmod", &p))?;
+        }
         Ok(Self {
             dir,
             uid_base,

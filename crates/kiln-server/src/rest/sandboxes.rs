@@ -86,6 +86,7 @@ fn detail_body(state: &AppState, r: &SandboxRecord, with_secrets: bool) -> Sandb
         (status = 400, body = kiln_api::rest::Error),
         (status = 401, body = kiln_api::rest::Error),
         (status = 404, description = "Unknown template", body = kiln_api::rest::Error),
+        (status = 429, description = "The team's limits, or what the host can honour, leave no room for it (the message names the limit)", body = kiln_api::rest::Error),
     ))]
 pub async fn create_v1(
     state: State<AppState>,
@@ -103,6 +104,7 @@ pub async fn create_v1(
         (status = 400, body = kiln_api::rest::Error),
         (status = 401, body = kiln_api::rest::Error),
         (status = 404, description = "Unknown template", body = kiln_api::rest::Error),
+        (status = 429, description = "The team's limits, or what the host can honour, leave no room for it (the message names the limit)", body = kiln_api::rest::Error),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -371,7 +373,8 @@ pub async fn refresh(
     params(("sandboxID" = String, Path)), request_body = ConnectSandbox,
     responses((status = 200, description = "Running", body = Sandbox),
               (status = 201, description = "Resumed", body = Sandbox),
-              (status = 404, body = kiln_api::rest::Error)))]
+              (status = 404, body = kiln_api::rest::Error),
+              (status = 429, description = "The team's limits, or what the host can honour, leave no room for it (the message names the limit)", body = kiln_api::rest::Error)))]
 pub async fn connect_v1(
     state: State<AppState>,
     auth: Auth,
@@ -386,7 +389,8 @@ pub async fn connect_v1(
     params(("sandboxID" = String, Path)), request_body = ConnectSandbox,
     responses((status = 200, description = "Running", body = Sandbox),
               (status = 201, description = "Resumed", body = Sandbox),
-              (status = 404, body = kiln_api::rest::Error)))]
+              (status = 404, body = kiln_api::rest::Error),
+              (status = 429, description = "The team's limits, or what the host can honour, leave no room for it (the message names the limit)", body = kiln_api::rest::Error)))]
 pub async fn connect(
     State(state): State<AppState>,
     Auth(team): Auth,
@@ -431,7 +435,7 @@ pub async fn pause(
 /// Resume a paused sandbox (deprecated in E2B in favour of connect).
 #[utoipa::path(post, path = "/sandboxes/{sandboxID}/resume", tag = "sandboxes",
     params(("sandboxID" = String, Path)), request_body = ConnectSandbox,
-    responses((status = 201, body = Sandbox), (status = 404, body = kiln_api::rest::Error), (status = 409, body = kiln_api::rest::Error)))]
+    responses((status = 201, body = Sandbox), (status = 404, body = kiln_api::rest::Error), (status = 409, body = kiln_api::rest::Error), (status = 429, description = "The team's limits, or what the host can honour, leave no room for it (the message names the limit)", body = kiln_api::rest::Error)))]
 pub async fn resume(
     State(state): State<AppState>,
     Auth(team): Auth,

@@ -134,7 +134,8 @@ pub async fn delete(
     responses((status = 201, body = Vec<SandboxForkResult>),
               (status = 400, description = "count outside 1-100, or a runtime that cannot fork", body = kiln_api::rest::Error),
               (status = 404, body = kiln_api::rest::Error),
-              (status = 409, description = "Not running", body = kiln_api::rest::Error)))]
+              (status = 409, description = "Not running", body = kiln_api::rest::Error),
+              (status = 429, description = "The team's limits, or what the host can honour, leave no room for it (the message names the limit)", body = kiln_api::rest::Error)))]
 pub async fn fork(
     State(state): State<AppState>,
     Auth(team): Auth,
