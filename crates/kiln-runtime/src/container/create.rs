@@ -300,11 +300,6 @@ fn prepare(
                 .cloned()
                 .unwrap_or_default(),
             args: cfg.agent_args.clone(),
-            env: spec
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
             tmp_size_bytes: rec.memory_bytes,
             log: cfg.agent_log.clone(),
         })

@@ -88,7 +88,6 @@ pub struct SpawnConfig {
     #[serde(default)]
     pub binds: Vec<(PathBuf, String)>,
     pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
     pub tmp_size_bytes: u64,
     /// Host file for the agent's stdout/stderr (debugging); /dev/null if unset.
     pub log: Option<PathBuf>,
@@ -677,16 +676,14 @@ fn init(
     for a in &cfg.args {
         argv.push(cstr(a)?);
     }
-    let mut env = Vec::new();
-    if !cfg.env.iter().any(|(k, _)| k == "PATH") {
-        env.push(cstr(
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )?);
-    }
-    for (k, v) in &cfg.env {
-        env.push(cstr(&format!("{k}={v}"))?);
-    }
-    env.push(cstr(&format!("KILN_READY_FD={READY_FD}"))?);
+    // The sandbox's own environment reaches the agent in `/init`, not
+    // here: an exec takes at most 128 KiB per string and 2 MiB in all, and
+    // a create must not fail on that (the core checks the sizes that
+    // every later process start in the sandbox needs).
+    let env = [
+        cstr("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")?,
+        cstr(&format!("KILN_READY_FD={READY_FD}"))?,
+    ];
     let e = execve(&path, &argv, &env).unwrap_err();
     Err(format!("exec {}: {e}", cfg.agent_path))
 }
