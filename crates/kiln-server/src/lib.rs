@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod listener;
 pub mod proxy;
 pub mod rest;
 pub mod runtime;
