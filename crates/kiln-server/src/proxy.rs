@@ -289,6 +289,14 @@ async fn forward(state: &AppState, id: &str, port: u16, mut req: Request) -> Res
     // Only origin-form targets (`/path?query`; absolute-form and HTTP/2
     // requests carry one too) name something inside the sandbox: not `*`
     // (OPTIONS) nor an authority (CONNECT).
+    // CONNECT asks for a tunnel, which a sandbox's port is not (HTTP/2's
+    // extended CONNECT, WebSockets over h2, is not proxied either).
+    if req.method() == axum::http::Method::CONNECT {
+        return error(
+            StatusCode::BAD_REQUEST,
+            json!({"code": 400, "message": "CONNECT is not served through the sandbox proxy"}),
+        );
+    }
     let Some(path) = req
         .uri()
         .path_and_query()
