@@ -55,17 +55,23 @@ impl Default for Proxy {
     }
 }
 
+/// How long an idle pooled connection to a sandbox is kept: below the
+/// agent's and the interpreter's 30 s header timeout, which also closes
+/// their idle connections, so that kilnd never sends a request on a
+/// connection the far end is closing (a reset, seen as a 502).
+const UPSTREAM_IDLE: Duration = Duration::from_secs(20);
+
 impl Proxy {
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(UPSTREAM_IDLE)
             .build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(UPSTREAM_IDLE)
             .build(connector);
         Self { http1, http2 }
     }
