@@ -26,6 +26,19 @@ pub const ENVD_VERSION: &str = "0.6.4";
 /// The port the agent listens on inside a sandbox.
 pub const AGENT_PORT: u16 = 49983;
 
+/// The agent's limits on what it reads. kilnd's proxy enforces the same
+/// before it forwards anything (431, 413), so that a request over them is
+/// answered, not cut off mid-way by the agent (a reset, seen as a 502).
+///
+/// The largest header block, request line included (HTTP/1.1's read
+/// buffer; HTTP/2's header list, counted as RFC 9113 does).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The largest Connect message: a unary request's body, or the payload of
+/// a server-streaming request's one envelope.
+pub const MAX_RPC_MESSAGE: usize = 32 << 20;
+/// The largest `/init` body.
+pub const MAX_INIT_BODY: usize = 1 << 20;
+
 /// Header carrying the sandbox's access token once `/init` set one.
 pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 

@@ -29,3 +29,9 @@ pub mod output;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod template;
+
+/// The largest request body the server reads (an `/execute` cell with its
+/// env vars, a context). kilnd's proxy answers 413 for a bigger one to
+/// port [`template::PORT`] of a code-interpreter sandbox before it
+/// forwards anything.
+pub const MAX_REQUEST_BODY: usize = 2 << 20;

@@ -117,18 +117,15 @@ async fn main() -> anyhow::Result<()> {
         .context("failed to handle SIGTERM")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stopped = stop_rx.clone();
-    // NDJSON lines are small writes: without TCP_NODELAY each waits on the
-    // client's delayed ACK (~40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("failed to set TCP_NODELAY: {e}");
-        }
-    });
-    let server = axum::serve(listener, kiln_interpreter::server::app(registry.clone()))
-        .with_graceful_shutdown(async move {
+    let server = kiln_interpreter::server::serve(
+        listener,
+        kiln_interpreter::server::app(registry.clone()),
+        kiln_interpreter::server::HEADER_READ_TIMEOUT,
+        async move {
             let _ = stopped.wait_for(|s| *s).await;
-        });
-    let server = tokio::spawn(async move { server.await });
+        },
+    );
+    let server = tokio::spawn(server);
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

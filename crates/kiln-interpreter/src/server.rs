@@ -7,15 +7,24 @@
 //! - `GET /contexts` → `[{id, language, cwd}]`
 //! - `POST /contexts/{id}/restart`, `DELETE /contexts/{id}`
 //!
-//! Client errors come back as plain-text sentences with 400/404; a kernel that
-//! fails to start is a 500 whose message names the kernel.
+//! Client errors come back as plain-text sentences with 400/404 (413 for a
+//! body over [`crate::MAX_REQUEST_BODY`]); a kernel that fails to start is a
+//! 500 whose message names the kernel.
+//!
+//! [`serve`] is the listener: HTTP/1.1 (what kilnd's proxy and the SDKs
+//! speak), a header block of at most [`MAX_HEADER_BYTES`] sent within
+//! [`HEADER_READ_TIMEOUT`] of the connection's start or of the previous
+//! answer (so an idle or stalled connection is closed too).
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -36,6 +45,8 @@ pub enum ApiError {
     Execute(#[from] ExecuteError),
     #[error("invalid request body: {0}")]
     Body(String),
+    #[error("{0}")]
+    TooLarge(String),
     #[error("give either context_id or language, not both")]
     ContextAndLanguage,
 }
@@ -45,6 +56,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::Context(ContextError::NotFound(_)) => StatusCode::NOT_FOUND,
             ApiError::Context(ContextError::Start { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::BAD_REQUEST,
         };
         let mut message = self.to_string();
@@ -62,9 +74,15 @@ impl IntoResponse for ApiError {
 }
 
 fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    payload
-        .map(|Json(t)| t)
-        .map_err(|e| ApiError::Body(e.body_text()))
+    payload.map(|Json(t)| t).map_err(|e| match e {
+        JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::TooLarge(format!(
+                "the request body is larger than {} bytes",
+                crate::MAX_REQUEST_BODY
+            ))
+        }
+        e => ApiError::Body(e.body_text()),
+    })
 }
 
 pub fn app(registry: Arc<Registry>) -> Router {
@@ -74,7 +92,89 @@ pub fn app(registry: Arc<Registry>) -> Router {
         .route("/contexts", post(create_context).get(list_contexts))
         .route("/contexts/{id}", axum::routing::delete(remove_context))
         .route("/contexts/{id}/restart", post(restart_context))
+        .layer(DefaultBodyLimit::max(crate::MAX_REQUEST_BODY))
         .with_state(registry)
+}
+
+/// The largest header block (request line included): kilnd's and the
+/// agent's limit.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// How long a client may take to send a header block, counted from the
+/// connection's start or the previous answer.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `app` on `listener` until `shutdown` completes; connections then
+/// finish the request they are on, and this returns once all are closed
+/// (the caller bounds the wait). A connection whose header block does
+/// not arrive within `header_timeout` is closed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::debug!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // NDJSON lines are small writes: without TCP_NODELAY each waits on
+        // the client's delayed ACK (~40 ms).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("failed to set TCP_NODELAY: {e}");
+        }
+        let app = app.clone();
+        let mut stop = stop_rx.clone();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            let _done = done;
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let app = app.clone();
+                    async move {
+                        match app.oneshot(req.map(Body::new)).await {
+                            Ok(r) => Ok::<_, Infallible>(r),
+                            Err(e) => match e {},
+                        }
+                    }
+                });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_header_size(MAX_HEADER_BYTES)
+                .max_buf_size(MAX_HEADER_BYTES)
+                .keep_alive(true);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                    return;
+                }
+                _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(done_tx);
+    let _ = done_rx.recv().await;
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +338,69 @@ mod tests {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {text}");
             assert!(!text.is_empty());
         }
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_413() {
+        let code = "x".repeat(crate::MAX_REQUEST_BODY);
+        let body = format!(r#"{{"code":"{code}"}}"#);
+        let (status, _) = call(empty_app(), "POST", "/execute", &body).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    /// Raw requests over a real socket, through [`serve`].
+    async fn raw(header_timeout: Duration) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            empty_app(),
+            header_timeout,
+            std::future::pending(),
+        ));
+        addr
+    }
+
+    async fn read_all(sock: &mut tokio::net::TcpStream) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        // Bounded only so that a regression fails instead of hanging.
+        let _ = tokio::time::timeout(Duration::from_secs(60), sock.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_header_block_is_closed() {
+        use tokio::io::AsyncWriteExt;
+        let addr = raw(Duration::from_millis(300)).await;
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        sock.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let got = read_all(&mut sock).await;
+        // hyper closes without an answer (or with 408): either way closed.
+        assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "{got}");
+        // A connection that never sends a byte goes the same way.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert_eq!(read_all(&mut silent).await, "");
+    }
+
+    #[tokio::test]
+    async fn oversize_heads_are_431() {
+        use tokio::io::AsyncWriteExt;
+        let addr = raw(HEADER_READ_TIMEOUT).await;
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let big = "v".repeat(MAX_HEADER_BYTES);
+        let req = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+        let _ = sock.write_all(req.as_bytes()).await;
+        let got = read_all(&mut sock).await;
+        assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        sock.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_all(&mut sock).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     }
 
     #[tokio::test]

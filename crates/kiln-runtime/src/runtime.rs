@@ -190,7 +190,9 @@ pub struct SandboxSpec {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_mib: u64,
-    /// Environment of the agent (and so the default environment of commands).
+    /// The default environment of the sandbox's commands. The agent gets it
+    /// in `/init`; a backend must not put it on an exec of its own (whose
+    /// limits are 128 KiB a variable and 2 MiB in all).
     pub env: BTreeMap<String, String>,
     pub egress: EgressPolicy,
 }

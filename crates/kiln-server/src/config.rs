@@ -40,6 +40,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KILN_SUBNET", "The sandbox bridge's private /16, given by its first address (default 10.88.0.0); distinct per tag."),
     ("KILN_INTERPRETER_WARM_POOL", "Code-interpreter sandboxes kept started ahead of time, their default Python kernel running with numpy, pandas and matplotlib imported (about 150 MiB of memory apiece), so that create → first run_code takes milliseconds; 0 turns it off (default: one per 3 GiB of host memory, 1 to 8)."),
     ("KILN_METRICS_INTERVAL", "Seconds between two resource-use samples of every running sandbox, 1-3600 (default 5); the last 720 samples of each are kept in memory for GET /sandboxes/{id}/metrics."),
+    ("KILN_MAX_CONNECTIONS_PER_IP", "Open connections kilnd accepts from one client address, the proxy's included; one more is answered 429 and closed (default 1024; 0: no limit). Keep it below kilnd's open-files limit (ulimit -n)."),
     ("KILN_NODE_NAME", "This node's name, reported as clientID (default kiln)."),
     ("KILN_API_KEY", "An API key kilnd accepts (added to the store at start, team `default`); environment only, never in the file."),
     ("KILN_LOG", "Log filter in tracing's EnvFilter syntax (default info)."),
@@ -63,6 +64,8 @@ pub struct Config {
     pub sandbox_disk_mib: u64,
     pub node_name: String,
     pub metrics_interval_secs: u64,
+    /// Open connections from one client address; 0: no limit.
+    pub max_connections_per_ip: usize,
     /// `None`: sized from the host's memory.
     pub interpreter_warm_pool: Option<usize>,
     pub agent_bin: Option<PathBuf>,
@@ -93,6 +96,7 @@ impl Default for Config {
             sandbox_disk_mib: 4096,
             node_name: "kiln".into(),
             metrics_interval_secs: 5,
+            max_connections_per_ip: crate::listener::DEFAULT_MAX_CONNECTIONS_PER_IP,
             interpreter_warm_pool: None,
             agent_bin: None,
             code_interpreter: None,
@@ -428,6 +432,9 @@ impl Config {
         }
         if let Some(v) = env("KILN_METRICS_INTERVAL") {
             self.metrics_interval_secs = parse("KILN_METRICS_INTERVAL", v)?;
+        }
+        if let Some(v) = env("KILN_MAX_CONNECTIONS_PER_IP") {
+            self.max_connections_per_ip = parse("KILN_MAX_CONNECTIONS_PER_IP", v)?;
         }
         if let Some(v) = env("KILN_NODE_NAME") {
             self.node_name = v;

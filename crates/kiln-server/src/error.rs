@@ -93,9 +93,13 @@ impl From<CoreError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
-        // Malformed JSON, wrong types and a missing content type are all the
-        // caller's mistake: 400 with serde's explanation.
-        Self::bad_request(format!("invalid request body: {}", r.body_text()))
+        match r {
+            // Too large (413) or unreadable (400).
+            JsonRejection::BytesRejection(b) => b.into(),
+            // Malformed JSON, wrong types and a missing content type are
+            // all the caller's mistake: 400 with serde's explanation.
+            r => Self::bad_request(format!("invalid request body: {}", r.body_text())),
+        }
     }
 }
 

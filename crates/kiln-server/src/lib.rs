@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod datadir;
 pub mod error;
+pub mod listener;
 pub mod proxy;
 pub mod rest;
 pub mod runtime;

@@ -17,11 +17,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::http::uri::{Authority, Scheme};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, Version};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -52,19 +55,23 @@ impl Default for Proxy {
     }
 }
 
+/// How long an idle pooled connection to a sandbox is kept: below the
+/// agent's and the interpreter's 30 s header timeout, which also closes
+/// their idle connections, so that kilnd never sends a request on a
+/// connection the far end is closing (a reset, seen as a 502).
+const UPSTREAM_IDLE: Duration = Duration::from_secs(20);
+
 impl Proxy {
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        // Below the agent's 30 s idle close, so that a pooled connection
-        // is never reused just as the agent closes it.
         let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(20))
+            .pool_idle_timeout(UPSTREAM_IDLE)
             .build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .pool_idle_timeout(Duration::from_secs(20))
+            .pool_idle_timeout(UPSTREAM_IDLE)
             .build(connector);
         Self { http1, http2 }
     }
@@ -285,6 +292,43 @@ async fn forward(state: &AppState, id: &str, port: u16, mut req: Request) -> Res
         }
     }
 
+    // Only origin-form targets (`/path?query`; absolute-form and HTTP/2
+    // requests carry one too) name something inside the sandbox: not `*`
+    // (OPTIONS) nor an authority (CONNECT).
+    // CONNECT asks for a tunnel, which a sandbox's port is not (HTTP/2's
+    // extended CONNECT, WebSockets over h2, is not proxied either).
+    if req.method() == axum::http::Method::CONNECT {
+        return error(
+            StatusCode::BAD_REQUEST,
+            json!({"code": 400, "message": "CONNECT is not served through the sandbox proxy"}),
+        );
+    }
+    let Some(path) = req
+        .uri()
+        .path_and_query()
+        .filter(|p| p.as_str().starts_with('/'))
+        .cloned()
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            json!({"code": 400, "message": format!(
+                "the request target {:?} is not a path: a sandbox's port takes /path?query targets only",
+                req.uri().to_string()
+            )}),
+        );
+    };
+    let limit = body_limit(&route, port, path.path(), req.headers());
+    if let Some((max, what)) = limit {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            return too_large(max, what);
+        }
+    }
+
     let upgrade = is_upgrade(req.headers());
     tracing::debug!(sandbox = %id, port, version = ?req.version(), upgrade, "proxying");
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -302,19 +346,25 @@ async fn forward(state: &AppState, id: &str, port: u16, mut req: Request) -> Res
         parts.headers.insert(header::UPGRADE, proto);
         parts.headers.insert(header::CONNECTION, conn);
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
     let authority = match route.ip {
         std::net::IpAddr::V4(ip) => format!("{ip}:{port}"),
         std::net::IpAddr::V6(ip) => format!("[{ip}]:{port}"),
     };
-    let Ok(uri) = format!("http://{authority}{path}").parse::<Uri>() else {
+    let uri = Authority::try_from(authority.as_str())
+        .map_err(axum::http::Error::from)
+        .and_then(|a| {
+            Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(a)
+                .path_and_query(path)
+                .build()
+        });
+    let Ok(uri) = uri else {
+        // Every part was parsed already; this is not the client's doing.
+        tracing::error!(sandbox = %id, port, "cannot build an upstream URI");
         return error(
-            StatusCode::BAD_REQUEST,
-            json!({"code": 400, "message": "invalid request path"}),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"code": 500, "message": "cannot build the upstream request"}),
         );
     };
     parts.uri = uri;
@@ -334,6 +384,16 @@ async fn forward(state: &AppState, id: &str, port: u16, mut req: Request) -> Res
             parts.headers.insert(header::HOST, v);
         }
     }
+    if let Some(refusal) = check_head(&parts, h2) {
+        return refusal;
+    }
+    let fault = Arc::new(OnceLock::new());
+    let body = Body::new(ClientBody {
+        inner: body,
+        limit,
+        seen: 0,
+        fault: fault.clone(),
+    });
     let upstream_req = Request::from_parts(parts, body);
     let client = if h2 {
         &state.proxy.http2
@@ -350,6 +410,19 @@ async fn forward(state: &AppState, id: &str, port: u16, mut req: Request) -> Res
     };
     let mut resp = match sent {
         Ok(r) => r,
+        // The client's body was at fault (bad chunked framing, cut off,
+        // over the far end's limit): the client's error, whatever the port.
+        Err(e) if fault.get().is_some() => {
+            tracing::debug!(sandbox = %id, port, error = %e, "the client's request body failed");
+            return match fault.get() {
+                Some(BodyFault::TooLarge(max, what)) => too_large(*max, what),
+                Some(BodyFault::Malformed(why)) => error(
+                    StatusCode::BAD_REQUEST,
+                    json!({"code": 400, "message": format!("malformed request body: {why}")}),
+                ),
+                None => unreachable!("checked by the guard"),
+            };
+        }
         Err(e) if e.is_connect() => {
             tracing::debug!(sandbox = %id, port, error = %e, "port not open");
             return port_not_open(id, port);
@@ -412,6 +485,167 @@ async fn forward(state: &AppState, id: &str, port: u16, mut req: Request) -> Res
         id: id.to_owned(),
     };
     Response::from_parts(parts, Body::new(body))
+}
+
+/// The most a request to `port` of this sandbox may carry, and whose limit
+/// that is: the agent's (Connect messages, `/init`) and the code
+/// interpreter's. `None`: no limit known (file uploads stream to disk; a
+/// user's server decides for itself).
+fn body_limit(
+    route: &kiln_core::Route,
+    port: u16,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<(usize, &'static str)> {
+    use kiln_api::agent::{MAX_INIT_BODY, MAX_RPC_MESSAGE};
+    if port == route.agent_port {
+        if path == "/init" {
+            return Some((MAX_INIT_BODY, "the agent's /init limit"));
+        }
+        let rpc = path.starts_with("/process.") || path.starts_with("/filesystem.");
+        // A client stream (StreamInput) is as long as its process reads.
+        if !rpc || path.ends_with("/StreamInput") {
+            return None;
+        }
+        let streaming = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/connect+"));
+        // A streaming request is one envelope: 5 bytes of header, then
+        // the message.
+        let max = if streaming {
+            MAX_RPC_MESSAGE + 5
+        } else {
+            MAX_RPC_MESSAGE
+        };
+        return Some((max, "the agent's RPC message limit"));
+    }
+    if port == kiln_interpreter::template::PORT
+        && route.template_id == kiln_interpreter::template::NAME
+    {
+        return Some((
+            kiln_interpreter::MAX_REQUEST_BODY,
+            "the code interpreter's request limit",
+        ));
+    }
+    None
+}
+
+fn too_large(max: usize, what: &str) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        json!({"code": 413, "message": format!(
+            "the request body is larger than {max} bytes ({what})"
+        )}),
+    )
+}
+
+/// Refuses (431) a request whose head, as forwarded, the far end would not
+/// read: over the agent's header block limit counted the HTTP/1.1 way or
+/// the HTTP/2 way (32 bytes more a field), or with more fields than an
+/// HTTP/1.1 server takes. kilnd's listener has the same limits, so only a
+/// request just at them gets here.
+fn check_head(parts: &Parts, h2: bool) -> Option<Response> {
+    let target = parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let method = parts.method.as_str().len();
+    let fields = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len());
+    let (h1_size, h2_size) = fields.fold(
+        (method + 1 + target + " HTTP/1.1\r\n\r\n".len(), 0),
+        |(a, b), n| (a + n + 4, b + n + 32),
+    );
+    // Pseudo-header fields: :method, :scheme, :authority, :path.
+    let authority = parts.uri.authority().map_or(0, |a| a.as_str().len());
+    let h2_size = h2_size + method + 7 + 32 + 4 + 7 + 32 + authority + 10 + 32 + target + 5 + 32;
+    let size = if h2 { h2_size } else { h1_size.max(h2_size) };
+    let max = crate::listener::MAX_HEADER_BYTES;
+    if size > max {
+        return Some(error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            json!({"code": 431, "message": format!(
+                "the request's header block takes {size} bytes; the limit is {max}"
+            )}),
+        ));
+    }
+    let count = parts.headers.len();
+    if !h2 && count > crate::listener::MAX_HEADERS {
+        return Some(error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            json!({"code": 431, "message": format!(
+                "the request has {count} header fields; the limit is {}",
+                crate::listener::MAX_HEADERS
+            )}),
+        ));
+    }
+    None
+}
+
+/// What went wrong on the client's side of a proxied request body.
+#[derive(Debug)]
+enum BodyFault {
+    /// Bad chunked framing, a cut-off body, a stream reset.
+    Malformed(String),
+    /// Over the far end's limit: (limit, whose).
+    TooLarge(usize, &'static str),
+}
+
+/// The client's request body on its way to the sandbox: notes whether a
+/// failure was the client's (framing, limit), so that it is answered as
+/// the client's error (400, 413) and not as the sandbox's (502).
+struct ClientBody {
+    inner: Body,
+    limit: Option<(usize, &'static str)>,
+    seen: usize,
+    fault: Arc<OnceLock<BodyFault>>,
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = hyper::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some((max, what))) = (frame.data_ref(), this.limit) {
+                    this.seen = this.seen.saturating_add(data.len());
+                    if this.seen > max {
+                        let _ = this.fault.set(BodyFault::TooLarge(max, what));
+                        return Poll::Ready(Some(Err(format!(
+                            "the request body is larger than {max} bytes"
+                        )
+                        .into())));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    why.push_str(": ");
+                    why.push_str(&s.to_string());
+                    source = s.source();
+                }
+                let _ = this.fault.set(BodyFault::Malformed(why));
+                Poll::Ready(Some(Err(e.into())))
+            }
+            other => other.map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A sandbox's response body that ends with an error once the sandbox is
@@ -493,6 +727,59 @@ mod tests {
         assert_eq!(parse_host("80-abc"), None);
         assert_eq!(parse_host("99999-abc.x"), None);
         assert_eq!(parse_host("0-abc.x"), None);
+    }
+
+    /// The body a client streams, cut at the far end's limit: the error is
+    /// noted as the client's (a 413), as is a failure of the client's own
+    /// stream (a 400).
+    #[tokio::test]
+    async fn client_bodies_note_whose_fault_a_failure_is() {
+        use http_body_util::BodyExt;
+        let chunks = || {
+            tokio_stream::iter(vec![
+                Ok::<_, std::io::Error>(hyper::body::Bytes::from(vec![1u8; 600])),
+                Ok(hyper::body::Bytes::from(vec![2u8; 600])),
+            ])
+        };
+        let fault = Arc::new(OnceLock::new());
+        let body = ClientBody {
+            inner: Body::from_stream(chunks()),
+            limit: Some((1000, "a test limit")),
+            seen: 0,
+            fault: fault.clone(),
+        };
+        assert!(body.collect().await.is_err());
+        assert!(matches!(
+            fault.get(),
+            Some(BodyFault::TooLarge(1000, "a test limit"))
+        ));
+
+        let fault = Arc::new(OnceLock::new());
+        let body = ClientBody {
+            inner: Body::from_stream(chunks()),
+            limit: Some((1200, "a test limit")),
+            seen: 0,
+            fault: fault.clone(),
+        };
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 1200);
+        assert!(fault.get().is_none(), "at the limit is fine");
+
+        let fault = Arc::new(OnceLock::new());
+        let body = ClientBody {
+            inner: Body::from_stream(tokio_stream::iter(vec![
+                Ok(hyper::body::Bytes::from_static(b"{")),
+                Err(std::io::Error::other("invalid chunk size")),
+            ])),
+            limit: None,
+            seen: 0,
+            fault: fault.clone(),
+        };
+        assert!(body.collect().await.is_err());
+        assert!(
+            matches!(fault.get(), Some(BodyFault::Malformed(m)) if m.contains("invalid chunk size")),
+            "{:?}",
+            fault.get()
+        );
     }
 
     #[test]

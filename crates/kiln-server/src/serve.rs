@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use kiln_core::keys::{self, DEFAULT_TEAM};
 use kiln_core::recovery::RecoveryReport;
 use kiln_core::store::{SqliteStore, Store, StoreError};
@@ -14,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::app::app;
 use crate::config::Config;
+use crate::listener::{self, Limits};
 use crate::runtime::{build_runtimes, load_templates, SetupError, ENVD_VERSION};
 use crate::state::AppState;
 
@@ -50,6 +50,8 @@ pub struct Prepared {
     /// A key created because the store had none: print it once.
     pub new_api_key: Option<String>,
     pub recovery: RecoveryReport,
+    /// What the listener enforces per connection and per client.
+    pub limits: Limits,
 }
 
 /// Checks and closes the data directory (see [`crate::datadir`]), opens
@@ -121,6 +123,10 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
         addr,
         new_api_key,
         recovery,
+        limits: Limits {
+            max_connections_per_ip: config.max_connections_per_ip,
+            ..Limits::default()
+        },
     })
 }
 
@@ -138,16 +144,14 @@ pub async fn run(
     });
     let mut graceful_rx = rx.clone();
     let core = prepared.state.core.clone();
-    // Small request/response exchanges (every RPC) must not wait for
-    // delayed ACKs: no Nagle on accepted connections.
-    let listener = prepared.listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, app(prepared.state)).with_graceful_shutdown(async move {
-        let _ = graceful_rx.wait_for(|v| *v).await;
-    });
+    let server = listener::serve(
+        prepared.listener,
+        app(prepared.state),
+        prepared.limits,
+        async move {
+            let _ = graceful_rx.wait_for(|v| *v).await;
+        },
+    );
     let mut deadline_rx = rx;
     let result = tokio::select! {
         r = server => r.map_err(ServeError::Serve),

@@ -155,7 +155,15 @@ impl Setup {
 async fn setup(create_body: serde_json::Value) -> Setup {
     let env = env().await;
     let created = env.create(&env.key_a, create_body).await;
-    let kilnd = serve(kiln_server::app(env.state.clone())).await;
+    // kilnd's own listener (HTTP/1.1 and h2c, its limits), as kilnd runs.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let kilnd = listener.local_addr().unwrap();
+    tokio::spawn(kiln_server::listener::serve(
+        listener,
+        kiln_server::app(env.state.clone()),
+        kiln_server::listener::Limits::default(),
+        std::future::pending(),
+    ));
     Setup {
         sandbox: created["sandboxID"].as_str().unwrap().to_owned(),
         envd_token: created["envdAccessToken"].as_str().unwrap().to_owned(),

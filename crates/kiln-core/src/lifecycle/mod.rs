@@ -36,6 +36,7 @@ pub use fork::{DEFAULT_FORK_TIMEOUT, MAX_FORK_COUNT};
 pub use metrics::MAX_METRICS_SANDBOXES;
 pub use route::{Gone, Route};
 pub use snapshot::SnapshotFilter;
+pub use validate::{MAX_ENV_TOTAL_BYTES, MAX_ENV_VARS, MAX_ENV_VAR_BYTES};
 
 use crate::agent::AgentInit;
 use crate::error::CoreError;

@@ -15,6 +15,9 @@ pub struct Route {
     pub agent_port: u16,
     /// Needed for ports other than the agent's; `None` if traffic is public.
     pub traffic_access_token: Option<String>,
+    /// The sandbox's template (what serves which port: the code
+    /// interpreter's limits apply to its port in its template only).
+    pub template_id: String,
     /// Fires when the sandbox is gone (killed, timed out, died).
     pub gone: Gone,
 }
@@ -50,6 +53,7 @@ impl Core {
             ip: handle.ip,
             agent_port: handle.agent_port,
             traffic_access_token: rec.traffic_access_token.clone(),
+            template_id: rec.template_id.clone(),
             gone: Gone(live.gone_tx.subscribe()),
         })
     }

@@ -302,11 +302,6 @@ fn prepare(
                 .map(|(host, inside)| (inner.bin(host), inside.clone()))
                 .collect(),
             args: cfg.agent_args.clone(),
-            env: spec
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
             tmp_size_bytes: rec.memory_bytes,
             log: cfg.agent_log.clone(),
         })

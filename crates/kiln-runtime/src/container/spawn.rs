@@ -92,7 +92,6 @@ pub struct SpawnConfig {
     #[serde(default)]
     pub binds: Vec<(PathBuf, String)>,
     pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
     pub tmp_size_bytes: u64,
     /// Host file for the agent's stdout/stderr (debugging); /dev/null if unset.
     pub log: Option<PathBuf>,
@@ -754,16 +753,14 @@ fn init(
     for a in &cfg.args {
         argv.push(cstr(a)?);
     }
-    let mut env = Vec::new();
-    if !cfg.env.iter().any(|(k, _)| k == "PATH") {
-        env.push(cstr(
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )?);
-    }
-    for (k, v) in &cfg.env {
-        env.push(cstr(&format!("{k}={v}"))?);
-    }
-    env.push(cstr(&format!("KILN_READY_FD={READY_FD}"))?);
+    // The sandbox's own environment reaches the agent in `/init`, not
+    // here: an exec takes at most 128 KiB per string and 2 MiB in all, and
+    // a create must not fail on that (the core checks the sizes that
+    // every later process start in the sandbox needs).
+    let env = [
+        cstr("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")?,
+        cstr(&format!("KILN_READY_FD={READY_FD}"))?,
+    ];
     // The agent gets stdio and the ready pipe, nothing else: every other
     // descriptor closes at exec (marked, not closed, so that the error pipe
     // still reports a failed exec).

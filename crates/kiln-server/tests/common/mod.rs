@@ -27,6 +27,11 @@ pub struct Env {
 }
 
 pub async fn env() -> Env {
+    env_with_templates(&[]).await
+}
+
+/// [`env`] with more templates besides `base` (same sizes, no aliases).
+pub async fn env_with_templates(more: &[&str]) -> Env {
     let runtime = Arc::new(FakeRuntime::new());
     let store = Arc::new(SqliteStore::in_memory().unwrap());
     let (key_a, _) = keys::create_key(store.as_ref(), "team-a", "a")
@@ -49,6 +54,21 @@ pub async fn env() -> Env {
         runtime: None,
         start: None,
     });
+    for name in more {
+        templates.add(TemplateInfo {
+            template: TemplateRef {
+                id: (*name).into(),
+                rootfs: "/nonexistent".into(),
+            },
+            aliases: vec![],
+            vcpus: 2,
+            memory_mib: 512,
+            disk_mib: 1024,
+            created_at: Utc::now(),
+            runtime: None,
+            start: None,
+        });
+    }
     let core = Core::new(
         CoreConfig {
             max_timeout_secs: 3600,
