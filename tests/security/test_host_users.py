@@ -98,6 +98,11 @@ def test_data_dir_is_closed_to_other_host_users(kilnd, new_sandbox, marker):
                 m = f.lstat()
             except FileNotFoundError:
                 continue
+            # sandbox-bin holds copies of the agent and the interpreter that
+            # sandboxes execute (as their own uids, so 0755): public builds,
+            # no secret, behind the 0700 data dir like everything else.
+            if "sandbox-bin" in f.parts:
+                continue
             if stat.S_ISREG(m.st_mode) and (m.st_mode & 0o077 or m.st_uid != 0):
                 loose.append(f"{f} {oct(stat.S_IMODE(m.st_mode))} uid {m.st_uid}")
         assert not loose, f"files open to others: {loose[:10]}"
