@@ -3,7 +3,9 @@ points the unmodified e2b SDK at it through E2B_API_URL / E2B_SANDBOX_URL.
 
 Environment:
   KILN_BIN           the `kiln` binary (default target/{debug,release}/kiln)
-  KILN_E2E_RUNTIME   container (default) or fake; with fake only tests marked
+  KILN_E2E_RUNTIME   container (default), gvisor (kilnd's default runtime is
+                     gVisor's runsc; tests that cannot pass there are skipped
+                     with the reason, see GVISOR_SKIPS) or fake; with fake only tests marked
                      `control` run, the others are skipped with the reason.
                      fake-host-agent: kilnd on the fake runtime, whose every
                      sandbox is the one real agent the caller runs at
@@ -72,6 +74,9 @@ def start_kilnd(data: pathlib.Path, port: int, key: str, **extra_env) -> subproc
     # Metrics tests wait for a few samples.
     env.setdefault("KILN_METRICS_INTERVAL", "1")
     env.update(extra_env)
+    # The gVisor runtime's bridge: a free /16 of its own, not the one after
+    # KILN_SUBNET (another kilnd of the run may route that).
+    env.setdefault("KILN_GVISOR_SUBNET", free_subnet(avoid=(env["KILN_SUBNET"],)))
     try:
         return spawn_kilnd(data, port, env)
     except KilndStartError as e:

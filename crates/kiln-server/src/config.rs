@@ -29,6 +29,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KILN_CODE_INTERPRETER", "Build and serve the code-interpreter template (aliases code-interpreter-v1, code-interpreter: the e2b-code-interpreter SDK's default) with the container runtime: true (required: kilnd does not start without it), false (off), or unset (default: built when the kiln-interpreter binary is found, else a warning). Its first build takes a few minutes; later starts use the cache."),
     ("KILN_INTERPRETER_BIN", "The kiln-interpreter binary mounted into code-interpreter sandboxes (default: kiln-interpreter next to this program)."),
     ("KILN_SPAWN_BIN", "The container runtime's kiln-spawn helper (default: kiln-spawn next to this program). TOML: runtime.container.spawn_bin."),
+    ("KILN_RUNSC", "The gVisor runtime's runsc binary (default: runsc on the PATH; Debian's package installs it). TOML: runtime.gvisor.runsc."),
+    ("KILN_GVISOR_SUBNET", "The gVisor runtime's sandbox bridge /16, given by its first address (default: the /16 after KILN_SUBNET, 10.89.0.0). TOML: runtime.gvisor.subnet."),
     ("KILN_RUNTIME_TAG", "Tag naming the container runtime's host objects (cgroups, bridge, namespaces, firewall table), 1-4 of [a-z0-9]; two kilnds on one host need different tags (default k0)."),
     ("KILN_SUBNET", "The sandbox bridge's private /16, given by its first address (default 10.88.0.0); distinct per tag."),
     ("KILN_INTERPRETER_WARM_POOL", "Code-interpreter sandboxes kept started ahead of time, their default Python kernel running with numpy, pandas and matplotlib imported (about 150 MiB of memory apiece), so that create → first run_code takes milliseconds; 0 turns it off (default: one per 3 GiB of host memory, 1 to 8)."),
@@ -105,6 +107,7 @@ pub struct RuntimeConfig {
     /// real runtime this build has.
     pub enabled: Option<Vec<RuntimeKind>>,
     pub container: ContainerRuntimeConfig,
+    pub gvisor: GvisorRuntimeConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -113,8 +116,22 @@ impl Default for RuntimeConfig {
             default: RuntimeKind::Container,
             enabled: None,
             container: ContainerRuntimeConfig::default(),
+            gvisor: GvisorRuntimeConfig::default(),
         }
     }
+}
+
+/// `[runtime.gvisor]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GvisorRuntimeConfig {
+    /// The runsc binary (default: `runsc` on the PATH).
+    pub runsc: Option<PathBuf>,
+    /// The bridge subnet of gVisor sandboxes (default: the /16 after
+    /// `subnet`).
+    pub subnet: Option<std::net::Ipv4Addr>,
+    /// Directory for runsc's debug logs (debugging only).
+    pub debug_log: Option<PathBuf>,
 }
 
 /// `[runtime.container]`.
@@ -325,6 +342,13 @@ impl Config {
         if let Some(v) = env("KILN_INTERPRETER_BIN") {
             self.interpreter_bin = Some(PathBuf::from(v));
         }
+        if let Some(v) = env("KILN_RUNSC") {
+            self.runtime.gvisor.runsc =
+                Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
+        }
+        if let Some(v) = env("KILN_GVISOR_SUBNET") {
+            self.runtime.gvisor.subnet = Some(parse("KILN_GVISOR_SUBNET", v)?);
+        }
         if let Some(v) = env("KILN_RUNTIME_TAG") {
             self.runtime_tag = v;
         }
@@ -429,6 +453,23 @@ impl Config {
                 .ok()
                 .and_then(|e| e.parent().map(|d| d.join("kiln-spawn")))
                 .unwrap_or_else(|| PathBuf::from("kiln-spawn"))
+        })
+    }
+
+    /// The gVisor runtime's tag: the runtime tag with `g` (its last
+    /// character replaced when the tag has 4 already).
+    pub fn gvisor_tag(&self) -> String {
+        let mut t: String = self.runtime_tag.chars().take(3).collect();
+        t.push('g');
+        t
+    }
+
+    /// The gVisor sandboxes' subnet: configured, else the /16 after the
+    /// container runtime's.
+    pub fn gvisor_subnet(&self) -> std::net::Ipv4Addr {
+        self.runtime.gvisor.subnet.unwrap_or_else(|| {
+            let o = self.subnet.octets();
+            std::net::Ipv4Addr::new(o[0], o[1].wrapping_add(1), 0, 0)
         })
     }
 

@@ -406,17 +406,12 @@ fn init(
             Some(crate::host::disk::RO_MOUNT_OPTIONS),
         )?;
         drop(loopfd);
-        lowers.push(at.join("upper").display().to_string());
+        lowers.push(at.join("upper"));
     }
-    lowers.push(cfg.lower.display().to_string());
+    lowers.push(cfg.lower.clone());
 
     let root = &cfg.rootfs;
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowers.join(":"),
-        cfg.layers.join("upper").display(),
-        cfg.layers.join("work").display()
-    );
+    let opts = crate::host::overlay::options(&lowers, &cfg.layers);
     do_mount(
         Some("overlay"),
         root,

@@ -189,6 +189,10 @@ pub async fn ask_timeout(ip: IpAddr, line: &str, t: Duration) -> Result<String, 
         s.write_all(format!("{line}\n").as_bytes())
             .await
             .map_err(|e| e.to_string())?;
+        // Close our side first, so that the sandbox's side closes passively
+        // and keeps no TIME_WAIT connection (which gVisor's netstack
+        // refuses to checkpoint).
+        s.shutdown().await.map_err(|e| e.to_string())?;
         let mut out = String::new();
         s.read_to_string(&mut out)
             .await
