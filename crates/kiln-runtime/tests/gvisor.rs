@@ -284,6 +284,8 @@ async fn memory_pause_keeps_processes_across_a_restart_and_resumes() {
     assert!(rt.pause("gv-p", StateMode::Memory).await.is_err());
 
     // kilnd restarts: a new runtime on the same directory finds it paused.
+    let mut guard = guard;
+    guard.0.take(); // abandoned, not torn down: as a crashed kilnd
     drop(guard);
     let rt = GvisorRuntime::new(cfg.clone())
         .await

@@ -175,6 +175,9 @@ fn prepare(
         phase,
     };
     let r = (|| {
+        // A pooled namespace another gVisor sandbox used lost its address
+        // to that sandbox's netstack.
+        inner.net.readdress(&lease).map_err(net_err)?;
         write_record(inner, &rec)?;
         mount_rootfs(&dir, lower)?;
         add_hostname(&dir.join("rootfs"), &spec.id, cfg.uid_base);
@@ -330,7 +333,10 @@ pub(super) async fn wait_ready(inner: &Arc<Inner>, rec: &Record) -> Result<(), R
             tokio::net::TcpStream::connect(addr),
         )
         .await;
-        if let Ok(Ok(_)) = attempt {
+        if let Ok(Ok(s)) = attempt {
+            // Reset, not closed: nothing of the probe lingers in the
+            // sandbox's netstack (a closing connection blocks a checkpoint).
+            let _ = s.set_zero_linger();
             return Ok(());
         }
         if rec.pid > 0 && sys::start_time(rec.pid) != Some(rec.start_time) {

@@ -55,8 +55,12 @@ pub(super) async fn pause(
     if mode == StateMode::Memory {
         if let Err(e) = checkpoint(inner, id, &dir).await {
             // runsc leaves a sandbox it failed to checkpoint running.
+            // Running (as before, or booted again): its current record.
             let inner2 = inner.clone();
-            let rec = before.clone();
+            let rec = Record {
+                phase: Phase::Running,
+                ..sb.record()
+            };
             let _ = blocking(move || write_record(&inner2, &rec)).await;
             return Err(e);
         }
@@ -95,15 +99,106 @@ async fn checkpoint(inner: &Arc<Inner>, id: &str, dir: &Path) -> Result<(), Runt
         })
         .await?;
     }
-    inner
-        .runsc
-        .run(&["checkpoint", "-image-path", &tmp.display().to_string(), id])
-        .await?;
+    let ip = inner.get(id)?.record().ip;
+    save(inner, id, ip, &tmp).await?;
     blocking(move || {
         sync_tree(&tmp)?;
         Ok(fsutil::rename_durably(&tmp, &done)?)
     })
     .await
+}
+
+/// `runsc checkpoint` of a running sandbox into `image`; the sandbox is
+/// stopped once this returns `Ok`, still running on error.
+///
+/// gVisor's netstack (this runsc) refuses to save a TCP connection over
+/// the namespace's veth, open or closing (FIN_WAIT, TIME_WAIT, ...), and a
+/// refused save ends the sandbox (runsc kills it). The host's ends of the
+/// sandbox's connections (kilnd's pooled connections to the agent, the
+/// proxy's) are aborted first, which resets the sandbox's ends. What the
+/// sandbox keeps of its own (connections to the internet, or ones it
+/// closed first less than a minute ago) cannot be seen from outside
+/// (gVisor's /proc/net/tcp does not list closing ones): if the checkpoint
+/// is refused for them, the sandbox, ended by runsc, is booted again on
+/// its disk (its processes and memory are lost, its files kept) and the
+/// pause fails with an error that says so.
+pub(super) async fn save(
+    inner: &Arc<Inner>,
+    id: &str,
+    ip: std::net::Ipv4Addr,
+    image: &Path,
+) -> Result<(), RuntimeError> {
+    blocking(move || kiln_net::abort_connections(ip).map_err(net_err)).await?;
+    // The resets reach the sandbox's netstack well within this.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let r = inner
+        .runsc
+        .run(&[
+            "checkpoint",
+            "-image-path",
+            &image.display().to_string(),
+            id,
+        ])
+        .await;
+    let Err(e) = r else { return Ok(()) };
+    let _ = std::fs::remove_dir_all(image);
+    let refused = e.to_string();
+    if !refused.contains("unsupported networking state") {
+        return Err(e);
+    }
+    let conn = refused
+        .split("endpoint cannot be saved in ")
+        .nth(1)
+        .and_then(|r| r.split(':').take(4).collect::<Vec<_>>().join(":").into())
+        .unwrap_or_default();
+    // The endpoint's TCP state, as gVisor numbers them (Linux's order).
+    let state = refused
+        .split("}, origEndpointState")
+        .next()
+        .and_then(|h| h.rsplit("value:0x").next())
+        .and_then(|v| u8::from_str_radix(v.trim_end_matches('}'), 16).ok())
+        .map(|n| match n {
+            1 => "ESTABLISHED",
+            2 => "SYN_SENT",
+            3 => "SYN_RECV",
+            4 => "FIN_WAIT1",
+            5 => "FIN_WAIT2",
+            6 => "TIME_WAIT",
+            8 => "CLOSE_WAIT",
+            9 => "LAST_ACK",
+            11 => "CLOSING",
+            _ => "open",
+        })
+        .unwrap_or("open");
+    let conn = format!("{conn}, {state}");
+    tracing::warn!(id, %conn, "gVisor refused the checkpoint and ended the sandbox; booting it again on its disk");
+    let rebooted = reboot_in_place(inner, id).await;
+    Err(RuntimeError::WrongState(format!(
+        "sandbox {id} had a TCP connection gVisor cannot save ({conn}: one open to the \
+         internet, or closed by the sandbox less than a minute ago); {}",
+        match rebooted {
+            Ok(()) => "runsc ended it, and it was booted again on its disk: its files are \
+                       kept, its processes and memory are not"
+                .to_owned(),
+            Err(e) => format!("runsc ended it, and booting it again failed: {e}"),
+        }
+    )))
+}
+
+/// Boots a sandbox that runsc ended anew on its disk, in its namespace.
+async fn reboot_in_place(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
+    let sb = inner.get(id)?;
+    sb.unwatch();
+    let mut rec = sb.record();
+    inner.runsc.delete(id).await?;
+    let inner2 = inner.clone();
+    let lease = rec.lease();
+    blocking(move || inner2.net.readdress(&lease).map_err(net_err)).await?;
+    super::create::run_runsc(inner, &mut rec, &Start::Run).await?;
+    super::create::wait_ready(inner, &rec).await?;
+    *sb.rec.lock().unwrap() = rec;
+    watch(inner, &sb);
+    Ok(())
 }
 
 /// fsyncs every file of a directory and the directory.

@@ -136,16 +136,7 @@ async fn take(
         }
         StateMode::Memory => {
             sb.unwatch();
-            if let Err(e) = inner
-                .runsc
-                .run(&[
-                    "checkpoint",
-                    "-image-path",
-                    &image.display().to_string(),
-                    id,
-                ])
-                .await
-            {
+            if let Err(e) = super::pause::save(inner, id, sb.record().ip, &image).await {
                 rewatch(inner, id);
                 return Err(e);
             }
@@ -158,6 +149,9 @@ async fn take(
             let mut rec = sb.record();
             let again = async {
                 inner.runsc.delete(id).await?;
+                let inner2 = inner.clone();
+                let lease = rec.lease();
+                blocking(move || inner2.net.readdress(&lease).map_err(super::net_err)).await?;
                 run_runsc(inner, &mut rec, &Start::Restore(image.clone())).await?;
                 wait_ready(inner, &rec).await?;
                 Ok::<_, RuntimeError>(())
