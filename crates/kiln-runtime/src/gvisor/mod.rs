@@ -313,12 +313,19 @@ impl Runtime for GvisorRuntime {
     }
 
     fn capabilities(&self) -> Capabilities {
+        // Memory pause and memory snapshots work for sandboxes whose
+        // processes hold no TCP socket in an epoll set (this runsc refuses
+        // to save one: "endpoint still has waiters upon save", and a
+        // refused save ends the sandbox). kiln-agent serves with tokio,
+        // whose listening socket always is in one, so in kilnd's sandboxes
+        // they do not work yet: not claimed. (The runtime's tests, whose
+        // stand-in agent blocks in accept, exercise them.)
         Capabilities {
-            pause_memory: true,
-            durable_memory: true,
+            pause_memory: false,
+            durable_memory: false,
             pause_filesystem: true,
             snapshot_filesystem: true,
-            snapshot_memory: true,
+            snapshot_memory: false,
             fork: true,
             ..Capabilities::default()
         }

@@ -143,8 +143,34 @@ pub(super) async fn save(
     let Err(e) = r else { return Ok(()) };
     let _ = std::fs::remove_dir_all(image);
     let refused = e.to_string();
-    if !refused.contains("unsupported networking state") {
+    // A refused save ends the sandbox (runsc kills it): anything else that
+    // failed may have left it running.
+    let alive = inner.runsc.state(id).is_some_and(|s| s.status == "running");
+    if alive {
         return Err(e);
+    }
+    if !refused.contains("unsupported networking state") {
+        let why = refused
+            .split("FATAL ERROR: ")
+            .last()
+            .unwrap_or(&refused)
+            .chars()
+            .rev()
+            .take(200)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<String>();
+        let rebooted = reboot_in_place(inner, id).await;
+        return Err(RuntimeError::WrongState(format!(
+            "gVisor could not save sandbox {id} (…{why}); {}",
+            match rebooted {
+                Ok(()) => "runsc ended it, and it was booted again on its disk: its files are \
+                           kept, its processes and memory are not"
+                    .to_owned(),
+                Err(e) => format!("runsc ended it, and booting it again failed: {e}"),
+            }
+        )));
     }
     let conn = refused
         .split("endpoint cannot be saved in ")

@@ -176,7 +176,11 @@ impl Runsc {
             .lines()
             .rev()
             .find_map(|l| l.split_once("FATAL ERROR: ").map(|(_, m)| m.to_owned()))
-            .unwrap_or_else(|| format!("see {}", log.display()));
+            .unwrap_or_else(|| {
+                // No fatal line: the log's last words.
+                let tail: Vec<&str> = text.lines().rev().take(3).collect();
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            });
         Err(RuntimeError::Other(format!(
             "runsc {what} failed ({status}): {said}"
         )))
