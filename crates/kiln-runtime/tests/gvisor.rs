@@ -113,7 +113,12 @@ fn leftovers(data: &Path, tag: &str) -> Leftovers {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&under)))
+        .filter(|l| {
+            l.split(' ').nth(4).is_some_and(|m| {
+                m.starts_with(&under)
+                    || m.starts_with(&format!("{}/{tag}/", kiln_runtime::gvisor::MOUNTS_ROOT))
+            })
+        })
         .count();
     let count = |d: PathBuf| std::fs::read_dir(d).map(|rd| rd.count()).unwrap_or(0);
     let processes = std::fs::read_dir("/proc")
@@ -189,11 +194,17 @@ async fn create_exec_files_limits_and_kill_leave_nothing() {
     assert_eq!(sh(h.ip, "cat /root/file").await, "data");
     assert!(!common::tiny_rootfs().join("root/file").exists());
     assert_eq!(
-        std::fs::read_to_string(data.join("sandboxes/gv-a/layers/upper/root/file")).unwrap(),
+        std::fs::read_to_string(
+            Path::new(kiln_runtime::gvisor::MOUNTS_ROOT).join("g1/gv-a/layers/upper/root/file")
+        )
+        .unwrap(),
         "data\n"
     );
     // Files a user inside makes belong to that user's host uid range.
-    let meta = std::fs::metadata(data.join("sandboxes/gv-a/layers/upper/root/file")).unwrap();
+    let meta = std::fs::metadata(
+        Path::new(kiln_runtime::gvisor::MOUNTS_ROOT).join("g1/gv-a/layers/upper/root/file"),
+    )
+    .unwrap();
     assert_eq!(
         std::os::unix::fs::MetadataExt::uid(&meta),
         kiln_runtime::container::DEFAULT_UID_BASE

@@ -179,8 +179,9 @@ fn prepare(
         // to that sandbox's netstack.
         inner.net.readdress(&lease).map_err(net_err)?;
         write_record(inner, &rec)?;
-        mount_rootfs(&dir, lower)?;
-        add_hostname(&dir.join("rootfs"), &spec.id, cfg.uid_base);
+        mount_rootfs(inner, &spec.id, lower)?;
+        let rootfs = inner.mounts_dir(&spec.id).join("rootfs");
+        add_hostname(&rootfs, &spec.id, cfg.uid_base);
         let mut binds = vec![(cfg.agent_bin.clone(), cfg.agent_path.clone())];
         binds.extend(
             cfg.template_binds
@@ -188,7 +189,6 @@ fn prepare(
                 .cloned()
                 .unwrap_or_default(),
         );
-        let rootfs = dir.join("rootfs");
         let bundle = Bundle {
             id: &spec.id,
             rootfs: &rootfs,
@@ -215,7 +215,7 @@ fn prepare(
     match r {
         Ok(()) => Ok(rec),
         Err(e) => {
-            let _ = unmount_rootfs(&dir);
+            let _ = unmount_rootfs(inner, &spec.id);
             let _ = inner.net.recycle(&lease);
             if disk == Disk::Fresh {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -225,12 +225,14 @@ fn prepare(
     }
 }
 
-/// Mounts the sandbox's disk at `layers/` and the overlay at `rootfs/`
-/// (if not mounted already: a sandbox re-attached after a kilnd restart
-/// still has them).
-pub(super) fn mount_rootfs(dir: &Path, lower: &Path) -> Result<(), RuntimeError> {
-    let layers = dir.join("layers");
-    let rootfs = dir.join("rootfs");
+/// Mounts the sandbox's disk at `layers/` and the overlay at `rootfs/` of
+/// its mount directory (if not mounted already: a sandbox re-attached
+/// after a kilnd restart still has them).
+pub(super) fn mount_rootfs(inner: &Inner, id: &str, lower: &Path) -> Result<(), RuntimeError> {
+    let dir = inner.sandbox_dir(id);
+    let mounts = inner.mounts_dir(id);
+    let layers = mounts.join("layers");
+    let rootfs = mounts.join("rootfs");
     if overlay::is_mounted(&rootfs) {
         return Ok(());
     }
@@ -244,12 +246,16 @@ pub(super) fn mount_rootfs(dir: &Path, lower: &Path) -> Result<(), RuntimeError>
     Ok(())
 }
 
-/// Unmounts the overlay and the disk, and flushes nothing more: the
-/// unmount of the ext4 writes it back; the image is then fsynced.
-pub(super) fn unmount_rootfs(dir: &Path) -> Result<(), RuntimeError> {
-    overlay::unmount(&dir.join("rootfs"))?;
-    overlay::unmount(&dir.join("layers"))?;
-    let img = dir.join("disk.img");
+/// Unmounts the overlay and the disk (the unmount of the ext4 writes it
+/// back; the image is then fsynced) and removes the mount directory.
+pub(super) fn unmount_rootfs(inner: &Inner, id: &str) -> Result<(), RuntimeError> {
+    let mounts = inner.mounts_dir(id);
+    overlay::unmount(&mounts.join("rootfs"))?;
+    overlay::unmount(&mounts.join("layers"))?;
+    if mounts.exists() {
+        std::fs::remove_dir_all(&mounts).map_err(HostError::io("remove", &mounts))?;
+    }
+    let img = inner.sandbox_dir(id).join("disk.img");
     if img.exists() {
         fsutil::fsync_file(&img)?;
     }
@@ -365,7 +371,7 @@ async fn undo(inner: &Arc<Inner>, rec: &Record, disk: Disk) -> Result<(), Runtim
     blocking(move || {
         let dir = inner2.sandbox_dir(&rec.id);
         let _ = inner2.cgroups.kill_and_remove(&rec.id);
-        unmount_rootfs(&dir)?;
+        unmount_rootfs(&inner2, &rec.id)?;
         if rec.has_net() {
             inner2.net.recycle(&rec.lease()).map_err(net_err)?;
         }

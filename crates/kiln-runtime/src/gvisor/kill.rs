@@ -40,7 +40,7 @@ pub(super) async fn destroy(inner: &Arc<Inner>, rec: &Record) -> Result<(), Runt
             .err()
             .map(Into::into);
         let dir = inner2.sandbox_dir(&rec.id);
-        if let Err(e) = unmount_rootfs(&dir) {
+        if let Err(e) = unmount_rootfs(&inner2, &rec.id) {
             first_err.get_or_insert(e);
         }
         if rec.has_net() {

@@ -219,6 +219,15 @@ impl Inner {
         self.cfg.data_dir.join("sandboxes").join(id)
     }
 
+    /// Where a sandbox's disk and root are mounted while it runs:
+    /// `/run/kiln-gvisor/<tag>/<id>/{layers,rootfs}`. Not under the data
+    /// directory: runsc's gofer opens the root as the sandbox's root user
+    /// (host uid `uid_base`), who must be able to reach it, and the data
+    /// directory's parents may be closed to other users.
+    fn mounts_dir(&self, id: &str) -> PathBuf {
+        PathBuf::from(MOUNTS_ROOT).join(&self.cfg.tag).join(id)
+    }
+
     fn snapshots_dir(&self) -> PathBuf {
         self.cfg.data_dir.join("snapshots")
     }
@@ -268,6 +277,9 @@ async fn blocking<T: Send + 'static>(
 fn net_err(e: kiln_net::NetError) -> RuntimeError {
     RuntimeError::Other(format!("network: {e}"))
 }
+
+/// Parent of the sandboxes' mount directories (see `Inner::mounts_dir`).
+pub const MOUNTS_ROOT: &str = "/run/kiln-gvisor";
 
 /// The gVisor runtime. Cheap to clone.
 #[derive(Clone)]

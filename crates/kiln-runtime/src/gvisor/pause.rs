@@ -264,7 +264,7 @@ async fn stop(inner: &Arc<Inner>, rec: Record, mode: StateMode) -> Result<Record
         let mut rec = rec;
         let dir = inner2.sandbox_dir(&rec.id);
         inner2.cgroups.kill_and_remove(&rec.id)?;
-        unmount_rootfs(&dir)?;
+        unmount_rootfs(&inner2, &rec.id)?;
         if rec.has_net() {
             inner2.net.recycle(&rec.lease()).map_err(net_err)?;
         }

@@ -134,13 +134,13 @@ pub(super) fn start(mut cfg: GvisorConfig) -> Result<Inner, RuntimeError> {
         let _ = inner.runsc.delete_blocking(&rec.id);
         let _ = inner.cgroups.kill_and_remove(&rec.id);
         let dir = inner.sandbox_dir(&rec.id);
-        let _ = unmount_rootfs(&dir);
+        let _ = unmount_rootfs(&inner, &rec.id);
         let _ = std::fs::remove_dir_all(&dir);
     }
     for id in &strays {
         let dir = inner.sandbox_dir(id);
         let _ = inner.runsc.delete_blocking(id);
-        let _ = unmount_rootfs(&dir);
+        let _ = unmount_rootfs(&inner, id);
         let _ = std::fs::remove_dir_all(&dir);
     }
     for mut rec in paused {
@@ -148,7 +148,7 @@ pub(super) fn start(mut cfg: GvisorConfig) -> Result<Inner, RuntimeError> {
         let _ = inner.runsc.delete_blocking(&rec.id);
         let _ = inner.cgroups.kill_and_remove(&rec.id);
         let dir = inner.sandbox_dir(&rec.id);
-        if let Err(e) = unmount_rootfs(&dir) {
+        if let Err(e) = unmount_rootfs(&inner, &rec.id) {
             tracing::warn!(id = %rec.id, error = %e, "could not unmount a paused sandbox's disk");
         }
         let _ = std::fs::remove_dir_all(dir.join("checkpoint.tmp"));

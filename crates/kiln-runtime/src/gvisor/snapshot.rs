@@ -128,7 +128,8 @@ async fn take(
             let copied = {
                 let dir = dir.clone();
                 let tmp = tmp.to_path_buf();
-                blocking(move || copy_disk(&dir, &tmp)).await
+                let layers = inner.mounts_dir(id).join("layers");
+                blocking(move || copy_disk(&dir, &layers, &tmp)).await
             };
             let resumed = inner.runsc.run(&["resume", id]).await;
             copied?;
@@ -143,7 +144,8 @@ async fn take(
             let copied = {
                 let dir = dir.clone();
                 let tmp = tmp.to_path_buf();
-                blocking(move || copy_disk(&dir, &tmp)).await
+                let layers = inner.mounts_dir(id).join("layers");
+                blocking(move || copy_disk(&dir, &layers, &tmp)).await
             };
             // The source goes on from the image it just wrote.
             let mut rec = sb.record();
@@ -178,8 +180,8 @@ async fn take(
 }
 
 /// Flushes a running sandbox's disk (its writers stopped) and copies it.
-fn copy_disk(dir: &Path, tmp: &Path) -> Result<(), RuntimeError> {
-    sys::syncfs(&dir.join("layers")).map_err(HostError::io("syncfs", dir.join("layers")))?;
+fn copy_disk(dir: &Path, layers: &Path, tmp: &Path) -> Result<(), RuntimeError> {
+    sys::syncfs(layers).map_err(HostError::io("syncfs", layers))?;
     fsutil::copy_sparse(&dir.join("disk.img"), &tmp.join("disk.img"))?;
     Ok(())
 }

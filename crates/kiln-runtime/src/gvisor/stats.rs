@@ -25,7 +25,7 @@ pub(super) async fn stats(inner: &Arc<Inner>, id: &str) -> Result<SandboxStats, 
         cpu_count: rec.vcpus,
         memory_used_bytes: cg.memory_used_bytes,
         memory_limit_bytes: rec.memory_bytes,
-        disk_used_bytes: crate::host::disk::usage(&inner.sandbox_dir(id).join("layers")).0,
+        disk_used_bytes: crate::host::disk::usage(&inner.mounts_dir(id).join("layers")).0,
         disk_limit_bytes: rec.disk_bytes,
     })
 }
