@@ -201,6 +201,9 @@ pub(super) fn shutdown(inner: &Inner) -> Result<(), RuntimeError> {
     inner.net.shutdown().map_err(net_err)?;
     if inner.sandboxes.lock().unwrap().is_empty() {
         inner.cgroups.remove_parents();
+        let mounts = std::path::Path::new(super::MOUNTS_ROOT);
+        let _ = std::fs::remove_dir(mounts.join(&inner.cfg.tag));
+        let _ = std::fs::remove_dir(mounts);
     }
     Ok(())
 }
