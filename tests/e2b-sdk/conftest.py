@@ -3,7 +3,9 @@ points the unmodified e2b SDK at it through E2B_API_URL / E2B_SANDBOX_URL.
 
 Environment:
   KILN_BIN           the `kiln` binary (default target/{debug,release}/kiln)
-  KILN_E2E_RUNTIME   container (default) or fake; with fake only tests marked
+  KILN_E2E_RUNTIME   container (default), gvisor (kilnd's default runtime is
+                     gVisor's runsc; tests that cannot pass there are skipped
+                     with the reason, see GVISOR_SKIPS) or fake; with fake only tests marked
                      `control` run, the others are skipped with the reason.
                      fake-host-agent: kilnd on the fake runtime, whose every
                      sandbox is the one real agent the caller runs at
@@ -51,7 +53,29 @@ class Kilnd:
     proc: subprocess.Popen
 
 
+# Tests that cannot pass on the gVisor runtime yet, with why (shown by -rs).
+GVISOR_NO_MEMORY_PAUSE = (
+    "gvisor: Debian's runsc (2022-12-19) refuses to checkpoint a TCP socket held in an "
+    "epoll set ('endpoint still has waiters upon save'), which kiln-agent's listener always "
+    "is, and a refused checkpoint ends the sandbox: pause with memory is not available on "
+    "gvisor yet (filesystem pause, snapshots and fork are)"
+)
+GVISOR_SKIPS = {
+    "test_sandbox_sync.py::test_pause_and_connect_resumes": GVISOR_NO_MEMORY_PAUSE,
+    "test_sandbox_sync.py::test_kill_ends_open_streams[paused]": GVISOR_NO_MEMORY_PAUSE,
+    "test_durable.py::test_memory_pause_keeps_processes": GVISOR_NO_MEMORY_PAUSE,
+    "test_durable.py::test_traffic_resumes_an_auto_resume_sandbox": GVISOR_NO_MEMORY_PAUSE,
+    "test_durable.py::test_pauses_survive_kill9_of_kilnd_and_a_simulated_reboot": GVISOR_NO_MEMORY_PAUSE,
+}
+
+
 def pytest_collection_modifyitems(config, items):
+    if RUNTIME == "gvisor":
+        for item in items:
+            for name, reason in GVISOR_SKIPS.items():
+                if item.nodeid.endswith(name):
+                    item.add_marker(pytest.mark.skip(reason=reason))
+        return
     if RUNTIME != "fake":
         return
     skip = pytest.mark.skip(reason="needs a real sandbox (agent + runtime); KILN_E2E_RUNTIME=fake")
@@ -74,6 +98,9 @@ def start_kilnd(data: pathlib.Path, port: int, key: str, **extra_env) -> subproc
     # The code-interpreter tests check the warm hand-over (env vars, tokens).
     env.setdefault("KILN_INTERPRETER_WARM_POOL", "2")
     env.update(extra_env)
+    # The gVisor runtime's bridge: a free /16 of its own, not the one after
+    # KILN_SUBNET (another kilnd of the run may route that).
+    env.setdefault("KILN_GVISOR_SUBNET", free_subnet(avoid=(env["KILN_SUBNET"],)))
     try:
         return spawn_kilnd(data, port, env)
     except KilndStartError as e:

@@ -7,6 +7,7 @@ mod runtime;
 
 pub mod container;
 pub mod fake;
+pub mod gvisor;
 pub mod host;
 
 pub use runtime::{

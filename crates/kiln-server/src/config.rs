@@ -17,7 +17,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KILN_LISTEN", "Address of the control API and proxy (default 127.0.0.1:3000)."),
     ("KILN_DOMAIN", "Domain reported to the SDKs: `<port>-<id>.<domain>` reaches a sandbox port (default: localhost:<listen port>)."),
     ("KILN_RUNTIME", "Runtime of a sandbox whose template and create request name none: container (default), gvisor, microvm, or fake (no isolation; tests only). TOML: runtime.default."),
-    ("KILN_RUNTIMES", "Comma-separated runtimes kilnd sets up at start (default: the default runtime plus every other one this build has; one that cannot run on this host is reported, not fatal, unless it is the default). TOML: runtime.enabled."),
+    ("KILN_RUNTIMES", "Comma-separated runtimes kilnd sets up at start (default: the default runtime plus every other one this build has, except gvisor, a preview that is set up only when named here or as the default; one that cannot run on this host is reported, not fatal, unless it is the default). TOML: runtime.enabled."),
     ("KILN_TEMPLATE_DIR", "Directory whose templates/ holds the built templates, reused across restarts (default: the data dir)."),
     ("KILN_DEFAULT_TIMEOUT", "Sandbox timeout in seconds when the caller gives none (default 300)."),
     ("KILN_MAX_TIMEOUT", "Largest sandbox timeout in seconds a caller may ask for (default 86400)."),
@@ -36,6 +36,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KILN_CODE_INTERPRETER", "Build and serve the code-interpreter template (aliases code-interpreter-v1, code-interpreter: the e2b-code-interpreter SDK's default) with the container runtime: true (required: kilnd does not start without it), false (off), or unset (default: built when the kiln-interpreter binary is found, else a warning). Its first build takes a few minutes; later starts use the cache."),
     ("KILN_INTERPRETER_BIN", "The kiln-interpreter binary mounted into code-interpreter sandboxes (default: kiln-interpreter next to this program)."),
     ("KILN_SPAWN_BIN", "The container runtime's kiln-spawn helper (default: kiln-spawn next to this program). TOML: runtime.container.spawn_bin."),
+    ("KILN_RUNSC", "The gVisor runtime's runsc binary (default: runsc on the PATH; Debian's package installs it). TOML: runtime.gvisor.runsc."),
+    ("KILN_GVISOR_SUBNET", "The gVisor runtime's sandbox bridge /16, given by its first address (default: the /16 after KILN_SUBNET, 10.89.0.0). TOML: runtime.gvisor.subnet."),
     ("KILN_RUNTIME_TAG", "Tag naming the container runtime's host objects (cgroups, bridge, namespaces, firewall table), 1-4 of [a-z0-9]; two kilnds on one host need different tags (default k0)."),
     ("KILN_SUBNET", "The sandbox bridge's private /16, given by its first address (default 10.88.0.0); distinct per tag."),
     ("KILN_INTERPRETER_WARM_POOL", "Code-interpreter sandboxes kept started ahead of time, their default Python kernel running with numpy, pandas and matplotlib imported (about 150 MiB of memory apiece), so that create → first run_code takes milliseconds; 0 turns it off (default: one per 3 GiB of host memory, 1 to 8)."),
@@ -218,6 +220,7 @@ pub struct RuntimeConfig {
     /// real runtime this build has.
     pub enabled: Option<Vec<RuntimeKind>>,
     pub container: ContainerRuntimeConfig,
+    pub gvisor: GvisorRuntimeConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -226,8 +229,22 @@ impl Default for RuntimeConfig {
             default: RuntimeKind::Container,
             enabled: None,
             container: ContainerRuntimeConfig::default(),
+            gvisor: GvisorRuntimeConfig::default(),
         }
     }
+}
+
+/// `[runtime.gvisor]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GvisorRuntimeConfig {
+    /// The runsc binary (default: `runsc` on the PATH).
+    pub runsc: Option<PathBuf>,
+    /// The bridge subnet of gVisor sandboxes (default: the /16 after
+    /// `subnet`).
+    pub subnet: Option<std::net::Ipv4Addr>,
+    /// Directory for runsc's debug logs (debugging only).
+    pub debug_log: Option<PathBuf>,
 }
 
 /// `[runtime.container]`.
@@ -462,6 +479,13 @@ impl Config {
         if let Some(v) = env("KILN_INTERPRETER_BIN") {
             self.interpreter_bin = Some(PathBuf::from(v));
         }
+        if let Some(v) = env("KILN_RUNSC") {
+            self.runtime.gvisor.runsc =
+                Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
+        }
+        if let Some(v) = env("KILN_GVISOR_SUBNET") {
+            self.runtime.gvisor.subnet = Some(parse("KILN_GVISOR_SUBNET", v)?);
+        }
         if let Some(v) = env("KILN_RUNTIME_TAG") {
             self.runtime_tag = v;
         }
@@ -578,6 +602,23 @@ impl Config {
                 .ok()
                 .and_then(|e| e.parent().map(|d| d.join("kiln-spawn")))
                 .unwrap_or_else(|| PathBuf::from("kiln-spawn"))
+        })
+    }
+
+    /// The gVisor runtime's tag: the runtime tag with `g` (its last
+    /// character replaced when the tag has 4 already).
+    pub fn gvisor_tag(&self) -> String {
+        let mut t: String = self.runtime_tag.chars().take(3).collect();
+        t.push('g');
+        t
+    }
+
+    /// The gVisor sandboxes' subnet: configured, else the /16 after the
+    /// container runtime's.
+    pub fn gvisor_subnet(&self) -> std::net::Ipv4Addr {
+        self.runtime.gvisor.subnet.unwrap_or_else(|| {
+            let o = self.subnet.octets();
+            std::net::Ipv4Addr::new(o[0], o[1].wrapping_add(1), 0, 0)
         })
     }
 

@@ -205,6 +205,34 @@ fn host_checks() -> Vec<Check> {
             ),
         }
     });
+    // gVisor: runsc installed and able to run a sandbox here.
+    out.push(match kiln_runtime::gvisor::runsc::find(
+        std::env::var_os("KILN_RUNSC")
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+            .as_deref(),
+    ) {
+        None => check(
+            "gvisor",
+            Level::Warn,
+            "runsc not found: the gvisor runtime is unavailable (the container runtime does not need it)",
+            Some("sudo apt-get install -y runsc"),
+        ),
+        Some(bin) => match kiln_runtime::gvisor::runsc::probe(&bin) {
+            Ok(v) => check(
+                "gvisor",
+                Level::Ok,
+                format!("{v} at {} runs a sandbox (runsc do true)", bin.display()),
+                None,
+            ),
+            Err(why) => check(
+                "gvisor",
+                Level::Warn,
+                format!("the gvisor runtime is unavailable: {why}"),
+                Some("run kiln doctor as root; see runsc's own output above"),
+            ),
+        },
+    });
     // Packages kiln up needs, then optional ones.
     if Path::new("/usr/bin/dpkg-query").exists() {
         let missing: Vec<&str> = host::HOST_PACKAGES

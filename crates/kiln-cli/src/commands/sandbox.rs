@@ -31,6 +31,10 @@ pub enum SandboxCommand {
         /// Cut the sandbox off from the internet.
         #[arg(long)]
         no_internet: bool,
+        /// Isolation backend: container or gvisor (default: the
+        /// template's, else the server's; `kiln doctor` says which work).
+        #[arg(long)]
+        runtime: Option<String>,
     },
     /// List sandboxes as a table.
     #[command(alias = "ls")]
@@ -121,6 +125,7 @@ pub async fn run(cmd: SandboxCommand, args: &ClientArgs) -> anyhow::Result<()> {
             metadata,
             env,
             no_internet,
+            runtime,
         } => {
             let req = NewSandbox {
                 template_id: template,
@@ -129,6 +134,7 @@ pub async fn run(cmd: SandboxCommand, args: &ClientArgs) -> anyhow::Result<()> {
                 allow_internet_access: no_internet.then_some(false),
                 metadata: pairs(&metadata, "metadata")?,
                 env_vars: pairs(&env, "env")?,
+                runtime,
                 ..Default::default()
             };
             let s = client.create(&req).await?;

@@ -16,7 +16,7 @@ use crate::host::{fsutil, HostError};
 use crate::runtime::{RuntimeError, RuntimeEvent, SandboxHandle, SandboxSpec};
 use std::path::Path;
 
-pub(super) fn validate(spec: &SandboxSpec) -> Result<(), RuntimeError> {
+pub(crate) fn validate(spec: &SandboxSpec) -> Result<(), RuntimeError> {
     let id = &spec.id;
     let ok = !id.is_empty()
         && id.len() <= 63
@@ -318,7 +318,7 @@ fn prepare(
 /// pids.max it only spins in failing forks inside its CPU quota, while one
 /// that meets the memory limit first churns through OOM kills, exits and
 /// forks, and every exit and fork takes locks the whole host shares.
-pub(super) fn pids_limit(memory_mib: u64, most: u64) -> u64 {
+pub(crate) fn pids_limit(memory_mib: u64, most: u64) -> u64 {
     memory_mib.saturating_mul(4).max(1024).min(most)
 }
 

@@ -22,6 +22,8 @@ pub mod spawn;
 mod stats;
 mod warm;
 
+pub(crate) use create::{pids_limit, validate as validate_spec};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

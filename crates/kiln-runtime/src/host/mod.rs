@@ -13,6 +13,7 @@ pub mod disk;
 mod error;
 pub mod fsutil;
 pub mod masks;
+pub mod overlay;
 pub mod seccomp;
 pub mod sys;
 

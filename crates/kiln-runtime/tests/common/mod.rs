@@ -193,6 +193,10 @@ pub async fn ask_timeout(ip: IpAddr, line: &str, t: Duration) -> Result<String, 
         s.read_to_string(&mut out)
             .await
             .map_err(|e| e.to_string())?;
+        // End with a reset, not a FIN: the sandbox's side (which closed
+        // first) is then gone at once instead of waiting in FIN_WAIT2 or
+        // TIME_WAIT, states gVisor's netstack cannot checkpoint.
+        let _ = s.set_zero_linger();
         Ok(out)
     };
     tokio::time::timeout(t, fut)
