@@ -116,6 +116,7 @@ pub async fn handle(state: Arc<AgentState>, req: Request<Incoming>) -> Response<
             _ => "missing or wrong X-Access-Token",
         };
         let e = RpcError::new(Code::Unauthenticated, why);
+        drain(body).await;
         return if path.starts_with("/process.") || path.starts_with("/filesystem.") {
             match connect::framing(&parts.headers) {
                 Ok(connect::Framing::Stream) => connect::stream_error(&e),
@@ -138,6 +139,7 @@ pub async fn handle(state: Arc<AgentState>, req: Request<Incoming>) -> Response<
         (&Method::POST, "/init") => init(&state, body).await,
         (&Method::GET, "/metrics") => metrics(),
         (_, "/files" | "/envs" | "/init" | "/metrics") => {
+            drain(body).await;
             http_error(405, format!("{} is not allowed on {path}", parts.method))
         }
         (method, p) => {
@@ -146,17 +148,23 @@ pub async fn handle(state: Arc<AgentState>, req: Request<Incoming>) -> Response<
                 .and_then(|p| p.split_once('/'))
                 .filter(|(s, m)| s.contains('.') && !m.is_empty() && !m.contains('/'))
             else {
+                drain(body).await;
                 return http_error(404, format!("no route for {p}"));
             };
             if service != kiln_api::agent::process::SERVICE
                 && service != kiln_api::agent::filesystem::SERVICE
             {
-                return connect::unary_error(&RpcError::new(
+                // envd's mux has no route for it: 404, as connect-go's.
+                drain(body).await;
+                let mut r = connect::unary_error(&RpcError::new(
                     Code::Unimplemented,
                     format!("unknown service {service}"),
                 ));
+                *r.status_mut() = StatusCode::NOT_FOUND;
+                return r;
             }
             if method != Method::POST {
+                drain(body).await;
                 let mut r = connect::unary_error(&RpcError::new(
                     Code::Unimplemented,
                     "Connect RPCs are POST requests",
@@ -169,14 +177,14 @@ pub async fn handle(state: Arc<AgentState>, req: Request<Incoming>) -> Response<
             let framing = match connect::framing(&parts.headers) {
                 Ok(f) => f,
                 Err(e) => {
-                    let mut r = connect::unary_error(&e);
-                    *r.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-                    return r;
+                    drain(body).await;
+                    return media_error(&e);
                 }
             };
             if let Err(e) = connect::check_encoding(&parts.headers, framing) {
+                drain(body).await;
                 return match framing {
-                    connect::Framing::Unary => connect::unary_error(&e),
+                    connect::Framing::Unary => media_error(&e),
                     connect::Framing::Stream => connect::stream_error(&e),
                 };
             }
@@ -185,16 +193,31 @@ pub async fn handle(state: Arc<AgentState>, req: Request<Incoming>) -> Response<
             } else {
                 crate::fs::rpc::call(&state, rpc, &parts.headers, body, framing).await
             };
-            res.unwrap_or_else(|| {
-                let e = RpcError::new(
-                    Code::Unimplemented,
-                    format!("unknown method {service}/{rpc}"),
-                );
-                match framing {
-                    connect::Framing::Unary => connect::unary_error(&e),
-                    connect::Framing::Stream => connect::stream_error(&e),
+            match res {
+                // A unary `unimplemented` from a service is a request in
+                // the wrong framing or encoding for its method: 415, as
+                // connect-go's handlers answer (not 501, a server fault).
+                Some(r) if r.status() == StatusCode::NOT_IMPLEMENTED => {
+                    let mut r = r;
+                    *r.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+                    r
                 }
-            })
+                Some(r) => r,
+                None => {
+                    let e = RpcError::new(
+                        Code::Unimplemented,
+                        format!("unknown method {service}/{rpc}"),
+                    );
+                    match framing {
+                        connect::Framing::Unary => {
+                            let mut r = connect::unary_error(&e);
+                            *r.status_mut() = StatusCode::NOT_FOUND;
+                            r
+                        }
+                        connect::Framing::Stream => connect::stream_error(&e),
+                    }
+                }
+            }
         }
     }
 }
@@ -388,4 +411,36 @@ fn metrics() -> Response<Body> {
         "mem_total": total,
         "mem_used": total.saturating_sub(avail),
     }))
+}
+
+/// A unary Connect error about how the request is encoded: 415.
+fn media_error(e: &RpcError) -> Response<Body> {
+    let mut r = connect::unary_error(e);
+    *r.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    r
+}
+
+/// Most of an unread request body the agent reads before answering early
+/// (a refusal, an unknown route), and for how long.
+const DRAIN_MAX: usize = 64 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Reads and drops what is left of a request body the answer does not
+/// need: a connection closed with unread bytes is reset by the kernel, and
+/// a reset can reach the client (through kilnd's proxy: a 502) before the
+/// answer does. A body over [`DRAIN_MAX`] is cut off as before.
+async fn drain(mut body: Incoming) {
+    use http_body_util::BodyExt;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                read += data.len();
+                if read > DRAIN_MAX {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
 }
