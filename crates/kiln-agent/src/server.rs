@@ -99,6 +99,7 @@ pub async fn handle(state: Arc<AgentState>, req: Request<Incoming>) -> Response<
     let query = parts.uri.query().map(str::to_string);
 
     if path == "/health" {
+        drain(body).await;
         let mut r = Response::new(connect::empty());
         *r.status_mut() = StatusCode::NO_CONTENT;
         return r;
@@ -429,7 +430,7 @@ const DRAIN_TIME: Duration = Duration::from_secs(10);
 /// need: a connection closed with unread bytes is reset by the kernel, and
 /// a reset can reach the client (through kilnd's proxy: a 502) before the
 /// answer does. A body over [`DRAIN_MAX`] is cut off as before.
-async fn drain(mut body: Incoming) {
+pub(crate) async fn drain(mut body: Incoming) {
     use http_body_util::BodyExt;
     let _ = tokio::time::timeout(DRAIN_TIME, async {
         let mut read = 0usize;

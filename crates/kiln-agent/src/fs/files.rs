@@ -219,7 +219,8 @@ pub async fn post(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Response<Body> {
-    match upload(state, query, headers, body).await {
+    let mut body = Some(body);
+    match upload(state, query, headers, &mut body).await {
         Ok(infos) => {
             let json = serde_json::to_vec(&infos).unwrap_or_default();
             let mut r = Response::new(full(json));
@@ -229,15 +230,29 @@ pub async fn post(
             );
             r
         }
-        Err(e) => rpc_http_error(&e),
+        Err(e) => {
+            // Refused before the body was read: read it anyway, so that
+            // the refusal, not a reset, reaches the client.
+            if let Some(body) = body.take() {
+                crate::server::drain(body).await;
+            }
+            rpc_http_error(&e)
+        }
     }
+}
+
+/// Takes the body out of `body` (left `None` once read, so that
+/// [`post`] knows whether a refusal must drain it).
+fn take_body(body: &mut Option<Incoming>) -> Result<Incoming, RpcError> {
+    body.take()
+        .ok_or_else(|| RpcError::invalid("the request body was read already"))
 }
 
 async fn upload(
     state: &Arc<AgentState>,
     query: Option<&str>,
     headers: &HeaderMap,
-    body: Incoming,
+    body: &mut Option<Incoming>,
 ) -> Result<Vec<WriteInfo>, RpcError> {
     let params = query_params(query);
     let user = acting_user(state, &params, headers)?;
@@ -270,7 +285,7 @@ async fn upload(
     if mime == "multipart/form-data" {
         let boundary = multer::parse_boundary(&ct)
             .map_err(|e| RpcError::invalid(format!("bad multipart Content-Type: {e}")))?;
-        let stream = body.into_data_stream();
+        let stream = take_body(body)?.into_data_stream();
         let mut mp = multer::Multipart::new(stream, boundary);
         let mut out = Vec::new();
         loop {
@@ -300,7 +315,7 @@ async fn upload(
                 "the path query parameter is required for an application/octet-stream upload",
             )
         })?;
-        let chunks = body
+        let chunks = take_body(body)?
             .into_data_stream()
             .map(|c| c.map_err(|e| std::io::Error::other(format!("request body: {e}"))));
         Ok(vec![
