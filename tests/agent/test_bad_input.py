@@ -66,10 +66,11 @@ def test_truncated_and_empty_envelopes(http):
 
 
 def test_unknown_rpc_service_and_verb(http):
+    # No route for them, as connect-go's mux answers: 404, never a 5xx.
     r = unary(http, "process.Process/Nope", b"{}")
-    assert r.status_code == 501 and r.json()["code"] == "unimplemented"
+    assert r.status_code == 404 and r.json()["code"] == "unimplemented"
     r = unary(http, "nope.Service/Stat", b"{}")
-    assert r.status_code == 501 and r.json()["code"] == "unimplemented"
+    assert r.status_code == 404 and r.json()["code"] == "unimplemented"
     r = http.get("/process.Process/List")
     assert r.status_code == 405
     r = http.post("/process.Process/List", content=b"{}", headers={"content-type": "text/plain"})
@@ -80,7 +81,7 @@ def test_unknown_rpc_service_and_verb(http):
     ev = stream(http, "process.Process/List", envelope({}))
     assert ev[-1][1]["error"]["code"] == "unimplemented"
     r = unary(http, "process.Process/Start", b"{}")
-    assert r.json()["code"] == "unimplemented"
+    assert r.status_code == 415 and r.json()["code"] == "unimplemented"
 
 
 def test_missing_fields(http):
@@ -262,7 +263,7 @@ def test_garbage_on_every_method(agent, http):
                 data = envelope(body) if framed else body
                 ct = "application/connect+json" if framed else "application/json"
                 r = http.post(f"/{method}", content=data, headers={"content-type": ct})
-                assert r.status_code in (200, 400, 401, 403, 404, 409, 429, 501), (method, r.status_code, r.text)
+                assert r.status_code in (200, 400, 401, 403, 404, 409, 415, 429), (method, r.status_code, r.text)
                 if r.status_code == 200 and framed:
                     parse_envelopes(r.content)  # well-formed stream
     assert agent.proc.poll() is None
