@@ -24,6 +24,8 @@ pub(crate) const POOL_TEAM: &str = ".warm-pool";
 
 /// Pause between refill attempts after a failure.
 const RETRY: Duration = Duration::from_secs(5);
+/// Longest a clean stop waits for warm sandboxes being made.
+const STOP_WAIT: Duration = Duration::from_secs(30);
 
 impl Core {
     /// How many warm sandboxes `template` keeps.
@@ -95,6 +97,20 @@ impl Core {
             )
             .await;
         }
+        // A sandbox being made warm right now would be cut off half made
+        // when kilnd exits (made by the runtime, never pooled or killed):
+        // wait for those refills, which see the flag and kill what they
+        // made (a cold code-interpreter sandbox takes a few seconds).
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
+        while !lock(&self.inner.refilling).is_empty() {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(
+                    "warm sandboxes were still being made at stop; the next start adopts them"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn pools_stopped(&self) -> bool {
@@ -143,7 +159,10 @@ impl Core {
                 }
                 if let Err(e) = core.make_warm(&template).await {
                     tracing::warn!(template = %template.template.id, error = %e, "making a warm sandbox failed");
-                    tokio::time::sleep(RETRY).await;
+                    let until = tokio::time::Instant::now() + RETRY;
+                    while !core.pools_stopped() && tokio::time::Instant::now() < until {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
             }
         });
