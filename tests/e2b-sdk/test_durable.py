@@ -214,7 +214,8 @@ def test_pauses_survive_kill9_of_kilnd_and_a_simulated_reboot(tmp_path, kilnd):
     key = "e2b_" + secrets.token_hex(20)
     url = f"http://127.0.0.1:{port}"
     tag = "e2p"
-    extra = dict(KILN_RUNTIME_TAG=tag, KILN_SUBNET=free_subnet())
+    # No warm code-interpreter sandboxes: kill -9 would cut one off half made.
+    extra = dict(KILN_RUNTIME_TAG=tag, KILN_SUBNET=free_subnet(), KILN_INTERPRETER_WARM_POOL="0")
     opts = dict(api_key=key, api_url=url, sandbox_url=url)
     headers = {"X-API-KEY": key}
     proc = start_kilnd(tmp_path, port, key, **extra)

@@ -15,7 +15,8 @@ def test_restart_reattaches_running_sandboxes(tmp_path, kilnd):
     key = "e2b_" + secrets.token_hex(20)
     url = f"http://127.0.0.1:{port}"
     # Not the session kilnd's subnet (its bridge is routed by now anyway).
-    extra = dict(KILN_RUNTIME_TAG="e2r", KILN_SUBNET=free_subnet())
+    # No warm code-interpreter sandboxes: not what this test is about.
+    extra = dict(KILN_RUNTIME_TAG="e2r", KILN_SUBNET=free_subnet(), KILN_INTERPRETER_WARM_POOL="0")
     opts = dict(api_key=key, api_url=url, sandbox_url=url)
     proc = start_kilnd(tmp_path, port, key, **extra)
     try:
