@@ -219,14 +219,11 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    #[test]
-    fn children_get_only_stdio() {
-        // A descriptor without close-on-exec, as one inherited from
-        // whoever started the agent would be.
-        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::empty()).unwrap();
+    /// What `cmd arg`, spawned as this test's own user, prints.
+    fn output_of(cmd: &str, arg: &str) -> String {
         let spec = SpawnSpec {
-            cmd: "/bin/ls".into(),
-            args: vec!["/proc/self/fd".into()],
+            cmd: cmd.into(),
+            args: vec![arg.into()],
             env: vec![],
             cwd: "/".into(),
             uid: rustix::process::getuid().as_raw(),
@@ -240,6 +237,15 @@ mod tests {
         std::fs::File::from(spawned.stdout.unwrap())
             .read_to_string(&mut out)
             .unwrap();
+        out
+    }
+
+    #[test]
+    fn children_get_only_stdio() {
+        // A descriptor without close-on-exec, as one inherited from
+        // whoever started the agent would be.
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::empty()).unwrap();
+        let out = output_of("/bin/ls", "/proc/self/fd");
         drop((r, w));
         // ls lists its own directory descriptor (3) besides stdio.
         let fds: Vec<&str> = out.split_whitespace().collect();
@@ -255,22 +261,7 @@ mod tests {
         if own_oom_score_adj().is_none_or(|a| a >= CHILD_OOM_SCORE_ADJ) {
             return; // no /proc, or already raised: nothing to see
         }
-        let spec = SpawnSpec {
-            cmd: "/bin/cat".into(),
-            args: vec!["/proc/self/oom_score_adj".into()],
-            env: vec![],
-            cwd: "/".into(),
-            uid: rustix::process::getuid().as_raw(),
-            gid: rustix::process::getgid().as_raw(),
-            groups: vec![],
-            pty: None,
-            stdin: false,
-        };
-        let (_, spawned) = spawn(&spec).unwrap();
-        let mut out = String::new();
-        std::fs::File::from(spawned.stdout.unwrap())
-            .read_to_string(&mut out)
-            .unwrap();
+        let out = output_of("/bin/cat", "/proc/self/oom_score_adj");
         assert_eq!(out.trim(), CHILD_OOM_SCORE_ADJ.to_string());
     }
 }
