@@ -94,6 +94,12 @@ impl Context {
     }
 }
 
+/// How many times a kernel that exits while starting is started again.
+/// Its ports are picked free but bound only once the kernel runs, so another
+/// process may take one first (the kernel then exits with "Address already
+/// in use"); a kernel that fails for good fails every try and says why.
+const START_TRIES: usize = 3;
+
 /// Starts a kernel and runs its language's start-up code in it.
 async fn start_kernel(
     spec: &KernelspecDir,
@@ -101,7 +107,16 @@ async fn start_kernel(
     cwd: &Path,
     runtime_dir: &Path,
 ) -> Result<Kernel, KernelError> {
-    let kernel = Kernel::start(spec, cwd, runtime_dir).await?;
+    let mut tries = 1;
+    let kernel = loop {
+        match Kernel::start(spec, cwd, runtime_dir).await {
+            Err(e @ KernelError::ExitedEarly { .. }) if tries < START_TRIES => {
+                tracing::warn!("{e}; starting it again");
+                tries += 1;
+            }
+            other => break other?,
+        }
+    };
     if let Some(code) = init_code(language) {
         crate::execute::run_silent(&kernel, code).await;
     }

@@ -48,12 +48,64 @@ pub enum KernelError {
         #[source]
         source: RuntimeError,
     },
-    #[error("kernel {kernel} exited while starting ({status})")]
-    ExitedEarly { kernel: String, status: String },
+    #[error("kernel {kernel} exited while starting ({status}){stderr}")]
+    ExitedEarly {
+        kernel: String,
+        status: String,
+        /// The end of what it wrote to stderr, as `: <text>`, or empty.
+        stderr: String,
+    },
     #[error("kernel {kernel} did not answer within {secs} s of starting")]
     StartTimeout { kernel: String, secs: u64 },
     #[error("the kernel is not running: {0}")]
     Dead(String),
+}
+
+/// A kernel's stderr, passed on to ours line by line, with its last lines
+/// kept to explain a kernel that dies while starting.
+struct StderrTail {
+    lines: Arc<Mutex<std::collections::VecDeque<String>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl StderrTail {
+    const KEEP: usize = 8;
+
+    fn follow(child: &mut tokio::process::Child, kernel: &str) -> StderrTail {
+        use tokio::io::AsyncBufReadExt;
+        let lines: Arc<Mutex<std::collections::VecDeque<String>>> = Arc::default();
+        let reader = child.stderr.take().map(|stderr| {
+            let (lines, kernel) = (lines.clone(), kernel.to_owned());
+            tokio::spawn(async move {
+                let mut stream = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = stream.next_line().await {
+                    eprintln!("[kernel {kernel}] {line}");
+                    let mut kept = lines.lock().unwrap_or_else(|p| p.into_inner());
+                    if kept.len() == Self::KEEP {
+                        kept.pop_front();
+                    }
+                    kept.push_back(line);
+                }
+            })
+        });
+        StderrTail { lines, reader }
+    }
+
+    /// What the kernel has written, as `: <last lines>`, once its stderr is
+    /// closed (a second at most: a grandchild may hold it open).
+    async fn text(mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let _ = timeout(Duration::from_secs(1), reader).await;
+        }
+        let kept = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let text = kept.iter().map(|l| l.trim()).filter(|l| !l.is_empty());
+        let text: Vec<&str> = text.collect();
+        if text.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", text.join(" | "))
+        }
+    }
 }
 
 /// What the kernel's channels deliver to the request that caused it.
@@ -128,11 +180,7 @@ impl Kernel {
 
         let mut command = spec
             .clone()
-            .command(
-                &connection_file,
-                Some(Stdio::inherit()),
-                Some(Stdio::null()),
-            )
+            .command(&connection_file, Some(Stdio::piped()), Some(Stdio::null()))
             .map_err(protocol)?;
         command
             .current_dir(cwd)
@@ -146,6 +194,7 @@ impl Kernel {
             source,
         })?;
         drop(listeners);
+        let stderr_tail = StderrTail::follow(&mut child, &name);
         let pid = child.id().map(|p| p as i32).unwrap_or_default();
         let pgid = Pid::from_raw(pid);
         tracing::debug!(kernel = %name, pid, "kernel spawned");
@@ -161,6 +210,7 @@ impl Kernel {
                 return Err(KernelError::ExitedEarly {
                     kernel: name,
                     status: status.to_string(),
+                    stderr: stderr_tail.text().await,
                 });
             }
             if let Ok(probe) = tokio::net::TcpStream::connect(shell_addr).await {
@@ -232,6 +282,7 @@ impl Kernel {
                     return Err(KernelError::ExitedEarly {
                         kernel: name,
                         status: status.to_string(),
+                        stderr: stderr_tail.text().await,
                     });
                 }
                 return Err(protocol(source));
@@ -337,6 +388,7 @@ impl Kernel {
                         return Err(KernelError::ExitedEarly {
                             kernel: self.name.clone(),
                             status: how,
+                            stderr: String::new(),
                         })
                     }
                     Ok(None) | Err(_) => break,
