@@ -12,12 +12,16 @@ kiln_build
 
 failed=()
 passed=0
+# Each phase's output also goes to a log, so that a failed phase's verdicts
+# and last lines can be repeated at the very end, where a truncated CI log
+# still shows them.
+logs=$(mktemp -d /tmp/kiln-test-logs.XXXXXX)
 step() {
     local name=$1
     shift
     echo
     echo "==== $name"
-    if "$@"; then
+    if "$@" 2>&1 | tee "$logs/$name.log"; then
         echo "==== $name: ok"
         passed=$((passed + 1))
     else
@@ -31,6 +35,15 @@ for phase in scripts/test.d/*.sh; do
     [ -e "$phase" ] || continue
     step "$(basename "$phase" .sh)" bash "$phase"
 done
+
+for name in "${failed[@]}"; do
+    echo
+    echo "==== $name failed: its verdicts, then its last lines"
+    grep -E '^(FAILED|ERROR) |^not ok |^test .* FAILED$|panicked at|^error(\[|:)|^E   ' "$logs/$name.log" | head -n 40 || true
+    echo "----"
+    tail -n 40 "$logs/$name.log"
+done
+rm -rf "$logs"
 
 echo
 echo "phases: $passed passed, ${#failed[@]} failed"
