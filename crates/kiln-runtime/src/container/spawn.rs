@@ -27,7 +27,9 @@
 //! masked or read-only and its boot id bound over; a minimal /dev; /sys
 //! read-only; a private /tmp; the agent (a copy on kilnd's `kiln` tmpfs)
 //! bind-mounted read-only; pivot_root; a session of its own. Only then it
-//! enters a new user namespace (root inside ↦ `uid_base` outside), so the
+//! takes a host uid of its own as the namespace's owner (see
+//! [`OWNER_UID_BASE`]) and enters a new user namespace (root inside ↦
+//! `uid_base` outside), so the
 //! mount, network and uts namespaces stay owned by the host's user namespace
 //! and root inside can change none of them. Then seccomp, capabilities cut
 //! to Docker's default set, and exec of the agent.
@@ -364,6 +366,9 @@ fn init(
     from_parent: OwnedFd,
 ) -> Result<std::convert::Infallible, String> {
     let nosdx = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    // Our pid on the host, read while /proc is still the host's: it names
+    // the host uid that will own the sandbox's user namespace.
+    let ns_owner = owner_uid(ctx(std::fs::read_link("/proc/self"), "read our host pid")?)?;
     ctx(
         unshare(
             CloneFlags::CLONE_NEWNS
@@ -711,7 +716,12 @@ fn init(
     // through it kilnd's controlling terminal, open to TIOCSTI).
     ctx(nix::unistd::setsid(), "setsid")?;
 
-    // Enter the user namespace; H writes the maps.
+    // Enter the user namespace; H writes the maps. It is made as the
+    // sandbox's own owner uid, so that the kernel's per-user budgets that
+    // user namespaces charge to their owner (inotify instances and watches,
+    // queued signals, message queue bytes, processes, user namespaces) are
+    // this sandbox's own, not host root's shared with every other sandbox.
+    become_owner(ns_owner)?;
     ctx(
         unshare(CloneFlags::CLONE_NEWUSER),
         "unshare the user namespace",
@@ -822,6 +832,64 @@ const AGENT_NICE: libc::c_int = -5;
 struct CapHeader {
     version: u32,
     pid: i32,
+}
+
+/// The first host uid that owns sandbox user namespaces; the owner of one
+/// is this plus the host pid of its init, unique among live sandboxes
+/// without any bookkeeping (pids are at most 2^22). It lies above systemd's
+/// container range (0x80000..0x6FFFFFFF) and below the ids tools treat as
+/// negative.
+pub const OWNER_UID_BASE: u32 = 0x7000_0000;
+
+/// The owner uid of the sandbox whose init has host pid `pid` (the target
+/// of `/proc/self`).
+fn owner_uid(pid: PathBuf) -> Result<u32, String> {
+    let pid: u32 = pid
+        .to_str()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("/proc/self names no pid: {}", pid.display()))?;
+    Ok(OWNER_UID_BASE + pid)
+}
+
+/// Takes `owner` as every uid and gid while keeping the capabilities (the
+/// user namespace made next is then owned by `owner`; making it stays a
+/// privileged act on hosts that restrict unprivileged user namespaces).
+fn become_owner(owner: u32) -> Result<(), String> {
+    // SAFETY: prctl(PR_SET_KEEPCAPS) takes plain integers.
+    if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "keep capabilities: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let (uid, gid) = (Uid::from_raw(owner), Gid::from_raw(owner));
+    ctx(setgroups(&[]), "drop supplementary groups")?;
+    ctx(setresgid(gid, gid, gid), "take the owner gid")?;
+    ctx(setresuid(uid, uid, uid), "take the owner uid")?;
+    // The uid change cleared the effective set; raise it to the permitted
+    // one again.
+    let mut header = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capget writes a v3 header and two data structs, both valid
+    // for the call's duration.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Err(format!("capget: {}", std::io::Error::last_os_error()));
+    }
+    for d in &mut data {
+        d.effective = d.permitted;
+    }
+    // SAFETY: as above, for capset.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(format!("capset: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 #[repr(C)]
