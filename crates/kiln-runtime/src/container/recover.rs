@@ -33,8 +33,9 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
     })?;
     if !cgroups.filters_devices() {
         tracing::warn!(
-            "cgroup v2: no device filter for sandboxes (a BPF device program is not implemented); \
-             they are held to their minimal /dev by the user namespace and nodev mounts only"
+            "cgroup v2: no device filter for sandboxes (this kernel did not load the BPF \
+             program); they are held to their minimal /dev by the user namespace and nodev \
+             mounts only"
         );
     }
     let disk = DiskPool::new(cfg.data_dir.join("disk-pool"), cfg.uid_base, cfg.disk_pool)?;

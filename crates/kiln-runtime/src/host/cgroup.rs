@@ -167,10 +167,11 @@ impl Cgroups {
     }
 
     /// Lets the sandbox's processes open only [`ALLOWED_DEVICES`] (cgroup
-    /// v1's devices controller). Written once the init has mounted its
-    /// disks (which needs the loop devices) and exec'd the agent, before the
-    /// sandbox runs anything else. Cgroup v2 has no devices file (its filter
-    /// is a BPF program, not done): [`Cgroups::filters_devices`] says so.
+    /// v1's devices controller; on v2 a BPF program, see
+    /// [`super::devfilter`]). Done once the init has mounted its disks
+    /// (which needs the loop devices) and exec'd the agent, before the
+    /// sandbox runs anything else. A v2 host whose kernel cannot load the
+    /// program filters nothing: [`Cgroups::filters_devices`] says so.
     pub fn restrict_devices(&self, id: &str) -> Result<(), HostError> {
         match self {
             Self::V1(v) => {
@@ -181,13 +182,17 @@ impl Cgroups {
                 }
                 Ok(())
             }
+            Self::V2(v) if super::devfilter::available() => super::devfilter::attach(&v.dir(id)),
             Self::V2(_) => Ok(()),
         }
     }
 
-    /// Whether [`Cgroups::restrict_devices`] filters anything here (v1 only).
+    /// Whether [`Cgroups::restrict_devices`] filters anything here.
     pub fn filters_devices(&self) -> bool {
-        matches!(self, Self::V1(_))
+        match self {
+            Self::V1(_) => true,
+            Self::V2(_) => super::devfilter::available(),
+        }
     }
 
     /// The files a process writes its pid to, to join the sandbox's cgroups.

@@ -9,6 +9,7 @@
 
 pub mod bins;
 pub mod cgroup;
+pub mod devfilter;
 pub mod disk;
 mod error;
 pub mod fsutil;
