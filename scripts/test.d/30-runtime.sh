@@ -33,7 +33,9 @@ done
 if nft list tables 2>/dev/null | grep -q 'kiln_t[0-9]'; then
     left+=("nftables table")
 fi
-n=$(ps -e -o uid= | awk '$1 >= 100000 && $1 < 165536' | wc -l)
+# Sandbox processes: the store's range (sandboxes on a filesystem without
+# idmapped mounts) and the sandboxes' own ranges (host/uidrange.rs).
+n=$(ps -e -o uid= | awk '($1 >= 100000 && $1 < 165536) || ($1 >= 1895825408 && $1 < 2147352576)' | wc -l)
 [ "$n" -gt 0 ] && left+=("$n sandbox processes")
 if [ ${#left[@]} -gt 0 ]; then
     echo "30-runtime: left behind on the host: ${left[*]}" >&2

@@ -111,3 +111,39 @@ def test_one_sandbox_taking_a_budget_leaves_host_root_and_others_theirs(
         f"{kind}: a second sandbox got {other_taken} of 5 "
         f"({os.strerror(other_err) if other_err else 'no error'}) while the first held its whole budget"
     )
+
+
+def _subordinate_ranges():
+    out = []
+    for f in ("/etc/subuid", "/etc/subgid"):
+        if os.path.exists(f):
+            for line in open(f):
+                parts = line.strip().split(":")
+                if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                    out.append((int(parts[1]), int(parts[2])))
+    return out
+
+
+def test_each_sandbox_has_a_host_uid_range_of_its_own(new_sandbox):
+    """Root inside is a host uid no other sandbox and no host user's
+    subordinate ids have; the template's and new files still show their
+    owners inside (the layers are idmapped, not copied)."""
+    a, b = new_sandbox(), new_sandbox()
+    bases = []
+    for sbx in (a, b):
+        code, out, err = sh(sbx, "cat /proc/self/uid_map /proc/self/gid_map", user="user")
+        assert code == 0, err
+        uid_line, gid_line = out.strip().splitlines()
+        inside, outside, count = uid_line.split()
+        assert (inside, count) == ("0", "65536") and gid_line.split() == uid_line.split(), out
+        bases.append(int(outside))
+        code, out, err = sh(sbx, "touch /root/new && stat -c '%u %g' /root/new /etc/passwd /home/user")
+        assert code == 0, err
+        assert out.split("\n")[:3] == ["0 0", "0 0", "1000 1000"], out
+    assert bases[0] != bases[1], f"two sandboxes share the host uid range {bases[0]}"
+    for base in bases:
+        assert base >= 165536, f"root inside is host uid {base}, the range every sandbox used to share"
+        for first, count in _subordinate_ranges():
+            assert base + 65536 <= first or first + count <= base, (
+                f"a sandbox's range {base}+65536 overlaps a host user's subordinate ids {first}+{count}"
+            )

@@ -60,10 +60,13 @@ async fn base_template_works_in_a_sandbox() {
     let r = sh("runuser -u user -- sudo -n id -u").await;
     assert!(r.starts_with("exit=0\n0"), "sudo as user: {r}");
     let r = sh("runuser -u user -- sudo -n cat /proc/self/uid_map").await;
+    // "0 <host uid> 65536": the sandbox's own range.
     assert!(
         r.split_whitespace()
-            .any(|w| w == DEFAULT_UID_BASE.to_string()),
-        "root via sudo is mapped to the unprivileged range: {r}"
+            .nth(2)
+            .and_then(|w| w.parse().ok())
+            .is_some_and(kiln_runtime::host::uidrange::is_sandbox_uid),
+        "root via sudo is mapped to the sandbox's unprivileged range: {r}"
     );
     let r = sh("id user").await;
     assert!(r.contains("uid=1000(user)"), "{r}");

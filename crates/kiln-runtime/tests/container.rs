@@ -27,13 +27,35 @@ async fn lifecycle_and_isolation_from_inside() {
         "too few checks ran:\n{report}"
     );
 
-    // Seen from the host, the sandbox's root is an unprivileged uid.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", h.pid.unwrap())).unwrap();
-    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    // Seen from the host, the sandbox's root is an unprivileged uid of a
+    // range of its own: another sandbox's root is another uid.
+    let host_uid = |pid: u32| -> Vec<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        line.split_whitespace()
+            .skip(1)
+            .map(|u| u.parse().unwrap())
+            .collect()
+    };
+    let uids = host_uid(h.pid.unwrap());
     assert!(
-        uid_line.split_whitespace().skip(1).all(|u| u == "100000"),
-        "init runs as {uid_line:?} on the host"
+        uids.iter()
+            .all(|u| *u == uids[0] && kiln_runtime::host::uidrange::is_sandbox_uid(*u)),
+        "init runs as {uids:?} on the host"
     );
+    let other = rt.create(&spec("life-2")).await.expect("create a second");
+    let other_uids = host_uid(other.pid.unwrap());
+    assert_ne!(
+        other_uids[0], uids[0],
+        "two sandboxes share a host uid range"
+    );
+    let report = ask(other.ip, "checks life-2").await;
+    let failed: Vec<&str> = report.lines().filter(|l| !l.ends_with(" ok")).collect();
+    assert!(
+        failed.is_empty(),
+        "isolation checks failed in the second sandbox: {failed:?}"
+    );
+    rt.kill("life-2").await.unwrap();
     // The init (the agent) has a little more CPU weight than one task of
     // the workload, where the host lets kiln-spawn lower a nice value.
     let pid = h.pid.unwrap();

@@ -130,6 +130,7 @@ pub(super) async fn boot(
             Boot::Fresh { .. } => Phase::Running,
             Boot::Resume(_) => Phase::Resuming,
         },
+        uid_base: 0,
     };
     let resuming = matches!(how, Boot::Resume(_));
     let rec_copy = rec.clone();
@@ -281,6 +282,7 @@ fn prepare(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        rec.uid_base = sandbox_uids(inner, lower, &rec.cgroup)?;
         write_record(inner, &rec)?;
         Ok(SpawnConfig {
             id: spec.id.clone(),
@@ -290,8 +292,9 @@ fn prepare(
             premounted,
             rootfs,
             ro_layers,
-            uid_base: cfg.uid_base,
+            uid_base: rec.uid_base,
             uid_count: cfg.uid_count,
+            store_uid: cfg.uid_base,
             agent_bin: inner.bin(&cfg.agent_bin),
             agent_path: cfg.agent_path.clone(),
             binds: cfg
@@ -310,6 +313,48 @@ fn prepare(
         Ok(s) => Ok((rec, s)),
         Err(e) => Err(Box::new((e, rec))),
     }
+}
+
+/// The sandbox's host uid range: one of its own (claimed for as long as
+/// its cgroup exists) where ranges are configured and the template's
+/// filesystem takes idmapped mounts; else the range the layers are stored
+/// with, shared by every such sandbox.
+fn sandbox_uids(inner: &Inner, lower: &Path, cgroup: &str) -> Result<u32, RuntimeError> {
+    let Some(ranges) = &inner.uid_ranges else {
+        return Ok(inner.cfg.uid_base);
+    };
+    let dev = std::fs::metadata(lower).map(|m| m.dev()).unwrap_or(0);
+    let idmaps = *inner
+        .idmap_ok
+        .lock()
+        .unwrap()
+        .entry(dev)
+        .or_insert_with(|| {
+            let probe = std::process::Command::new(&inner.cfg.spawn_bin)
+                .arg(super::spawn::PROBE_IDMAP)
+                .arg(lower)
+                .output();
+            match probe {
+                Ok(out) if out.status.success() => true,
+                Ok(out) => {
+                    tracing::warn!(
+                        "sandboxes of templates on the filesystem of {} share one host uid \
+                         range: {}",
+                        lower.display(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!("cannot run {}: {e}", inner.cfg.spawn_bin.display());
+                    false
+                }
+            }
+        });
+    if !idmaps {
+        return Ok(inner.cfg.uid_base);
+    }
+    Ok(ranges.claim(&inner.cgroups.dir(cgroup))?)
 }
 
 /// A sandbox's pids.max: 4 per MiB of memory, at least 1024, never more

@@ -44,6 +44,10 @@ pub(super) fn stop_processes(inner: &Inner, rec: &Record) -> Result<(), RuntimeE
     }
     if !rec.cgroup.is_empty() {
         inner.cgroups.kill_and_remove(&rec.cgroup)?;
+        // The range is free once the cgroup is gone; say so at once.
+        if let Some(ranges) = &inner.uid_ranges {
+            ranges.release(rec.uid_base, &inner.cgroups.dir(&rec.cgroup));
+        }
     }
     if rec.pid > 0 {
         // The init is dead now; collect it if it is ours. Its exit may lag

@@ -67,6 +67,10 @@ pub struct ContainerConfig {
     /// filesystems must be owned by this range (uid 0 inside = `uid_base`).
     pub uid_base: u32,
     pub uid_count: u32,
+    /// Where the host-wide claims on sandbox uid ranges are kept (see
+    /// [`crate::host::uidrange`]); `None` runs every sandbox in the
+    /// `uid_base` range (as the layers are stored).
+    pub uid_ranges: Option<PathBuf>,
     /// Warm helpers kept ready (see `warm.rs`); each holds a network
     /// namespace and a cgroup.
     pub warm_pool: usize,
@@ -99,6 +103,7 @@ impl ContainerConfig {
             spawn_bin,
             uid_base: DEFAULT_UID_BASE,
             uid_count: 65536,
+            uid_ranges: Some(crate::host::uidrange::DEFAULT_DIR.into()),
             warm_pool: 4,
             disk_pool: 4,
             disk_pool_sizes_mib: Vec::new(),
@@ -141,6 +146,10 @@ struct Record {
     layers: Vec<String>,
     #[serde(default)]
     phase: Phase,
+    /// The host uid root inside maps to while it runs (0: the store's
+    /// range, as before sandboxes had ranges of their own).
+    #[serde(default)]
+    uid_base: u32,
 }
 
 /// Where a sandbox's kept state is. Written (durably) before each step
@@ -235,6 +244,11 @@ struct Inner {
     warm: Mutex<Vec<warm::Warm>>,
     cgroup_counter: AtomicU64,
     shut_down: AtomicBool,
+    /// Sandbox uid ranges, where configured.
+    uid_ranges: Option<crate::host::uidrange::UidRanges>,
+    /// Per filesystem (st_dev) of a template: whether it takes idmapped
+    /// mounts (probed once with kiln-spawn).
+    idmap_ok: Mutex<BTreeMap<u64, bool>>,
 }
 
 /// The container runtime. Cheap to clone.

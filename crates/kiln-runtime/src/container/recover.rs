@@ -38,6 +38,10 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
              mounts only"
         );
     }
+    let uid_ranges = match &cfg.uid_ranges {
+        Some(dir) => Some(crate::host::uidrange::UidRanges::new(dir)?),
+        None => None,
+    };
     let disk = DiskPool::new(cfg.data_dir.join("disk-pool"), cfg.uid_base, cfg.disk_pool)?;
     for size in &cfg.disk_pool_sizes_mib {
         disk.want(*size);
@@ -107,6 +111,8 @@ pub(super) fn start(mut cfg: ContainerConfig) -> Result<Inner, RuntimeError> {
                 .unwrap_or(0),
         ),
         shut_down: AtomicBool::new(false),
+        uid_ranges,
+        idmap_ok: Mutex::new(BTreeMap::new()),
     };
     for rec in &dead {
         tracing::info!(id = %rec.id, "removing the leftovers of a dead sandbox");

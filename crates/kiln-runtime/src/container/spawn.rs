@@ -21,7 +21,8 @@
 //!
 //! C, pid 1 of the new pid namespace, still real root, once it has the
 //! config: the disk (if the prelude's was not the right size); a staging
-//! tmpfs with the layers bound in under neutral names and the sandbox's own
+//! tmpfs with the layers bound in under neutral names (idmapped from the
+//! range they are stored with to the sandbox's own) and the sandbox's own
 //! boot id; the overlay root (nodev, mounted with relative layer paths, so
 //! the mount table names no host path); /proc with the sensitive paths
 //! masked or read-only and its boot id bound over; a minimal /dev; /sys
@@ -29,7 +30,7 @@
 //! bind-mounted read-only; pivot_root; a session of its own. Only then it
 //! takes a host uid of its own as the namespace's owner (see
 //! [`OWNER_UID_BASE`]) and enters a new user namespace (root inside ↦
-//! `uid_base` outside), so the
+//! `uid_base` outside, the sandbox's range), so the
 //! mount, network and uts namespaces stay owned by the host's user namespace
 //! and root inside can change none of them. Then seccomp, capabilities cut
 //! to Docker's default set, and exec of the agent.
@@ -85,8 +86,13 @@ pub struct SpawnConfig {
     /// sandbox started from a snapshot has them.
     #[serde(default)]
     pub ro_layers: Vec<(PathBuf, PathBuf)>,
+    /// The sandbox's host uid range: root inside is `uid_base` outside.
     pub uid_base: u32,
     pub uid_count: u32,
+    /// The range the layers are stored with on disk (the template's owner).
+    /// Where it is not `uid_base`, the layers are mounted idmapped from it
+    /// to the sandbox's range.
+    pub store_uid: u32,
     /// Agent binary on the host, and where it appears inside.
     pub agent_bin: PathBuf,
     pub agent_path: String,
@@ -120,8 +126,22 @@ const DEFAULT_CAPS: [u32; 14] = [
     31, // SETFCAP
 ];
 
+/// The argument that makes `kiln-spawn` only check that a directory's
+/// filesystem takes idmapped mounts (exit 0), or say why not (exit 1).
+pub const PROBE_IDMAP: &str = "--probe-idmap";
+
 /// Entry point of the `kiln-spawn` binary. Returns the process exit code.
 pub fn main() -> i32 {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == PROBE_IDMAP {
+        return match probe_idmap(Path::new(&args[2])) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        };
+    }
     // Whatever the runtime inherited without close-on-exec (its own parent
     // may have left it any descriptor) must not reach the sandbox: keep
     // stdio and the ready pipe only. Nothing else is open yet.
@@ -427,16 +447,27 @@ fn init(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some("mode=0700,size=64k"),
     )?;
+    // Layers stored with another range than the sandbox's are seen through
+    // idmapped mounts: uid `store_uid + n` on disk is `uid_base + n` here,
+    // and what the sandbox writes is stored back in the store's range.
+    let idmap = if cfg.store_uid != cfg.uid_base {
+        Some(idmap_userns(cfg.store_uid, cfg.uid_base, cfg.uid_count)?)
+    } else {
+        None
+    };
     let bind_at = |from: &Path, name: &str| -> Result<(), String> {
         let to = stage.join(name);
         mkdirs(&to)?;
-        do_mount(
-            Some(from.to_str().unwrap_or_default()),
-            &to,
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )
+        match &idmap {
+            Some(userns) => bind_idmapped(from, &to, userns),
+            None => do_mount(
+                Some(from.to_str().unwrap_or_default()),
+                &to,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            ),
+        }
     };
     // A snapshot's layers, read-only, between the upper and the template.
     let mut lowers = Vec::new();
@@ -832,6 +863,162 @@ const AGENT_NICE: libc::c_int = -5;
 struct CapHeader {
     version: u32,
     pid: i32,
+}
+
+/// Makes an idmapped bind of `dir` in a mount namespace of its own (gone
+/// with this process).
+fn probe_idmap(dir: &Path) -> Result<(), String> {
+    ctx(
+        unshare(CloneFlags::CLONE_NEWNS),
+        "unshare the mount namespace",
+    )?;
+    do_mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    let userns = idmap_userns(
+        crate::container::DEFAULT_UID_BASE,
+        crate::host::uidrange::FIRST,
+        crate::host::uidrange::SIZE,
+    )?;
+    bind_idmapped(dir, dir, &userns)
+}
+
+/// A user namespace to idmap mounts with: ids `store..store+count` of a
+/// filesystem are seen as `base..base+count`, and host root stays root
+/// (overlayfs works in its layers as the mounter). Made by a child that
+/// unshares it and waits while the maps are written and the namespace is
+/// opened; it is the child's pid on the host (it says it) that names it in
+/// /proc, which is still the host's here.
+fn idmap_userns(store: u32, base: u32, count: u32) -> Result<OwnedFd, String> {
+    let (said_r, said_w) = ctx(pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
+    let (hold_r, hold_w) = ctx(pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
+    // SAFETY: this process is single-threaded; the child only makes
+    // syscalls and exits.
+    match ctx(unsafe { fork() }, "fork the idmap helper")? {
+        ForkResult::Child => {
+            drop(said_r);
+            drop(hold_w);
+            let mut said = File::from(said_w);
+            let ok = unshare(CloneFlags::CLONE_NEWUSER).is_ok();
+            let me = std::fs::read_link("/proc/self").unwrap_or_default();
+            let _ = said.write_all(if ok {
+                me.as_os_str().as_encoded_bytes()
+            } else {
+                b""
+            });
+            drop(said);
+            let mut b = [0u8; 1];
+            let _ = File::from(hold_r).read(&mut b);
+            // SAFETY: _exit in a forked child.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(said_w);
+            drop(hold_r);
+            let mut pid = String::new();
+            let _ = File::from(said_r).read_to_string(&mut pid);
+            let r = (|| {
+                if pid.is_empty() {
+                    return Err("the idmap helper could not make a user namespace".to_owned());
+                }
+                let proc = PathBuf::from("/proc").join(&pid);
+                let map = format!("0 0 1\n{store} {base} {count}\n");
+                ctx(
+                    std::fs::write(proc.join("uid_map"), &map),
+                    "write an idmap uid_map",
+                )?;
+                ctx(
+                    std::fs::write(proc.join("gid_map"), &map),
+                    "write an idmap gid_map",
+                )?;
+                let ns = ctx(File::open(proc.join("ns/user")), "open the idmap namespace")?;
+                Ok(OwnedFd::from(ns))
+            })();
+            drop(hold_w);
+            let _ = nix::sys::wait::waitpid(child, None);
+            r
+        }
+    }
+}
+
+/// Binds `from` at `to` idmapped through `userns` (a detached clone of the
+/// mount, set idmapped, then attached).
+fn bind_idmapped(from: &Path, to: &Path, userns: &OwnedFd) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let failed = |what: &str| {
+        format!(
+            "{what} {} for an idmapped bind (does its filesystem support idmapped mounts?): {}",
+            from.display(),
+            std::io::Error::last_os_error()
+        )
+    };
+    let src = cstr(from.to_str().unwrap_or_default())?;
+    let dst = cstr(to.to_str().unwrap_or_default())?;
+    let empty = cstr("")?;
+    // SAFETY: open_tree with a valid path; the new fd is owned below.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if tree < 0 {
+        return Err(failed("clone"));
+    }
+    // SAFETY: a successful open_tree returns a new fd.
+    let tree = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(tree as RawFd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: mount_setattr reads `attr` (of the size passed) and the empty
+    // path; both outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(failed("idmap"));
+    }
+    // SAFETY: move_mount with a valid fd and paths.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(failed("attach"));
+    }
+    Ok(())
 }
 
 /// The first host uid that owns sandbox user namespaces; the owner of one

@@ -195,6 +195,15 @@ impl Cgroups {
         }
     }
 
+    /// One directory that exists exactly as long as the sandbox's cgroups
+    /// do (the memory controller's on v1).
+    pub fn dir(&self, id: &str) -> PathBuf {
+        match self {
+            Self::V1(v) => v.root.join("memory").join(v.rel(id)),
+            Self::V2(v) => v.dir(id),
+        }
+    }
+
     /// The files a process writes its pid to, to join the sandbox's cgroups.
     pub fn procs_files(&self, id: &str) -> Vec<PathBuf> {
         match self {

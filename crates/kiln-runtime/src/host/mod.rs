@@ -17,5 +17,6 @@ pub mod masks;
 pub mod overlay;
 pub mod seccomp;
 pub mod sys;
+pub mod uidrange;
 
 pub use error::HostError;

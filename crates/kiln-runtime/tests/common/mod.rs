@@ -240,7 +240,10 @@ pub fn host_count(tag: &str) -> HostCount {
         .flatten()
         .filter(|e| {
             std::fs::metadata(e.path())
-                .map(|m| m.uid() >= DEFAULT_UID_BASE && m.uid() < DEFAULT_UID_BASE + 65536)
+                .map(|m| {
+                    (m.uid() >= DEFAULT_UID_BASE && m.uid() < DEFAULT_UID_BASE + 65536)
+                        || kiln_runtime::host::uidrange::is_sandbox_uid(m.uid())
+                })
                 .unwrap_or(false)
         })
         .count();
