@@ -101,6 +101,9 @@ fn rmdir(path: &Path) -> Result<(), HostError> {
     })
 }
 
+/// How long a freeze or thaw may take before it is given up.
+const FREEZE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"];
 
 /// The devices a sandbox may open: those of its minimal /dev (null, zero,
@@ -231,38 +234,58 @@ impl Cgroups {
     }
 
     pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), HostError> {
-        match self {
+        let r = self.set_frozen(id, frozen);
+        if r.is_err() && frozen {
+            // Half frozen is worse than not: some processes would hang
+            // while the rest run. Give the freeze up.
+            let _ = self.set_frozen(id, false);
+        }
+        r
+    }
+
+    /// Asks for the state and waits (up to [`FREEZE_WAIT`]) until the
+    /// kernel reports it. Freezing is asynchronous, and under load slow: a
+    /// task in the middle of a fork or an exec is frozen only once it
+    /// leaves the kernel, so the request is repeated every 50 ms (on v1
+    /// a repeated write retries the tasks not frozen yet).
+    fn set_frozen(&self, id: &str, frozen: bool) -> Result<(), HostError> {
+        let (file, value, done): (PathBuf, &str, Box<dyn Fn() -> bool>) = match self {
             Self::V1(v) => {
                 let state = v.root.join("freezer").join(v.rel(id)).join("freezer.state");
-                write(&state, if frozen { "FROZEN" } else { "THAWED" })?;
-                // FREEZING → FROZEN happens asynchronously; wait for it.
-                for _ in 0..1000 {
-                    let now = std::fs::read_to_string(&state).unwrap_or_default();
-                    if now.trim() == if frozen { "FROZEN" } else { "THAWED" } {
-                        return Ok(());
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                Err(HostError::Stuck {
-                    path: state,
-                    what: if frozen { "freeze" } else { "thaw" },
-                })
+                let want = if frozen { "FROZEN" } else { "THAWED" };
+                let check = state.clone();
+                let done =
+                    move || std::fs::read_to_string(&check).unwrap_or_default().trim() == want;
+                (state, want, Box::new(done))
             }
             Self::V2(v) => {
                 let dir = v.dir(id);
-                write(&dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
-                for _ in 0..1000 {
-                    let frozen_now = keyed(&dir.join("cgroup.events"), "frozen") == 1;
-                    if frozen_now == frozen {
-                        return Ok(());
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                Err(HostError::Stuck {
-                    path: dir.join("cgroup.events"),
-                    what: if frozen { "freeze" } else { "thaw" },
-                })
+                let events = dir.join("cgroup.events");
+                let done = move || (keyed(&events, "frozen") == 1) == frozen;
+                (
+                    dir.join("cgroup.freeze"),
+                    if frozen { "1" } else { "0" },
+                    Box::new(done),
+                )
             }
+        };
+        let started = std::time::Instant::now();
+        let mut asked = None::<std::time::Instant>;
+        loop {
+            if asked.is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(50)) {
+                write(&file, value)?;
+                asked = Some(std::time::Instant::now());
+            }
+            if done() {
+                return Ok(());
+            }
+            if started.elapsed() > FREEZE_WAIT {
+                return Err(HostError::Stuck {
+                    path: file,
+                    what: if frozen { "freeze" } else { "thaw" },
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 
