@@ -126,7 +126,7 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<(u32, Spawned)> {
 /// only 0-2: nothing the agent holds (or inherited, whatever its flags)
 /// reaches the processes it starts. Marking rather than closing keeps std's
 /// own exec-error pipe working (it is close-on-exec already).
-/// Async-signal-safe: one system call.
+/// Async-signal-safe: raw system calls on stack memory only.
 fn close_inherited_on_exec() -> io::Result<()> {
     // SAFETY: close_range takes three integers and touches no memory.
     let rc = unsafe {
@@ -137,10 +137,70 @@ fn close_inherited_on_exec() -> io::Result<()> {
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
-    if rc != 0 {
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // Kernels before 5.11, and gVisor, lack the flag (or the call):
+        // mark each open descriptor that /proc lists instead.
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => mark_listed_cloexec(),
+        _ => Err(e),
+    }
+}
+
+/// The fallback of [`close_inherited_on_exec`]: reads /proc/self/fd with
+/// getdents64 into a stack buffer and sets FD_CLOEXEC on every descriptor
+/// above 2.
+fn mark_listed_cloexec() -> io::Result<()> {
+    // SAFETY: open of a static NUL-terminated path.
+    let dir = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    let mut buf = [0u8; 4096];
+    let result = loop {
+        // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len()) };
+        if n < 0 {
+            break Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            break Ok(());
+        }
+        let mut at = 0usize;
+        while at + 19 < n as usize {
+            // struct linux_dirent64: d_ino (8), d_off (8), d_reclen (2),
+            // d_type (1), d_name (NUL-terminated).
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            if reclen == 0 {
+                break;
+            }
+            let mut fd: i32 = 0;
+            let mut digits = 0;
+            for &b in buf[at + 19..(at + reclen).min(n as usize)].iter() {
+                if !b.is_ascii_digit() {
+                    break;
+                }
+                fd = fd.saturating_mul(10).saturating_add(i32::from(b - b'0'));
+                digits += 1;
+            }
+            if digits > 0 && fd > 2 && fd != dir {
+                // SAFETY: fcntl on an integer descriptor; one that closed
+                // meanwhile just fails.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+            at += reclen;
+        }
+    };
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(dir) };
+    result
 }
 
 /// The agent's own `oom_score_adj`, if /proc tells; read once (nothing
@@ -218,6 +278,29 @@ pub fn nonblocking_async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn the_proc_fallback_marks_every_descriptor_close_on_exec() {
+        // dup gives descriptors without close-on-exec, as a careless
+        // parent leaves them.
+        let fds: Vec<i32> = (0..3).map(|_| unsafe { libc::dup(1) }).collect();
+        for fd in &fds {
+            assert!(*fd > 2);
+            assert_eq!(
+                unsafe { libc::fcntl(*fd, libc::F_GETFD) } & libc::FD_CLOEXEC,
+                0
+            );
+        }
+        mark_listed_cloexec().unwrap();
+        for fd in fds {
+            assert_ne!(
+                unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC,
+                0,
+                "fd {fd}"
+            );
+            unsafe { libc::close(fd) };
+        }
+    }
 
     /// What `cmd arg`, spawned as this test's own user, prints.
     fn output_of(cmd: &str, arg: &str) -> String {
