@@ -15,6 +15,7 @@ pub mod rest;
 pub mod runtime;
 pub mod serve;
 pub mod state;
+pub mod upstream;
 
 pub use app::app;
 pub use config::Config;

@@ -37,16 +37,19 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::state::AppState;
+use crate::upstream::SandboxConnector;
 
 pub const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
 pub const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
 pub const TRAFFIC_TOKEN_HEADER: &str = "e2b-traffic-access-token";
 
-/// Upstream HTTP clients (pooled connections to sandboxes).
+/// Upstream HTTP clients (pooled connections to sandboxes, each closed
+/// when its sandbox is gone: see [`crate::upstream`]).
 #[derive(Clone)]
 pub struct Proxy {
-    http1: Client<HttpConnector, Body>,
-    http2: Client<HttpConnector, Body>,
+    http1: Client<SandboxConnector, Body>,
+    http2: Client<SandboxConnector, Body>,
+    connector: SandboxConnector,
 }
 
 impl Default for Proxy {
@@ -66,14 +69,19 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let connector = SandboxConnector::new(connector);
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(UPSTREAM_IDLE)
             .build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .pool_idle_timeout(UPSTREAM_IDLE)
-            .build(connector);
-        Self { http1, http2 }
+            .build(connector.clone());
+        Self {
+            http1,
+            http2,
+            connector,
+        }
     }
 }
 
@@ -401,6 +409,7 @@ async fn forward(state: &AppState, id: &str, port: u16, mut req: Request) -> Res
         &state.proxy.http1
     };
     let gone = route.gone.clone();
+    state.proxy.connector.bind(route.ip, gone.clone());
     let sent = tokio::select! {
         r = client.request(upstream_req) => r,
         () = gone.clone().wait() => {
