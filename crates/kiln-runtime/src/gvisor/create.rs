@@ -236,6 +236,7 @@ pub(super) fn mount_rootfs(inner: &Inner, id: &str, lower: &Path) -> Result<(), 
     if overlay::is_mounted(&rootfs) {
         return Ok(());
     }
+    private_mounts_dir(&mounts, inner.cfg.uid_base)?;
     if !overlay::is_mounted(&layers) {
         overlay::mount_disk(&dir.join("disk.img"), &layers, false)?;
     }
@@ -243,6 +244,28 @@ pub(super) fn mount_rootfs(inner: &Inner, id: &str, lower: &Path) -> Result<(), 
         let _ = overlay::unmount(&layers);
         return Err(e.into());
     }
+    Ok(())
+}
+
+/// Makes the sandbox's mount directory reachable by runsc's gofer, which
+/// serves the root as the sandbox's root user (host uid `owner`), and by
+/// no other host user: the directories above it only traversable (0711,
+/// root's), the sandbox's own 0700 and `owner`'s. (kilnd's umask makes
+/// everything 0700 and root's, which the gofer cannot enter.)
+fn private_mounts_dir(mounts: &Path, owner: u32) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(mounts).map_err(HostError::io("create", mounts))?;
+    let root = Path::new(super::MOUNTS_ROOT);
+    let mut above = mounts.parent();
+    while let Some(dir) = above.filter(|d| d.starts_with(root)) {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(HostError::io("chmod", dir))?;
+        above = dir.parent();
+    }
+    std::os::unix::fs::chown(mounts, Some(owner), Some(owner))
+        .map_err(HostError::io("chown", mounts))?;
+    std::fs::set_permissions(mounts, std::fs::Permissions::from_mode(0o700))
+        .map_err(HostError::io("chmod", mounts))?;
     Ok(())
 }
 
