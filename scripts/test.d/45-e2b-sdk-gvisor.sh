@@ -10,16 +10,6 @@ cd "$(dirname "$0")/../.."
 . scripts/lib.sh
 kiln_ensure_cargo
 
-# Not passing yet: after a create on gVisor (which works, /init included),
-# most of the SDK's calls through kilnd's proxy to the agent fail with
-# "the connection to sandbox <id> port 49983 failed" (5 of 19 tests of
-# test_sandbox_sync.py pass, 2 skipped with their reason). Opt in while
-# that is being fixed.
-if [ "${KILN_TEST_GVISOR:-}" != 1 ]; then
-    echo "SKIPPED: the e2b suite on gVisor does not pass yet (SDK calls through the proxy to gVisor sandboxes fail to connect); KILN_TEST_GVISOR=1 runs it"
-    exit 0
-fi
-
 runsc=${KILN_RUNSC:-$(command -v runsc || true)}
 if [ -z "$runsc" ]; then
     echo "SKIPPED: runsc is not installed (apt-get install runsc): the gVisor suite did not run"
