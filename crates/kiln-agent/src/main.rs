@@ -85,13 +85,22 @@ async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     ready::signal_ready();
 
     tokio::spawn(process::reaper::run(reaper.clone()));
-    let server = tokio::spawn(server::serve(listener, state.clone()));
+    let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(server::serve(listener, state.clone(), closed_rx));
 
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
     let mut usr2 = signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?;
+    let mut close_listener = signal(SignalKind::from_raw(
+        kiln_api::agent::CLOSE_LISTENER_SIGNAL.0,
+    ))
+    .context("close-listener signal handler")?;
+    let mut reopen_listener = signal(SignalKind::from_raw(
+        kiln_api::agent::REOPEN_LISTENER_SIGNAL.0,
+    ))
+    .context("reopen-listener signal handler")?;
     let forward = |sig: Signal| {
         if pid1 {
             // As init: everyone else in the sandbox.
@@ -107,6 +116,12 @@ async fn run(listen: SocketAddr) -> anyhow::Result<()> {
             _ = hup.recv() => forward(Signal::SIGHUP),
             _ = usr1.recv() => forward(Signal::SIGUSR1),
             _ = usr2.recv() => forward(Signal::SIGUSR2),
+            _ = close_listener.recv() => {
+                let _ = closed_tx.send(true);
+            }
+            _ = reopen_listener.recv() => {
+                let _ = closed_tx.send(false);
+            }
         }
     }
 

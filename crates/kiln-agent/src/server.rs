@@ -52,9 +52,24 @@ async fn first_bytes(stream: &tokio::net::TcpStream) -> bool {
 }
 
 /// Accepts connections until the task is dropped.
-pub async fn serve(listener: TcpListener, state: Arc<AgentState>) {
+/// Accepts and serves connections. While `closed` says so, the listening
+/// socket is closed (see [`kiln_api::agent::CLOSE_LISTENER_SIGNAL`]): it is
+/// bound again on the same address once `closed` is false.
+pub async fn serve(
+    mut listener: TcpListener,
+    state: Arc<AgentState>,
+    mut closed: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            r = listener.accept() => Some(r),
+            _ = closed.wait_for(|c| *c) => None,
+        };
+        let Some(accepted) = accepted else {
+            listener = reopen(listener, &mut closed).await;
+            continue;
+        };
+        let (stream, _) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -90,6 +105,34 @@ pub async fn serve(listener: TcpListener, state: Arc<AgentState>) {
                 .initial_connection_window_size(2 << 20);
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
+    }
+}
+
+/// Closes `listener`, waits until `closed` is false, and binds its address
+/// again (retrying: the port may take a moment to be free).
+async fn reopen(
+    listener: TcpListener,
+    closed: &mut tokio::sync::watch::Receiver<bool>,
+) -> TcpListener {
+    let addr = listener.local_addr();
+    drop(listener);
+    eprintln!("kiln-agent: listener closed");
+    let _ = closed.wait_for(|c| !*c).await;
+    let Ok(addr) = addr else {
+        // Never seen: a bound socket knows its address.
+        std::process::exit(1);
+    };
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                eprintln!("kiln-agent: listening again on {addr}");
+                return l;
+            }
+            Err(e) => {
+                eprintln!("kiln-agent: binding {addr} again failed: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 }
 

@@ -32,6 +32,17 @@ pub const AGENT_PORT: u16 = 49983;
 ///
 /// The largest header block, request line included (HTTP/1.1's read
 /// buffer; HTTP/2's header list, counted as RFC 9113 does).
+/// The signal that makes the agent close its listening socket (the
+/// runtime sends it before a gVisor checkpoint, which cannot save a
+/// listening TCP socket held in an epoll set): SIGWINCH, which nothing
+/// else sends the agent (it has no terminal), and which `runsc kill`
+/// knows by name (it takes no real-time signal).
+pub const CLOSE_LISTENER_SIGNAL: (i32, &str) = (28, "WINCH");
+
+/// The signal that makes the agent listen again (after the restore):
+/// SIGURG (the agent owns no socket's out-of-band data).
+pub const REOPEN_LISTENER_SIGNAL: (i32, &str) = (23, "URG");
+
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// The largest Connect message: a unary request's body, or the payload of
 /// a server-streaming request's one envelope.

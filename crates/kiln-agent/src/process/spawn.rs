@@ -281,23 +281,21 @@ mod tests {
 
     #[test]
     fn the_proc_fallback_marks_every_descriptor_close_on_exec() {
+        // SAFETY: fcntl (and below dup and close) on integer descriptors
+        // this test owns; no memory is passed.
+        let flags = |fd: i32| unsafe { libc::fcntl(fd, libc::F_GETFD) };
         // dup gives descriptors without close-on-exec, as a careless
         // parent leaves them.
+        // SAFETY: as above.
         let fds: Vec<i32> = (0..3).map(|_| unsafe { libc::dup(1) }).collect();
         for fd in &fds {
             assert!(*fd > 2);
-            assert_eq!(
-                unsafe { libc::fcntl(*fd, libc::F_GETFD) } & libc::FD_CLOEXEC,
-                0
-            );
+            assert_eq!(flags(*fd) & libc::FD_CLOEXEC, 0);
         }
         mark_listed_cloexec().unwrap();
         for fd in fds {
-            assert_ne!(
-                unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC,
-                0,
-                "fd {fd}"
-            );
+            assert_ne!(flags(fd) & libc::FD_CLOEXEC, 0, "fd {fd}");
+            // SAFETY: as above.
             unsafe { libc::close(fd) };
         }
     }

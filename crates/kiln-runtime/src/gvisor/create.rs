@@ -342,6 +342,10 @@ pub(super) async fn run_runsc(
                 .await?
         }
     }
+    if matches!(start, Start::Restore(_)) {
+        // Saved with its listener closed (see pause.rs): listen again.
+        super::pause::reopen_listener(inner, &rec.id).await?;
+    }
     let st = inner.runsc.state(&rec.id).ok_or_else(|| {
         RuntimeError::Other(format!("runsc started {} but keeps no state of it", rec.id))
     })?;

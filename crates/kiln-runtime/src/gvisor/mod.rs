@@ -325,16 +325,17 @@ impl Runtime for GvisorRuntime {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // Memory pause and memory snapshots work for sandboxes whose
-        // processes hold no TCP socket in an epoll set (this runsc refuses
-        // to save one: "endpoint still has waiters upon save", and a
-        // refused save ends the sandbox). kiln-agent serves with tokio,
-        // whose listening socket always is in one, so in kilnd's sandboxes
-        // they do not work yet: not claimed. (The runtime's tests, whose
-        // stand-in agent blocks in accept, exercise them.)
+        // This runsc cannot save a TCP socket held in an epoll set, as the
+        // agent's listener is: the agent closes it for the checkpoint and
+        // listens again after the restore (pause.rs). What the sandbox's
+        // own processes hold may still make a save fail (the pause then
+        // says so and the sandbox boots again on its disk). Memory
+        // snapshots are not offered yet: a sandbox restored from another's
+        // memory has that one's agent, access token and all, and kilnd's
+        // /init for the new sandbox is refused.
         Capabilities {
-            pause_memory: false,
-            durable_memory: false,
+            pause_memory: true,
+            durable_memory: true,
             pause_filesystem: true,
             snapshot_filesystem: true,
             snapshot_memory: false,

@@ -128,6 +128,7 @@ pub(super) async fn save(
     ip: std::net::Ipv4Addr,
     image: &Path,
 ) -> Result<(), RuntimeError> {
+    close_listener(inner, id, ip).await?;
     blocking(move || kiln_net::abort_connections(ip).map_err(net_err)).await?;
     // The resets reach the sandbox's netstack well within this.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -147,6 +148,7 @@ pub(super) async fn save(
     // failed may have left it running.
     let alive = inner.runsc.state(id).is_some_and(|s| s.status == "running");
     if alive {
+        let _ = reopen_listener(inner, id).await;
         return Err(e);
     }
     if !refused.contains("unsupported networking state") {
@@ -209,6 +211,52 @@ pub(super) async fn save(
             Err(e) => format!("runsc ended it, and booting it again failed: {e}"),
         }
     )))
+}
+
+/// Asks the agent to close its listening socket (this runsc cannot save
+/// one held in an epoll set, and the agent's always is) and waits until
+/// its port refuses connections, a second at most: an init that does not
+/// know the signal (it ignores it) keeps listening, and the checkpoint is
+/// tried all the same. After a restore the agent is told to listen again
+/// ([`reopen_listener`]).
+async fn close_listener(
+    inner: &Arc<Inner>,
+    id: &str,
+    ip: std::net::Ipv4Addr,
+) -> Result<(), RuntimeError> {
+    let signal = kiln_api::agent::CLOSE_LISTENER_SIGNAL.1;
+    inner.runsc.run(&["kill", id, signal]).await?;
+    let addr = std::net::SocketAddr::from((ip, crate::AGENT_PORT));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
+            // Reset, not closed: nothing of the probe lingers in the
+            // sandbox's netstack (a closing connection blocks a checkpoint).
+            Ok(Ok(s)) => drop(s.set_zero_linger()),
+            _ => {}
+        }
+        if tokio::time::Instant::now() > deadline {
+            tracing::debug!(
+                id,
+                "the sandbox's init still listens; checkpointing all the same"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Tells the agent of a restored (or still running) sandbox to listen
+/// again.
+pub(super) async fn reopen_listener(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
+    let signal = kiln_api::agent::REOPEN_LISTENER_SIGNAL.1;
+    inner.runsc.run(&["kill", id, signal]).await
 }
 
 /// Boots a sandbox that runsc ended anew on its disk, in its namespace.
