@@ -53,20 +53,9 @@ class Kilnd:
     proc: subprocess.Popen
 
 
-# Tests that cannot pass on the gVisor runtime yet, with why (shown by -rs).
-GVISOR_NO_MEMORY_PAUSE = (
-    "gvisor: Debian's runsc (2022-12-19) refuses to checkpoint a TCP socket held in an "
-    "epoll set ('endpoint still has waiters upon save'), which kiln-agent's listener always "
-    "is, and a refused checkpoint ends the sandbox: pause with memory is not available on "
-    "gvisor yet (filesystem pause, snapshots and fork are)"
-)
-GVISOR_SKIPS = {
-    "test_sandbox_sync.py::test_pause_and_connect_resumes": GVISOR_NO_MEMORY_PAUSE,
-    "test_sandbox_sync.py::test_kill_ends_open_streams[paused]": GVISOR_NO_MEMORY_PAUSE,
-    "test_durable.py::test_memory_pause_keeps_processes": GVISOR_NO_MEMORY_PAUSE,
-    "test_durable.py::test_traffic_resumes_an_auto_resume_sandbox": GVISOR_NO_MEMORY_PAUSE,
-    "test_durable.py::test_pauses_survive_kill9_of_kilnd_and_a_simulated_reboot": GVISOR_NO_MEMORY_PAUSE,
-}
+# Tests that cannot pass on the gVisor runtime, by node id suffix, with why
+# (shown by -rs). None at present.
+GVISOR_SKIPS: dict = {}
 
 
 def pytest_collection_modifyitems(config, items):
