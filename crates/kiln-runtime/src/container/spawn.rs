@@ -398,13 +398,7 @@ fn init(
         ),
         "unshare namespaces",
     )?;
-    do_mount(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None,
-    )?;
+    make_mounts_private()?;
     // The writable layers: the sandbox's own size-limited filesystem,
     // mounted in this mount namespace only (see disk.rs). Done before the
     // config comes if the prelude has an image.
@@ -865,6 +859,18 @@ struct CapHeader {
     pid: i32,
 }
 
+/// Stops mount events from propagating between this (new) mount
+/// namespace and the host's, both ways.
+fn make_mounts_private() -> Result<(), String> {
+    do_mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )
+}
+
 /// Makes an idmapped bind of `dir` in a mount namespace of its own (gone
 /// with this process).
 fn probe_idmap(dir: &Path) -> Result<(), String> {
@@ -872,13 +878,7 @@ fn probe_idmap(dir: &Path) -> Result<(), String> {
         unshare(CloneFlags::CLONE_NEWNS),
         "unshare the mount namespace",
     )?;
-    do_mount(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None,
-    )?;
+    make_mounts_private()?;
     let userns = idmap_userns(
         crate::container::DEFAULT_UID_BASE,
         crate::host::uidrange::FIRST,
