@@ -53,6 +53,10 @@ pub(super) async fn pause(
         blocking(move || write_record(&inner, &rec)).await?;
     }
     if mode == StateMode::Memory {
+        // runsc checkpoint ends runsc's sandbox process: not an exit of
+        // the sandbox, which the watcher would otherwise report (and the
+        // core would then end the paused sandbox).
+        sb.unwatch();
         if let Err(e) = checkpoint(inner, id, &dir).await {
             // runsc leaves a sandbox it failed to checkpoint running.
             // Running (as before, or booted again): its current record.
@@ -62,6 +66,10 @@ pub(super) async fn pause(
                 ..sb.record()
             };
             let _ = blocking(move || write_record(&inner2, &rec)).await;
+            // Watched again (one booted again is watched already).
+            if sb.watcher.lock().unwrap().is_none() {
+                watch(inner, &sb);
+            }
             return Err(e);
         }
     }
