@@ -39,7 +39,7 @@ done
 for name in "${failed[@]}"; do
     echo
     echo "==== $name failed: its verdicts, then its last lines"
-    grep -E '^(FAILED|ERROR) |^not ok |^test .* FAILED$|panicked at|^error(\[|:)|^E   ' "$logs/$name.log" | head -n 40 || true
+    grep -E '^(FAILED|ERROR) |^_{3,} .* _{3,}$|^not ok |^test .* FAILED$|panicked at|^error(\[|:)|^E   ' "$logs/$name.log" | head -n 40 || true
     echo "----"
     tail -n 40 "$logs/$name.log"
 done
