@@ -41,9 +41,10 @@ impl SandboxConnector {
     }
 
     /// Says which sandbox `ip` belongs to, before a request is sent there.
+    /// One entry per address, replaced by the next sandbox given it: the
+    /// map is as large as the networks' address pools, never larger.
     pub fn bind(&self, ip: IpAddr, gone: Gone) {
         let mut map = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, g| !g.is_gone());
         map.insert(ip, gone);
     }
 }
