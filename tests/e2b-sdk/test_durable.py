@@ -17,9 +17,8 @@ from conftest import free_port, free_subnet, kill_all, start_kilnd, stop_kilnd
 RUNTIME = os.environ.get("KILN_E2E_RUNTIME", "container")
 # The container runtime keeps memory only in its freezer (not across a host
 # reboot) and no memory in snapshots: its forks boot on the copied disk.
-# gvisor: not yet either (see conftest.GVISOR_SKIPS): its forks boot on the
-# copied disk too.
-MEMORY_SNAPSHOTS = RUNTIME not in ("container", "gvisor")
+# gvisor's snapshots and forks keep memory: the copies' processes run on.
+MEMORY_SNAPSHOTS = RUNTIME != "container"
 # gVisor (Debian's runsc, 2022-12-19) has no /proc/sys/kernel/random/boot_id
 # at all: the sandbox's kernel is gVisor's own and shows nothing of the
 # host's.
@@ -114,12 +113,16 @@ def test_two_sandboxes_from_one_snapshot_are_independent(kilnd):
     made = []
     try:
         src.files.write("/home/user/state.txt", "v1")
+        sleeper = src.commands.run("sleep 1000", background=True)
         snap = src.create_snapshot(name=f"snap-{secrets.token_hex(3)}")
         assert snap.snapshot_id.endswith(":default")
         src.files.write("/home/user/state.txt", "source moved on")
         for _ in range(2):
             made.append(Sandbox.create(snap.snapshot_id, timeout=300))
         a, b = made
+        for s in made:
+            # With memory, the source's processes run on in each.
+            assert (sleeper.pid in [p.pid for p in s.commands.list()]) == MEMORY_SNAPSHOTS
         assert a.files.read("/home/user/state.txt") == "v1"
         a.files.write("/home/user/state.txt", "a")
         b.files.write("/home/user/b-only", "b")
@@ -146,6 +149,11 @@ def test_fork_three_copies(kilnd):
     try:
         src.files.write("/home/user/f", "from the source")
         src.commands.run("echo mem > /tmp/m")
+        # A process with a value only in its memory: a counter in a shell.
+        counter = src.commands.run(
+            "n=0; while :; do n=$((n+1)); echo $n > /tmp/n; sleep 0.05; done", background=True
+        )
+        time.sleep(0.3)
         forks = src.fork(count=3, timeout=120)
         assert len(forks) == 3
         assert all(isinstance(f, Sandbox) for f in forks), forks
@@ -154,9 +162,32 @@ def test_fork_three_copies(kilnd):
             assert f.files.read("/home/user/f") == "from the source"
             f.files.write("/home/user/f", f"fork {i}")
             assert f.files.exists("/tmp/m") == MEMORY_SNAPSHOTS
+            pids = [p.pid for p in f.commands.list()]
+            assert (counter.pid in pids) == MEMORY_SNAPSHOTS, pids
+        if MEMORY_SNAPSHOTS:
+            # Each copy's counter runs on in that copy, from the value it
+            # had in the source's memory.
+            first = [int(f.files.read("/tmp/n")) for f in forks]
+            time.sleep(0.5)
+            later = [int(f.files.read("/tmp/n")) for f in forks]
+            assert all(b > a for a, b in zip(first, later)), (first, later)
+            # Each copy's agent has its own token; the source's opens none.
+            for f in forks:
+                assert f._envd_access_token != src._envd_access_token
+                r = httpx.get(
+                    f"{kilnd.url}/files",
+                    params={"path": "/home/user/f"},
+                    headers={
+                        "E2b-Sandbox-Id": f.sandbox_id,
+                        "E2b-Sandbox-Port": "49983",
+                        "X-Access-Token": src._envd_access_token,
+                    },
+                )
+                assert r.status_code == 401, r.text
         assert [f.files.read("/home/user/f") for f in forks] == ["fork 0", "fork 1", "fork 2"]
         assert src.files.read("/home/user/f") == "from the source"
         assert src.commands.run("echo running").stdout == "running\n"
+        assert counter.pid in [p.pid for p in src.commands.list()]
         # The fork's snapshot is not left listed.
         assert Sandbox.list_snapshots(sandbox_id=src.sandbox_id).next_items() == []
     finally:

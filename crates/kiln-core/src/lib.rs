@@ -23,7 +23,8 @@ mod timers;
 pub use agent::{AgentClient, AgentInit, NoAgent};
 pub use error::CoreError;
 pub use lifecycle::{
-    Core, CoreConfig, FoundTemplate, Gone, Metrics, Route, SnapshotFilter, MAX_METRICS_SANDBOXES,
+    Core, CoreConfig, FoundTemplate, Gone, Metrics, Route, SnapshotFilter, WarmPool,
+    MAX_METRICS_SANDBOXES,
 };
 pub use runtimes::{Backend, Runtimes};
 pub use sandbox::{

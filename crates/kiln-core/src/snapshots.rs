@@ -68,6 +68,11 @@ pub struct SnapshotRecord {
     pub created_at: DateTime<Utc>,
     /// Taken by a fork and deleted after it: never listed.
     pub internal: bool,
+    /// With memory: the access token the saved agent holds (its source
+    /// sandbox's). A copy restored from it is the source's agent, token
+    /// and all, so the copy's own token is set by an `/init`
+    /// authenticated with this one.
+    pub agent_token: Option<String>,
 }
 
 /// The tag E2B puts on snapshot ids (`<id>:default`).
@@ -136,6 +141,7 @@ mod tests {
             content_hash: String::new(),
             created_at: Utc::now(),
             internal: false,
+            agent_token: None,
         };
         for q in [
             "snapabc",

@@ -1092,6 +1092,7 @@ async fn restart_settles_snapshots_a_crash_interrupted() {
             content_hash: String::new(),
             created_at: Utc::now(),
             internal,
+            agent_token: None,
         };
         // kilnd died: after the runtime saved one; before it saved another;
         // during a fork; and after a replacement's content was saved but
@@ -1521,7 +1522,11 @@ async fn warm_sandboxes_are_handed_over_with_new_tokens_and_refilled() {
     let agent = Arc::new(RecordingAgent::default());
     let core = Core::new(
         CoreConfig {
-            warm_pools: [("code-interpreter".to_string(), 2)].into(),
+            warm_pools: vec![kiln_core::WarmPool {
+                template: "code-interpreter".to_string(),
+                runtime: None,
+                size: 2,
+            }],
             ..CoreConfig::default()
         },
         store.clone(),
@@ -1676,4 +1681,73 @@ async fn team_limits_refuse_then_make_room_and_spare_other_teams() {
             .await
             .unwrap_err();
     assert!(e.to_string().contains("invalid team name"), "{e}");
+}
+
+#[tokio::test]
+async fn a_copy_restored_with_memory_gets_its_token_through_the_sources() {
+    // The copy is the source's agent, token and all: its own token is set
+    // by an /init authenticated with the source's; a copy booted from a
+    // filesystem snapshot is a fresh agent and needs none.
+    let rt = Arc::new(FakeRuntime::new());
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let agent = Arc::new(RecordingAgent::default());
+    let core = Core::new(
+        CoreConfig::default(),
+        store.clone(),
+        Runtimes::single(rt.clone(), agent.clone()),
+        catalog(),
+    );
+    core.start().await.unwrap();
+    let t = team("a");
+    let src = core.create(&t, req()).await.unwrap();
+    let init_of = |id: &str| {
+        agent
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|c| c.starts_with(&format!("init {id} ")))
+            .cloned()
+            .unwrap_or_else(|| panic!("no init of {id}"))
+    };
+    for (memory, prev) in [(true, src.envd_access_token.as_str()), (false, "-")] {
+        let snap = core
+            .create_snapshot(&t, &src.id, None, Some(memory))
+            .await
+            .unwrap();
+        let stored = store.get_snapshot(&snap.id).await.unwrap().unwrap();
+        assert_eq!(
+            stored.agent_token.is_some(),
+            memory,
+            "the store keeps the token a memory snapshot's agent holds"
+        );
+        let copy = core
+            .create(
+                &t,
+                CreateSandbox {
+                    template: snap.id.clone(),
+                    ..req()
+                },
+            )
+            .await
+            .unwrap();
+        assert_ne!(copy.envd_access_token, src.envd_access_token);
+        assert_eq!(
+            init_of(&copy.id),
+            format!("init {} {} prev={prev}", copy.id, copy.envd_access_token)
+        );
+    }
+    // Forks too (the fake keeps memory in snapshots).
+    let forks = core.fork(&t, &src.id, Some(2), None).await.unwrap();
+    for f in forks {
+        let f = f.unwrap();
+        assert_eq!(
+            init_of(&f.id),
+            format!(
+                "init {} {} prev={}",
+                f.id, f.envd_access_token, src.envd_access_token
+            )
+        );
+    }
 }

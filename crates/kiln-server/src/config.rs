@@ -37,6 +37,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KILN_INTERPRETER_BIN", "The kiln-interpreter binary mounted into code-interpreter sandboxes (default: kiln-interpreter next to this program)."),
     ("KILN_SPAWN_BIN", "The container runtime's kiln-spawn helper (default: kiln-spawn next to this program). TOML: runtime.container.spawn_bin."),
     ("KILN_RUNSC", "The gVisor runtime's runsc binary (default: runsc on the PATH; Debian's package installs it). TOML: runtime.gvisor.runsc."),
+    ("KILN_GVISOR_WARM_POOL", "TOML: runtime.gvisor.warm_pool. Base-template sandboxes the gVisor runtime keeps booted ahead of time, so that a create takes milliseconds instead of runsc's start (a few hundred ms); each holds an idle runsc sandbox's memory (default 2, at most 100, 0 turns it off)."),
     ("KILN_GVISOR_SUBNET", "The gVisor runtime's sandbox bridge /16, given by its first address (default: the /16 after KILN_SUBNET, 10.89.0.0). TOML: runtime.gvisor.subnet."),
     ("KILN_RUNTIME_TAG", "Tag naming the container runtime's host objects (cgroups, bridge, namespaces, firewall table), 1-4 of [a-z0-9]; two kilnds on one host need different tags (default k0)."),
     ("KILN_SUBNET", "The sandbox bridge's private /16, given by its first address (default 10.88.0.0); distinct per tag."),
@@ -235,7 +236,7 @@ impl Default for RuntimeConfig {
 }
 
 /// `[runtime.gvisor]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GvisorRuntimeConfig {
     /// The runsc binary (default: `runsc` on the PATH).
@@ -245,6 +246,20 @@ pub struct GvisorRuntimeConfig {
     pub subnet: Option<std::net::Ipv4Addr>,
     /// Directory for runsc's debug logs (debugging only).
     pub debug_log: Option<PathBuf>,
+    /// Base-template sandboxes kept booted ahead of time (at most 100), so
+    /// that a create does not wait for runsc's start.
+    pub warm_pool: usize,
+}
+
+impl Default for GvisorRuntimeConfig {
+    fn default() -> Self {
+        Self {
+            runsc: None,
+            subnet: None,
+            debug_log: None,
+            warm_pool: 2,
+        }
+    }
 }
 
 /// `[runtime.container]`.
@@ -483,6 +498,9 @@ impl Config {
             self.runtime.gvisor.runsc =
                 Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
         }
+        if let Some(v) = env("KILN_GVISOR_WARM_POOL") {
+            self.runtime.gvisor.warm_pool = parse("KILN_GVISOR_WARM_POOL", v)?;
+        }
         if let Some(v) = env("KILN_GVISOR_SUBNET") {
             self.runtime.gvisor.subnet = Some(parse("KILN_GVISOR_SUBNET", v)?);
         }
@@ -548,6 +566,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "runtime.container.warm_pool {} is more than 1000",
                 self.runtime.container.warm_pool
+            )));
+        }
+        if self.runtime.gvisor.warm_pool > 100 {
+            return Err(ConfigError::Invalid(format!(
+                "runtime.gvisor.warm_pool {} is more than 100",
+                self.runtime.gvisor.warm_pool
             )));
         }
         if let Some(enabled) = &self.runtime.enabled {

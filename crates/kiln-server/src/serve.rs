@@ -8,7 +8,8 @@ use std::time::Duration;
 use kiln_core::keys::{self, DEFAULT_TEAM};
 use kiln_core::recovery::RecoveryReport;
 use kiln_core::store::{SqliteStore, Store, StoreError};
-use kiln_core::{Core, CoreConfig, CoreError};
+use kiln_core::{Core, CoreConfig, CoreError, WarmPool};
+use kiln_runtime::RuntimeKind;
 use tokio::net::TcpListener;
 
 use crate::app::app;
@@ -103,11 +104,18 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
             client_id: config.node_name.clone(),
             domain: Some(config.domain()),
             metrics_interval: Duration::from_secs(config.metrics_interval_secs),
-            warm_pools: std::iter::once((
-                kiln_interpreter::template::NAME.to_owned(),
-                config.interpreter_warm_pool(),
-            ))
-            .collect(),
+            warm_pools: vec![
+                WarmPool {
+                    template: kiln_interpreter::template::NAME.to_owned(),
+                    runtime: None,
+                    size: config.interpreter_warm_pool(),
+                },
+                WarmPool {
+                    template: crate::runtime::BASE_TEMPLATE.to_owned(),
+                    runtime: Some(RuntimeKind::Gvisor),
+                    size: config.runtime.gvisor.warm_pool,
+                },
+            ],
             admission: config
                 .limits
                 .admission(crate::config::HostResources::read(&config.data_dir)),

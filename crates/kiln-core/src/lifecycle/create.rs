@@ -257,15 +257,17 @@ impl Core {
 
         let started = async {
             let spec = self.spec_for(&record)?;
-            let (handle, booted) = match &source {
-                Source::Template(_) => (backend.runtime.create(&spec).await?, true),
+            let (handle, booted, held_token) = match &source {
+                Source::Template(_) => (backend.runtime.create(&spec).await?, true, None),
                 Source::Snapshot(snap, _) => (
                     backend.runtime.restore(&spec, &snap.build_id).await?,
                     snap.mode == StateMode::Filesystem,
+                    snap.agent_token.clone(),
                 ),
             };
             *lock(&live.handle) = Some(handle.clone());
-            self.init_agent(&handle, &record).await?;
+            self.init_agent_replacing(&handle, &record, held_token)
+                .await?;
             if booted {
                 self.run_start_command(&handle, &record).await?;
             }

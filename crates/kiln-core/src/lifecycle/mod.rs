@@ -64,8 +64,8 @@ pub struct CoreConfig {
     pub domain: Option<String>,
     /// How often every running sandbox's resource use is sampled.
     pub metrics_interval: std::time::Duration,
-    /// Warm sandboxes kept per template (id or alias) with a start command.
-    pub warm_pools: std::collections::BTreeMap<String, usize>,
+    /// Warm sandboxes kept ahead of time, per template and runtime.
+    pub warm_pools: Vec<WarmPool>,
     /// Per-team default limits and the host's capacity (`limits.rs`).
     pub admission: crate::limits::AdmissionConfig,
 }
@@ -83,6 +83,16 @@ impl Default for CoreConfig {
             admission: Default::default(),
         }
     }
+}
+
+/// One pool of warm sandboxes (see `warm.rs`): `size` sandboxes of
+/// `template` (id or alias) on `runtime` (`None`: the one a create of the
+/// template gets when it names none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmPool {
+    pub template: String,
+    pub runtime: Option<kiln_runtime::RuntimeKind>,
+    pub size: usize,
 }
 
 /// A sandbox that exists (creating, running or paused).
@@ -141,10 +151,10 @@ pub(crate) struct Inner {
     pub(crate) runtimes: Runtimes,
     pub(crate) templates: Arc<TemplateCatalog>,
     pub(crate) live: RwLock<HashMap<String, Arc<Live>>>,
-    /// Warm sandboxes per template id (see `warm.rs`).
-    pub(crate) pools: Mutex<HashMap<String, Vec<Arc<Live>>>>,
-    /// Templates whose pool is being refilled.
-    pub(crate) refilling: Mutex<std::collections::HashSet<String>>,
+    /// Warm sandboxes per template id and runtime (see `warm.rs`).
+    pub(crate) pools: Mutex<HashMap<warm::PoolKey, Vec<Arc<Live>>>>,
+    /// Pools being refilled.
+    pub(crate) refilling: Mutex<std::collections::HashSet<warm::PoolKey>>,
     /// Set by [`Core::stop_pools`]: no more warm sandboxes are made.
     pub(crate) pools_stopped: std::sync::atomic::AtomicBool,
     /// Admissions between their check and their sandbox's entry in `live`.

@@ -144,6 +144,7 @@ impl Core {
             content_hash: String::new(),
             created_at: Utc::now(),
             internal,
+            agent_token: None,
         };
         if existing.is_none() {
             self.inner.store.insert_snapshot(&snap).await?;
@@ -163,6 +164,10 @@ impl Core {
         snap.size_bytes = info.size_bytes;
         snap.content_hash = info.content_hash;
         snap.mode = info.mode;
+        // A copy restored with memory is this agent: its new token is set
+        // through the one it holds now.
+        snap.agent_token =
+            (info.mode == StateMode::Memory).then(|| rec.envd_access_token.clone());
         self.inner.store.update_snapshot(&snap).await?;
         if let Some(old) = existing {
             // The record points to the new content now: the old can go.

@@ -1,15 +1,20 @@
-//! Warm sandboxes of templates with a start command (the code interpreter):
-//! created ahead of time, their start command ready and warmed up (the
-//! default kernel started, its imports done), owned by no team. A create
-//! of such a template takes one and hands it over — new tokens, the
-//! caller's team, metadata, env and timeout — instead of booting and
-//! starting a kernel, which is what makes `Sandbox.create()` → first
-//! `run_code` fast. The pool refills in the background, one at a time.
+//! Warm sandboxes: created ahead of time, owned by no team, per template
+//! and runtime (`CoreConfig::warm_pools`). A template with a start command
+//! (the code interpreter) gets its sandboxes with the command ready and
+//! warmed up (the default kernel started, its imports done); a runtime
+//! whose start is slow (gVisor's runsc) gets booted sandboxes of the base
+//! template. A create that a pool can serve takes one and hands it over —
+//! new tokens, the caller's team, metadata, env and timeout — instead of
+//! booting (and starting a kernel), which is what makes `Sandbox.create()`
+//! → first command or `run_code` fast. Each pool refills in the
+//! background, one at a time.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+
+use kiln_runtime::RuntimeKind;
 
 use super::create::Source;
 use super::{lock, Core, Live};
@@ -27,15 +32,52 @@ const RETRY: Duration = Duration::from_secs(5);
 /// Longest a clean stop waits for warm sandboxes being made.
 const STOP_WAIT: Duration = Duration::from_secs(30);
 
+/// A pool: the template's id and the runtime its sandboxes run on.
+pub(crate) type PoolKey = (String, RuntimeKind);
+
 impl Core {
-    /// How many warm sandboxes `template` keeps.
-    fn pool_size(&self, template: &TemplateInfo) -> usize {
-        let sizes = &self.inner.config.warm_pools;
-        sizes
-            .get(&template.template.id)
-            .or_else(|| template.aliases.iter().find_map(|a| sizes.get(a)))
-            .copied()
-            .unwrap_or(0)
+    /// The runtime a create of `template` gets when it names none.
+    fn runtime_for(&self, template: &TemplateInfo) -> RuntimeKind {
+        template
+            .runtime
+            .unwrap_or(self.inner.runtimes.default_kind())
+    }
+
+    /// How many warm sandboxes of `template` on `runtime` to keep.
+    fn pool_size(&self, template: &TemplateInfo, runtime: RuntimeKind) -> usize {
+        self.inner
+            .config
+            .warm_pools
+            .iter()
+            .filter(|p| {
+                (p.template == template.template.id || template.aliases.contains(&p.template))
+                    && p.runtime.unwrap_or(self.runtime_for(template)) == runtime
+            })
+            .map(|p| p.size)
+            .sum()
+    }
+
+    /// Every pool with a size, as its template and runtime (a runtime this
+    /// kilnd does not serve has none).
+    fn configured_pools(&self) -> Vec<(TemplateInfo, RuntimeKind)> {
+        let mut out: Vec<(TemplateInfo, RuntimeKind)> = Vec::new();
+        for p in &self.inner.config.warm_pools {
+            let Some(t) = self.inner.templates.resolve(&p.template) else {
+                tracing::warn!(template = %p.template, "a warm pool's template is not in the catalog");
+                continue;
+            };
+            let runtime = p.runtime.unwrap_or(self.runtime_for(&t));
+            if p.size == 0 || self.inner.runtimes.backend(runtime).is_none() {
+                continue;
+            }
+            if !out
+                .iter()
+                .any(|(o, r)| o.template.id == t.template.id && *r == runtime)
+            {
+                out.push((t, runtime));
+            }
+        }
+        out
     }
 
     /// Adopts warm sandboxes a previous run left (they were re-attached as
@@ -54,9 +96,11 @@ impl Core {
         for l in live {
             let rec = l.record();
             match self.inner.templates.resolve(&rec.template_id) {
-                Some(t) if rec.state == SandboxState::Running && self.pool_size(&t) > 0 => {
+                Some(t)
+                    if rec.state == SandboxState::Running && self.pool_size(&t, rec.runtime) > 0 =>
+                {
                     // Not stopped yet: this runs once, at start.
-                    let _ = self.pool_push(&t.template.id, l);
+                    let _ = self.pool_push(&(t.template.id.clone(), rec.runtime), l);
                 }
                 _ => {
                     // Paused, or of a template no longer pooled: not of use.
@@ -69,10 +113,8 @@ impl Core {
                 }
             }
         }
-        for t in self.inner.templates.list() {
-            if self.pool_size(&t) > 0 {
-                self.refill_pool(&t);
-            }
+        for (t, runtime) in self.configured_pools() {
+            self.refill_pool(&t, runtime);
         }
     }
 
@@ -122,28 +164,28 @@ impl Core {
     /// Pools `live`, or gives it back once the pools are stopped (checked
     /// under the pools' lock, which `stop_pools` drains after setting the
     /// flag: a sandbox is either drained or given back, never left).
-    fn pool_push(&self, template_id: &str, live: Arc<Live>) -> Result<(), Arc<Live>> {
+    fn pool_push(&self, key: &PoolKey, live: Arc<Live>) -> Result<(), Arc<Live>> {
         let mut pools = lock(&self.inner.pools);
         if self.pools_stopped() {
             return Err(live);
         }
-        pools.entry(template_id.to_owned()).or_default().push(live);
+        pools.entry(key.clone()).or_default().push(live);
         Ok(())
     }
 
-    fn pool_pop(&self, template_id: &str) -> Option<Arc<Live>> {
-        lock(&self.inner.pools).get_mut(template_id)?.pop()
+    fn pool_pop(&self, key: &PoolKey) -> Option<Arc<Live>> {
+        lock(&self.inner.pools).get_mut(key)?.pop()
     }
 
-    fn pool_len(&self, template_id: &str) -> usize {
-        lock(&self.inner.pools).get(template_id).map_or(0, Vec::len)
+    fn pool_len(&self, key: &PoolKey) -> usize {
+        lock(&self.inner.pools).get(key).map_or(0, Vec::len)
     }
 
-    /// Tops the template's pool up, in the background, one refill per
-    /// template at a time.
-    pub(crate) fn refill_pool(&self, template: &TemplateInfo) {
-        let size = self.pool_size(template);
-        let id = template.template.id.clone();
+    /// Tops the pool of the template on `runtime` up, in the background,
+    /// one refill per pool at a time.
+    pub(crate) fn refill_pool(&self, template: &TemplateInfo, runtime: RuntimeKind) {
+        let size = self.pool_size(template, runtime);
+        let id: PoolKey = (template.template.id.clone(), runtime);
         if size == 0 || !lock(&self.inner.refilling).insert(id.clone()) {
             return;
         }
@@ -157,8 +199,8 @@ impl Core {
                     lock(&core.inner.refilling).remove(&id);
                     return;
                 }
-                if let Err(e) = core.make_warm(&template).await {
-                    tracing::warn!(template = %template.template.id, error = %e, "making a warm sandbox failed");
+                if let Err(e) = core.make_warm(&template, runtime).await {
+                    tracing::warn!(template = %template.template.id, %runtime, error = %e, "making a warm sandbox failed");
                     let until = tokio::time::Instant::now() + RETRY;
                     while !core.pools_stopped() && tokio::time::Instant::now() < until {
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -168,7 +210,11 @@ impl Core {
         });
     }
 
-    async fn make_warm(&self, template: &TemplateInfo) -> Result<(), CoreError> {
+    async fn make_warm(
+        &self,
+        template: &TemplateInfo,
+        runtime: RuntimeKind,
+    ) -> Result<(), CoreError> {
         let pool = Team {
             id: POOL_TEAM.into(),
         };
@@ -177,6 +223,7 @@ impl Core {
             timeout_secs: Some(self.inner.config.max_timeout_secs),
             internet: true,
             auto_pause_memory: true,
+            runtime: Some(runtime),
             ..CreateSandbox::default()
         };
         let rec = self
@@ -196,20 +243,20 @@ impl Core {
                 tracing::warn!(sandbox = %rec.id, error = %e, "warming a sandbox up failed");
             }
         }
-        if let Err(live) = self.pool_push(&template.template.id, live) {
+        if let Err(live) = self.pool_push(&(template.template.id.clone(), runtime), live) {
             let _g = live.op.lock().await;
             self.finish_kill(&live, Some("kilnd stopped while it was being made warm"))
                 .await;
             return Ok(());
         }
-        tracing::debug!(sandbox = %rec.id, template = %template.template.id, "warm sandbox ready");
+        tracing::debug!(sandbox = %rec.id, template = %template.template.id, %runtime, "warm sandbox ready");
         Ok(())
     }
 
     /// Hands a warm sandbox of `template` to `team` as `req` asks, if the
-    /// pool has one and the request fits what warm sandboxes are (the
-    /// template's runtime and resources, no egress lists). `None`: create
-    /// cold.
+    /// pool of the runtime the create gets has one and the request fits
+    /// what warm sandboxes are (the template's resources, no egress
+    /// lists). `None`: create cold.
     pub(crate) async fn take_warm(
         &self,
         team: &Team,
@@ -217,20 +264,17 @@ impl Core {
         template: &TemplateInfo,
         timeout: i64,
     ) -> Option<SandboxRecord> {
-        if self.pool_size(template) == 0
+        let runtime = req.runtime.unwrap_or(self.runtime_for(template));
+        if self.pool_size(template, runtime) == 0
             || !req.allow_out.is_empty()
             || !req.deny_out.is_empty()
-            || req.runtime.is_some_and(|r| {
-                r != template
-                    .runtime
-                    .unwrap_or(self.inner.runtimes.default_kind())
-            })
         {
             return None;
         }
+        let key: PoolKey = (template.template.id.clone(), runtime);
         loop {
-            let live = self.pool_pop(&template.template.id)?;
-            self.refill_pool(template);
+            let live = self.pool_pop(&key)?;
+            self.refill_pool(template, runtime);
             match self.hand_over(&live, team, req, timeout).await {
                 Ok(rec) => return Some(rec),
                 Err(e) => {

@@ -89,6 +89,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         disk_mib BIGINT
     );",
     ),
+    (
+        5,
+        "ALTER TABLE snapshots ADD COLUMN agent_token TEXT;",
+    ),
 ];
 
 pub struct SqliteStore {
@@ -346,7 +350,7 @@ fn to_json(value: &impl serde::Serialize) -> String {
 
 const SNAPSHOT_COLUMNS: &str = "id, team_id, name, source_sandbox_id, runtime, template_id, \
     mode, vcpus, memory_mib, disk_mib, build_id, state, size_bytes, content_hash, created_at, \
-    internal";
+    internal, agent_token";
 
 type RawSnapshot = (
     (
@@ -359,6 +363,7 @@ type RawSnapshot = (
         String,
     ),
     (u32, i64, i64, String, String, i64, String, i64, bool),
+    Option<String>,
 );
 
 fn raw_snapshot(r: &Row<'_>) -> rusqlite::Result<RawSnapshot> {
@@ -383,6 +388,7 @@ fn raw_snapshot(r: &Row<'_>) -> rusqlite::Result<RawSnapshot> {
             r.get(14)?,
             r.get(15)?,
         ),
+        r.get(16)?,
     ))
 }
 
@@ -390,6 +396,7 @@ fn snapshot_from_raw(raw: RawSnapshot) -> Result<SnapshotRecord, StoreError> {
     let (
         (id, team_id, name, source_sandbox_id, runtime, template_id, mode),
         (vcpus, memory_mib, disk_mib, build_id, state, size, content_hash, created_at, internal),
+        agent_token,
     ) = raw;
     let corrupt = |what: &str| StoreError::Corrupt(format!("{what} of snapshot {id}"));
     Ok(SnapshotRecord {
@@ -409,6 +416,7 @@ fn snapshot_from_raw(raw: RawSnapshot) -> Result<SnapshotRecord, StoreError> {
         build_id,
         content_hash,
         internal,
+        agent_token,
     })
 }
 
@@ -657,7 +665,7 @@ impl Store for SqliteStore {
             conn.execute(
                 &format!(
                     "INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
                 ),
                 params![
                     s.id,
@@ -676,6 +684,7 @@ impl Store for SqliteStore {
                     s.content_hash,
                     ms(s.created_at),
                     s.internal,
+                    s.agent_token,
                 ],
             )
             .map_err(db("inserting a snapshot"))?;
@@ -689,7 +698,7 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             conn.execute(
                 "UPDATE snapshots SET mode = ?1, build_id = ?2, state = ?3, size_bytes = ?4, \
-                 content_hash = ?5, created_at = ?6 WHERE id = ?7",
+                 content_hash = ?5, created_at = ?6, agent_token = ?7 WHERE id = ?8",
                 params![
                     s.mode.as_str(),
                     s.build_id,
@@ -697,6 +706,7 @@ impl Store for SqliteStore {
                     s.size_bytes as i64,
                     s.content_hash,
                     ms(s.created_at),
+                    s.agent_token,
                     s.id
                 ],
             )
@@ -987,6 +997,7 @@ mod tests {
             content_hash: String::new(),
             created_at: from_ms(10).unwrap(),
             internal: false,
+            agent_token: (id == "a").then(|| "tok".to_owned()),
         };
         s.insert_snapshot(&snap("a", "t1", Some("n")))
             .await
@@ -1006,6 +1017,7 @@ mod tests {
         a.size_bytes = 77;
         a.content_hash = "h".into();
         a.build_id = "b2".into();
+        a.agent_token = Some("tok2".into());
         s.update_snapshot(&a).await.unwrap();
         assert_eq!(s.get_snapshot("a").await.unwrap().unwrap(), a);
         let ids: Vec<_> = s

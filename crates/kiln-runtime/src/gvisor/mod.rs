@@ -329,16 +329,15 @@ impl Runtime for GvisorRuntime {
         // agent's listener is: the agent closes it for the checkpoint and
         // listens again after the restore (pause.rs). What the sandbox's
         // own processes hold may still make a save fail (the pause then
-        // says so and the sandbox boots again on its disk). Memory
-        // snapshots are not offered yet: a sandbox restored from another's
-        // memory has that one's agent, access token and all, and kilnd's
-        // /init for the new sandbox is refused.
+        // says so and the sandbox boots again on its disk). A copy
+        // restored from a memory snapshot is the source's agent, token
+        // and all: the core sets the copy's token through the source's.
         Capabilities {
             pause_memory: true,
             durable_memory: true,
             pause_filesystem: true,
             snapshot_filesystem: true,
-            snapshot_memory: false,
+            snapshot_memory: true,
             fork: true,
             ..Capabilities::default()
         }
