@@ -258,7 +258,16 @@ def test_pauses_survive_kill9_of_kilnd_and_a_simulated_reboot(tmp_path, kilnd):
     url = f"http://127.0.0.1:{port}"
     tag = "e2p"
     # No warm code-interpreter sandboxes: kill -9 would cut one off half made.
-    extra = dict(KILN_RUNTIME_TAG=tag, KILN_SUBNET=free_subnet(), KILN_INTERPRETER_WARM_POOL="0")
+    subnet = free_subnet()
+    # The same subnets at every start, as a user's kilnd keeps its config:
+    # sandboxes that run on across a kill -9 (the gVisor warm pool's) keep
+    # their addresses.
+    extra = dict(
+        KILN_RUNTIME_TAG=tag,
+        KILN_SUBNET=subnet,
+        KILN_GVISOR_SUBNET=free_subnet(avoid=(subnet,)),
+        KILN_INTERPRETER_WARM_POOL="0",
+    )
     opts = dict(api_key=key, api_url=url, sandbox_url=url)
     headers = {"X-API-KEY": key}
     proc = start_kilnd(tmp_path, port, key, **extra)

@@ -282,3 +282,31 @@ def test_kill_ends_open_streams(kilnd, paused):
     # Cut, not ended cleanly: the client can tell the sandbox went away.
     assert outcome["server"].startswith("raised"), outcome
     assert took < 10, f"streams ended {took:.1f} s after the kill"
+
+
+@pytest.mark.skipif(
+    os.environ.get("KILN_E2E_RUNTIME") != "gvisor",
+    reason="the warm pool of booted base sandboxes is the gVisor runtime's (KILN_GVISOR_WARM_POOL)",
+)
+def test_gvisor_creates_are_served_from_the_warm_pool(kilnd):
+    """A create on gVisor takes a sandbox booted ahead of time (runsc's start
+    is off its path) and makes it the caller's: its env, metadata and a new
+    token; the pool's token opens nothing."""
+    deadline = time.monotonic() + 90
+    while True:
+        sbx = Sandbox.create(timeout=120, envs={"WARM_CASE": "yes"}, metadata={"case": "warm"})
+        handed = f"sandbox={sbx.sandbox_id}" in "\n".join(
+            line for line in kilnd.log.read_text(errors="replace").splitlines() if "warm sandbox handed over" in line
+        )
+        if handed:
+            break
+        sbx.kill()
+        assert time.monotonic() < deadline, "no gVisor create was served from the warm pool in 90 s"
+        time.sleep(2)  # the pool refills in the background
+    try:
+        assert sbx.commands.run("echo $WARM_CASE").stdout == "yes\n"
+        assert sbx.get_info().metadata == {"case": "warm"}
+        # The sandbox is the caller's alone from here: no other process ran.
+        assert sbx.commands.run("id -un").stdout == "user\n"
+    finally:
+        sbx.kill()

@@ -98,6 +98,9 @@ impl Kilnd {
             .arg("--no-install")
             .env("KILN_API_KEY", &key)
             .env("KILN_RUNTIME", "container")
+            // gVisor too where it runs (a runtime the host cannot run is
+            // reported at start, and its rows say why).
+            .env("KILN_RUNTIMES", "container,gvisor")
             // Room for the 1 GiB a memory pause is measured with.
             .env("KILN_SANDBOX_MEMORY_MIB", "1536")
             // The density run holds up to 1000 sandboxes of 1536 MiB, 2

@@ -56,7 +56,7 @@ struct Args {
     sustain_secs: Option<u64>,
     /// Run only the measurements whose name contains one of these
     /// (create, concurrent, exec, run_code, files, density, sustained,
-    /// durable, floors).
+    /// gvisor, durable, floors).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Internal: time this many `crun run`s of --crun-bundle and print them.
@@ -84,6 +84,9 @@ struct Counts {
     durable: durable::Counts,
     first_results: usize,
     first_concurrent: usize,
+    /// gVisor creates → first command, and the pause between them.
+    gvisor_creates: usize,
+    gvisor_gap: Duration,
     /// Time for the warm code-interpreter pool to fill.
     pool_settle: Duration,
 }
@@ -107,6 +110,8 @@ impl Counts {
                 runsc_runs: 2,
                 first_results: 2,
                 first_concurrent: 2,
+                gvisor_creates: 2,
+                gvisor_gap: Duration::from_millis(1000),
                 pool_settle: Duration::from_secs(5),
                 durable: durable::Counts {
                     pause_reps: 2,
@@ -134,6 +139,8 @@ impl Counts {
                 runsc_runs: 30,
                 first_results: 20,
                 first_concurrent: 8,
+                gvisor_creates: 30,
+                gvisor_gap: Duration::from_millis(1000),
                 pool_settle: Duration::from_secs(30),
                 durable: durable::Counts {
                     pause_reps: 10,
@@ -309,6 +316,22 @@ async fn bench(args: &Args) -> Result<Report> {
         .await,
     );
     kiln.extend(
+        run(
+            "gvisor: create, exec, /files",
+            f,
+            measure::on_runtime(
+                &api,
+                "gvisor",
+                c.gvisor_creates,
+                c.gvisor_gap,
+                c.execs,
+                c.file_bytes,
+                c.file_reps,
+            ),
+        )
+        .await,
+    );
+    kiln.extend(
         run("durable state", f, async {
             Ok(durable::all(&api, &c.durable).await)
         })
@@ -328,10 +351,14 @@ async fn bench(args: &Args) -> Result<Report> {
 
     eprintln!("kiln-bench: floors");
     let _ = std::fs::create_dir_all(&work);
-    let kiln_p50 = kiln
-        .iter()
-        .find(|o| o.what.starts_with("create → first command"))
-        .and_then(Outcome::p50);
+    let p50_of = |prefix: &str| {
+        kiln.iter()
+            .find(|o| o.what.starts_with(prefix))
+            .and_then(Outcome::p50)
+    };
+    let kiln_p50 = p50_of("create → first command");
+    // runsc's floor against the gVisor runtime's own creates.
+    let gvisor_p50 = p50_of("gvisor: create → first command");
     let floors = if selected("floors") {
         vec![
             floors::bwrap(counts.floor_runs),
@@ -344,7 +371,14 @@ async fn bench(args: &Args) -> Result<Report> {
     let floors = floors
         .into_iter()
         .map(|outcome| Floor {
-            kiln_ratio: match (kiln_p50, outcome.p50()) {
+            kiln_ratio: match (
+                if outcome.what.starts_with("runsc") {
+                    gvisor_p50
+                } else {
+                    kiln_p50
+                },
+                outcome.p50(),
+            ) {
                 (Some(k), Some(f)) if f > 0.0 => Some(k / f),
                 _ => None,
             },

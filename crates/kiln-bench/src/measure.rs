@@ -33,10 +33,30 @@ async fn kill_all(api: &Api, sbxs: &[Sandbox]) -> Result<()> {
     first
 }
 
+/// A measurement's name on `runtime` (none: kilnd's default runtime).
+fn named(runtime: Option<&str>, what: &str) -> String {
+    match runtime {
+        Some(r) => format!("{r}: {what}"),
+        None => what.to_owned(),
+    }
+}
+
 /// Create → first command (`/bin/true`) done, `n` times in a row; also the
 /// create alone. One unmeasured round first (connections, caches).
 pub async fn create_first_command(api: &Api, n: usize) -> Result<(Outcome, Outcome)> {
-    let s = api.create(BASE).await?;
+    create_first_command_on(api, None, n, Duration::ZERO).await
+}
+
+/// [`create_first_command`] on `runtime`, with `gap` between the rounds
+/// (an agent that works in each sandbox for a while; the runtime's warm
+/// pool refills meanwhile).
+pub async fn create_first_command_on(
+    api: &Api,
+    runtime: Option<&str>,
+    n: usize,
+    gap: Duration,
+) -> Result<(Outcome, Outcome)> {
+    let s = api.create_on(BASE, runtime).await?;
     let code = api.exec(&s, "/bin/true", &[]).await;
     api.kill(&s.id).await?;
     if code? != 0 {
@@ -45,8 +65,9 @@ pub async fn create_first_command(api: &Api, n: usize) -> Result<(Outcome, Outco
     let mut total = Vec::with_capacity(n);
     let mut create = Vec::with_capacity(n);
     for _ in 0..n {
+        tokio::time::sleep(gap).await;
         let t = Instant::now();
-        let s = api.create(BASE).await?;
+        let s = api.create_on(BASE, runtime).await?;
         create.push(ms(t));
         let r = api.exec(&s, "/bin/true", &[]).await;
         total.push(ms(t));
@@ -55,18 +76,54 @@ pub async fn create_first_command(api: &Api, n: usize) -> Result<(Outcome, Outco
             bail!("/bin/true failed in a fresh sandbox");
         }
     }
+    let pace = if gap.is_zero() {
+        "sequential".to_owned()
+    } else {
+        format!("one every {} ms", gap.as_millis())
+    };
     Ok((
         Outcome::measured(
-            &format!("create → first command done ({n} sequential)"),
+            &named(
+                runtime,
+                &format!("create → first command done ({n} {pace})"),
+            ),
             "ms",
             Summary::of(&total),
         ),
         Outcome::measured(
-            "create alone (POST /sandboxes, same runs)",
+            &named(runtime, "create alone (POST /sandboxes, same runs)"),
             "ms",
             Summary::of(&create),
         ),
     ))
+}
+
+/// Create → first command, exec round trips and `/files` on another
+/// runtime than kilnd's default, or one row saying why that runtime
+/// cannot be measured here (the server's answer).
+pub async fn on_runtime(
+    api: &Api,
+    runtime: &str,
+    n: usize,
+    gap: Duration,
+    execs: usize,
+    bytes: usize,
+    reps: usize,
+) -> Result<Vec<Outcome>> {
+    match api.create_on(BASE, Some(runtime)).await {
+        Ok(s) => api.kill(&s.id).await?,
+        Err(e) => {
+            return Ok(vec![Outcome::skipped(
+                &named(Some(runtime), "create → first command"),
+                format!("{e:#}"),
+            )])
+        }
+    }
+    let (a, b) = create_first_command_on(api, Some(runtime), n, gap).await?;
+    let mut out = vec![a, b];
+    out.extend(exec_round_trip_on(api, Some(runtime), execs).await?);
+    out.extend(files_on(api, Some(runtime), bytes, reps).await?);
+    Ok(out)
 }
 
 /// The pause before the burst of concurrent creates.
@@ -121,7 +178,11 @@ pub async fn concurrent_creates(api: &Api, n: usize) -> Result<Outcome> {
 /// Exec round trips in one running sandbox: `/bin/true` as a bare process,
 /// and `bash -l -c true` as the SDK's `commands.run("true")` sends it.
 pub async fn exec_round_trip(api: &Api, n: usize) -> Result<Vec<Outcome>> {
-    let s = api.create(BASE).await?;
+    exec_round_trip_on(api, None, n).await
+}
+
+async fn exec_round_trip_on(api: &Api, runtime: Option<&str>, n: usize) -> Result<Vec<Outcome>> {
+    let s = api.create_on(BASE, runtime).await?;
     let r = async {
         let mut out = Vec::new();
         for (label, cmd, args) in [
@@ -144,7 +205,11 @@ pub async fn exec_round_trip(api: &Api, n: usize) -> Result<Vec<Outcome>> {
                     bail!("{cmd} exited with {code}");
                 }
             }
-            out.push(Outcome::measured(label, "ms", Summary::of(&v)));
+            out.push(Outcome::measured(
+                &named(runtime, label),
+                "ms",
+                Summary::of(&v),
+            ));
         }
         Ok(out)
     }
@@ -250,11 +315,20 @@ pub async fn interpreter_first_result(
 
 /// Upload then download of `bytes` through `/files`, `reps` times each.
 pub async fn files(api: &Api, bytes: usize, reps: usize) -> Result<Vec<Outcome>> {
+    files_on(api, None, bytes, reps).await
+}
+
+async fn files_on(
+    api: &Api,
+    runtime: Option<&str>,
+    bytes: usize,
+    reps: usize,
+) -> Result<Vec<Outcome>> {
     let data: Bytes = (0..bytes)
         .map(|i| (i % 251) as u8)
         .collect::<Vec<u8>>()
         .into();
-    let s = api.create(BASE).await?;
+    let s = api.create_on(BASE, runtime).await?;
     let r = async {
         let path = "/home/user/bench.bin";
         let (mut up, mut down) = (Vec::new(), Vec::new());
@@ -280,10 +354,14 @@ pub async fn files(api: &Api, bytes: usize, reps: usize) -> Result<Vec<Outcome>>
                 .unwrap_or_default()
         };
         Ok(vec![
-            Outcome::measured(&format!("/files upload of {size}"), "ms", Summary::of(&up))
-                .note("at p50", rate(&up)),
             Outcome::measured(
-                &format!("/files download of {size}"),
+                &named(runtime, &format!("/files upload of {size}")),
+                "ms",
+                Summary::of(&up),
+            )
+            .note("at p50", rate(&up)),
+            Outcome::measured(
+                &named(runtime, &format!("/files download of {size}")),
                 "ms",
                 Summary::of(&down),
             )

@@ -54,7 +54,8 @@ impl Outcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct Floor {
     pub outcome: Outcome,
-    /// Kiln's create → first command done p50 divided by the floor's p50.
+    /// Kiln's create → first command done p50 divided by the floor's p50
+    /// (the gVisor runtime's for runsc's floor).
     pub kiln_ratio: Option<f64>,
 }
 
@@ -136,7 +137,7 @@ impl Report {
         for o in &self.kiln {
             row(&mut out, o, "");
         }
-        out.push_str("\nFloors on the same machine (spawn to exit of a bare sandbox running `true`; ratio = Kiln's create → first command done p50 / the floor's p50):\n\n");
+        out.push_str("\nFloors on the same machine (spawn to exit of a bare sandbox running `true`; ratio = Kiln's create → first command done p50 / the floor's p50, on the gVisor runtime for runsc's floor):\n\n");
         out.push_str("| floor | n | p50 | p90 | p99 | unit | notes |\n");
         out.push_str("|---|---|---|---|---|---|---|\n");
         for f in &self.floors {

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kiln_core::templates::StartCommand;
 use kiln_core::{AgentClient, AgentInit};
 use kiln_runtime::SandboxHandle;
@@ -33,9 +33,11 @@ impl HttpAgentClient {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         Self {
-            // Below the agent's 30 s idle close (see the proxy).
+            // Closed by kilnd before the agent's 30 s idle close (see the
+            // proxy's UPSTREAM_IDLE).
             client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(std::time::Duration::from_secs(20))
+                .pool_idle_timeout(crate::proxy::UPSTREAM_IDLE)
+                .pool_timer(TokioTimer::new())
                 .build(connector),
         }
     }

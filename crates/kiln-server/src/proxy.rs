@@ -32,7 +32,7 @@ use axum::Json;
 use base64::Engine;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -61,8 +61,12 @@ impl Default for Proxy {
 /// How long an idle pooled connection to a sandbox is kept: below the
 /// agent's and the interpreter's 30 s header timeout, which also closes
 /// their idle connections, so that kilnd never sends a request on a
-/// connection the far end is closing (a reset, seen as a 502).
-const UPSTREAM_IDLE: Duration = Duration::from_secs(20);
+/// connection the far end is closing (a reset, seen as a 502). The pool's
+/// timer drops expired connections every `UPSTREAM_IDLE`, so one goes
+/// between 10 and 20 s idle: kilnd's end closes first. That matters on
+/// gVisor, whose checkpoint refuses a connection the sandbox closed first
+/// (TIME_WAIT for a minute in its netstack).
+pub(crate) const UPSTREAM_IDLE: Duration = Duration::from_secs(10);
 
 impl Proxy {
     pub fn new() -> Self {
@@ -72,10 +76,12 @@ impl Proxy {
         let connector = SandboxConnector::new(connector);
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(UPSTREAM_IDLE)
+            .pool_timer(TokioTimer::new())
             .build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .pool_idle_timeout(UPSTREAM_IDLE)
+            .pool_timer(TokioTimer::new())
             .build(connector.clone());
         Self {
             http1,

@@ -166,8 +166,7 @@ impl Core {
         snap.mode = info.mode;
         // A copy restored with memory is this agent: its new token is set
         // through the one it holds now.
-        snap.agent_token =
-            (info.mode == StateMode::Memory).then(|| rec.envd_access_token.clone());
+        snap.agent_token = (info.mode == StateMode::Memory).then(|| rec.envd_access_token.clone());
         self.inner.store.update_snapshot(&snap).await?;
         if let Some(old) = existing {
             // The record points to the new content now: the old can go.

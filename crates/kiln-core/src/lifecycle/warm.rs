@@ -97,7 +97,8 @@ impl Core {
             let rec = l.record();
             match self.inner.templates.resolve(&rec.template_id) {
                 Some(t)
-                    if rec.state == SandboxState::Running && self.pool_size(&t, rec.runtime) > 0 =>
+                    if rec.state == SandboxState::Running
+                        && self.pool_size(&t, rec.runtime) > 0 =>
                 {
                     // Not stopped yet: this runs once, at start.
                     let _ = self.pool_push(&(t.template.id.clone(), rec.runtime), l);

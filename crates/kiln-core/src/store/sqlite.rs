@@ -89,10 +89,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         disk_mib BIGINT
     );",
     ),
-    (
-        5,
-        "ALTER TABLE snapshots ADD COLUMN agent_token TEXT;",
-    ),
+    (5, "ALTER TABLE snapshots ADD COLUMN agent_token TEXT;"),
 ];
 
 pub struct SqliteStore {
