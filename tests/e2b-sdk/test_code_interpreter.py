@@ -195,6 +195,10 @@ def test_a_failing_start_command_fails_the_create_and_leaves_nothing(tmp_path, k
         KILN_SUBNET=free_subnet(),
         KILN_INTERPRETER_BIN="/bin/false",
         KILN_CODE_INTERPRETER="true",
+        # No warm sandboxes: their creates (failing here, again and again)
+        # would only slow kilnd's stop down.
+        KILN_INTERPRETER_WARM_POOL="0",
+        KILN_GVISOR_WARM_POOL="0",
     )
     proc = start_kilnd(tmp_path, port, key, **extra)
     url = f"http://127.0.0.1:{port}"

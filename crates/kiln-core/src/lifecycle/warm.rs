@@ -132,14 +132,16 @@ impl Core {
             .drain()
             .flat_map(|(_, v)| v)
             .collect();
-        for live in pooled {
+        // All at once: a gVisor sandbox's kill waits on runsc.
+        futures_util::future::join_all(pooled.iter().map(|live| async move {
             let _g = live.op.lock().await;
             self.finish_kill(
-                &live,
+                live,
                 Some("kilnd stopped; warm sandboxes are made anew at its next start"),
             )
             .await;
-        }
+        }))
+        .await;
         // A sandbox being made warm right now would be cut off half made
         // when kilnd exits (made by the runtime, never pooled or killed):
         // wait for those refills, which see the flag and kill what they
