@@ -36,6 +36,6 @@ fi
 rc=0
 timeout 600 "$venv/bin/python" -m pytest tests/security -q -rsx -p no:cacheprovider || rc=1
 if [ -d tests/faults ] && ls tests/faults/test_*.py >/dev/null 2>&1; then
-    timeout 600 "$venv/bin/python" -m pytest tests/faults -q -rsx -p no:cacheprovider || rc=1
+    timeout 900 "$venv/bin/python" -m pytest tests/faults -q -rsx -p no:cacheprovider || rc=1
 fi
 exit $rc

@@ -106,11 +106,21 @@ pub(crate) struct Live {
     pub(crate) op: tokio::sync::Mutex<()>,
     /// Resource-use samples (see `metrics.rs`).
     pub(crate) metrics: Mutex<MetricsHistory>,
-    /// Set once the sandbox is gone; see [`Gone`].
-    gone_tx: watch::Sender<bool>,
+    /// Set once the sandbox's running incarnation is gone (killed, or
+    /// paused: a resumed sandbox may have another address and network
+    /// stack, so nothing made to the old one may be reused); a resume
+    /// starts a new one. See [`Gone`].
+    gone_tx: Mutex<watch::Sender<bool>>,
 }
 
 impl Live {
+    /// Ends the running incarnation's [`Gone`] and starts a new one (a
+    /// pause: what was made to it, pooled connections among them, goes).
+    pub(crate) fn end_incarnation(&self) {
+        let old = std::mem::replace(&mut *lock(&self.gone_tx), watch::channel(false).0);
+        old.send_replace(true);
+    }
+
     pub(crate) fn new(record: SandboxRecord, handle: Option<SandboxHandle>) -> Arc<Self> {
         let (end_tx, _) = watch::channel(record.end_at);
         Arc::new(Self {
@@ -119,7 +129,7 @@ impl Live {
             end_tx,
             op: tokio::sync::Mutex::new(()),
             metrics: Mutex::new(MetricsHistory::default()),
-            gone_tx: watch::channel(false).0,
+            gone_tx: Mutex::new(watch::channel(false).0),
         })
     }
 
@@ -381,7 +391,7 @@ impl Core {
         // command's stream is cut) must hear "not found", not reach a
         // half-killed sandbox and be told its port is closed.
         self.remove_live(&rec.id);
-        live.gone_tx.send_replace(true);
+        lock(&live.gone_tx).send_replace(true);
         match self.inner.runtimes.backend(rec.runtime) {
             Some(b) => {
                 if let Err(e) = b.runtime.kill(&rec.id).await {

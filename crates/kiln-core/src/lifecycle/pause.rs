@@ -53,6 +53,9 @@ impl Core {
             // Its processes are gone; a resume boots it and says where.
             *lock(&live.handle) = None;
         }
+        // Connections to it end (the proxy's pooled ones too): a resumed
+        // sandbox may be at another address, and its old one another's.
+        live.end_incarnation();
         self.inner.store.update_sandbox(&rec).await?;
         tracing::info!(sandbox = %rec.id, mode = %paused.mode, durable = paused.durable, "sandbox paused");
         Ok(())

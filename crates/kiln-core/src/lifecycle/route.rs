@@ -18,7 +18,7 @@ pub struct Route {
     /// The sandbox's template (what serves which port: the code
     /// interpreter's limits apply to its port in its template only).
     pub template_id: String,
-    /// Fires when the sandbox is gone (killed, timed out, died).
+    /// Fires when the sandbox is gone (killed, timed out, died) or paused.
     pub gone: Gone,
 }
 
@@ -49,12 +49,13 @@ impl Core {
             return None;
         }
         let handle = lock(&live.handle).clone()?;
+        let gone = Gone(lock(&live.gone_tx).subscribe());
         Some(Route {
             ip: handle.ip,
             agent_port: handle.agent_port,
             traffic_access_token: rec.traffic_access_token.clone(),
             template_id: rec.template_id.clone(),
-            gone: Gone(live.gone_tx.subscribe()),
+            gone,
         })
     }
 

@@ -140,6 +140,7 @@ pub(super) async fn save(
     blocking(move || kiln_net::abort_connections(ip).map_err(net_err)).await?;
     // The resets reach the sandbox's netstack well within this.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let pid = inner.get(id).map(|sb| sb.record().pid).unwrap_or(0);
     let r = inner
         .runsc
         .run(&[
@@ -149,7 +150,19 @@ pub(super) async fn save(
             id,
         ])
         .await;
-    let Err(e) = r else { return Ok(()) };
+    let Err(e) = r else {
+        // The checkpoint ends runsc's sandbox process, whose parent we are
+        // (subreaper); nobody watches it now: collect it, so that it does
+        // not stay a zombie (which runsc's delete would wait 5 s for).
+        if pid > 0 {
+            blocking(move || {
+                reap_exited(pid);
+                Ok(())
+            })
+            .await?;
+        }
+        return Ok(());
+    };
     let _ = std::fs::remove_dir_all(image);
     let refused = e.to_string();
     // A refused save ends the sandbox (runsc kills it): anything else that
@@ -219,6 +232,20 @@ pub(super) async fn save(
             Err(e) => format!("runsc ended it, and booting it again failed: {e}"),
         }
     )))
+}
+
+/// Waits (a second at most) for our child `pid` to exit and collects it.
+fn reap_exited(pid: i32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let pid = nix::unistd::Pid::from_raw(pid);
+    while let Ok(nix::sys::wait::WaitStatus::StillAlive) =
+        nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+    {
+        if std::time::Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// Asks the agent to close its listening socket (this runsc cannot save

@@ -213,20 +213,51 @@ impl Runsc {
         let Some(st) = self.state(id) else {
             return Ok(());
         };
-        let out = std::process::Command::new(&self.bin)
+        let pids = [st.sandbox.map(|s| s.pid).unwrap_or(0), st.gofer_pid];
+        // A sandbox process that has exited already (a checkpoint ends it)
+        // is collected first: runsc delete waits 5 s for a zombie to die.
+        for &pid in pids.iter().filter(|p| **p > 0) {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+        crate::host::sys::reap_zombie_children("exe");
+        let mut child = std::process::Command::new(&self.bin)
             .arg(format!("--root={}", self.root.display()))
             .arg(format!("--log={}", self.log.display()))
             .args(["delete", "--force", id])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .output()
+            .spawn()
             .map_err(|source| RuntimeError::Io {
                 context: format!("failed to run {} delete", self.bin.display()),
                 source,
             })?;
-        let pids = [st.sandbox.map(|s| s.pid).unwrap_or(0), st.gofer_pid];
+        // runsc delete kills the sandbox and waits until its processes are
+        // gone; they are our children (subreaper) and stay zombies until
+        // collected, which runsc would wait 5 s for: collect them meanwhile.
+        loop {
+            for &pid in pids.iter().filter(|p| **p > 0) {
+                let _ = nix::sys::wait::waitpid(
+                    nix::unistd::Pid::from_raw(pid),
+                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                );
+            }
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|source| RuntimeError::Io {
+                context: format!("failed to run {} delete", self.bin.display()),
+                source,
+            })?;
         reap(&pids);
+        crate::host::sys::reap_zombie_children("exe");
         if !out.status.success() && self.state_path(id).exists() {
             // A sandbox runsc cannot delete (its processes gone, a state
             // file from before a reboot): make sure nothing of it runs,

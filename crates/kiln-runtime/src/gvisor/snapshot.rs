@@ -81,11 +81,11 @@ pub(super) async fn snapshot(
     }
     let r = take(inner, id, &tmp, mode).await;
     let r = match r {
-        Ok(()) => {
+        Ok(disk_hash) => {
             let tmp = tmp.clone();
             let dest = dest.clone();
             let sid = snapshot_id.to_owned();
-            blocking(move || finish(&tmp, &dest, &sid, mode)).await
+            blocking(move || finish(&tmp, &dest, &sid, mode, &disk_hash)).await
         }
         Err(e) => Err(e),
     };
@@ -95,13 +95,14 @@ pub(super) async fn snapshot(
     r
 }
 
-/// Writes the snapshot's content into `tmp`.
+/// Writes the snapshot's content into `tmp`; returns the disk copy's
+/// content hash.
 async fn take(
     inner: &Arc<Inner>,
     id: &str,
     tmp: &Path,
     mode: StateMode,
-) -> Result<(), RuntimeError> {
+) -> Result<String, RuntimeError> {
     let dir = inner.sandbox_dir(id);
     let paused = inner.paused.lock().unwrap().get(id).cloned();
     if let Some(rec) = paused {
@@ -112,11 +113,11 @@ async fn take(
         }
         let tmp = tmp.to_path_buf();
         return blocking(move || {
-            fsutil::copy_sparse(&dir.join("disk.img"), &tmp.join("disk.img"))?;
+            let disk = fsutil::copy_sparse(&dir.join("disk.img"), &tmp.join("disk.img"))?;
             if mode == StateMode::Memory {
                 copy_dir(&dir.join("checkpoint"), &tmp.join("checkpoint"))?;
             }
-            Ok(())
+            Ok(disk.content_hash)
         })
         .await;
     }
@@ -132,8 +133,9 @@ async fn take(
                 blocking(move || copy_disk(&dir, &layers, &tmp)).await
             };
             let resumed = inner.runsc.run(&["resume", id]).await;
-            copied?;
-            resumed
+            let hash = copied?;
+            resumed?;
+            Ok(hash)
         }
         StateMode::Memory => {
             sb.unwatch();
@@ -179,11 +181,11 @@ async fn take(
     }
 }
 
-/// Flushes a running sandbox's disk (its writers stopped) and copies it.
-fn copy_disk(dir: &Path, layers: &Path, tmp: &Path) -> Result<(), RuntimeError> {
+/// Flushes a running sandbox's disk (its writers stopped) and copies it;
+/// returns the copy's content hash.
+fn copy_disk(dir: &Path, layers: &Path, tmp: &Path) -> Result<String, RuntimeError> {
     sys::syncfs(layers).map_err(HostError::io("syncfs", layers))?;
-    fsutil::copy_sparse(&dir.join("disk.img"), &tmp.join("disk.img"))?;
-    Ok(())
+    Ok(fsutil::copy_sparse(&dir.join("disk.img"), &tmp.join("disk.img"))?.content_hash)
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<(), HostError> {
@@ -198,26 +200,33 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), HostError> {
     Ok(())
 }
 
-/// Hashes and sizes the content, writes `meta.json`, fsyncs everything
-/// and renames the directory into place.
+/// Hashes and sizes the content (the disk by its copy's hash of its data
+/// extents: reading a sparse disk whole would read gigabytes of holes),
+/// writes `meta.json`, fsyncs everything and renames the directory into
+/// place.
 fn finish(
     tmp: &Path,
     dest: &Path,
     id: &str,
     mode: StateMode,
+    disk_hash: &str,
 ) -> Result<SnapshotInfo, RuntimeError> {
     let mut hash = sha2::Sha256::new();
-    let mut size = 0u64;
-    let mut files: Vec<PathBuf> = vec![tmp.join("disk.img")];
+    let disk = tmp.join("disk.img");
+    hash.update(b"disk.img");
+    hash.update(disk_hash.as_bytes());
+    let mut size = fsutil::allocated_bytes(&disk);
+    let mut files: Vec<PathBuf> = Vec::new();
     if let Ok(rd) = std::fs::read_dir(tmp.join("checkpoint")) {
-        let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-        more.sort();
-        files.extend(more);
+        files = rd.flatten().map(|e| e.path()).collect();
+        files.sort();
     }
     for f in &files {
-        let bytes = std::fs::read(f).map_err(HostError::io("read", f))?;
+        let mut each = sha2::Sha256::new();
+        let mut file = std::fs::File::open(f).map_err(HostError::io("open", f))?;
+        std::io::copy(&mut file, &mut each).map_err(HostError::io("read", f))?;
         hash.update(f.file_name().unwrap_or_default().as_encoded_bytes());
-        hash.update(sha2::Sha256::digest(&bytes));
+        hash.update(each.finalize());
         size += fsutil::allocated_bytes(f);
     }
     let info = SnapshotInfo {
