@@ -222,7 +222,6 @@ impl Runsc {
                 Some(nix::sys::wait::WaitPidFlag::WNOHANG),
             );
         }
-        crate::host::sys::reap_zombie_children("exe");
         let mut child = std::process::Command::new(&self.bin)
             .arg(format!("--root={}", self.root.display()))
             .arg(format!("--log={}", self.log.display()))
@@ -257,7 +256,6 @@ impl Runsc {
                 source,
             })?;
         reap(&pids);
-        crate::host::sys::reap_zombie_children("exe");
         if !out.status.success() && self.state_path(id).exists() {
             // A sandbox runsc cannot delete (its processes gone, a state
             // file from before a reboot): make sure nothing of it runs,

@@ -27,46 +27,6 @@ pub fn set_child_subreaper() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Collects every child of this process that has exited (a zombie) and
-/// whose name is `comm`; returns how many. For orphans reparented to us as
-/// subreaper that nobody else waits for (runsc's re-executed helpers, named
-/// `exe`): a zombie keeps its pid "alive" to anyone who probes it, and
-/// runsc waits up to 5 s for a dead sandbox process that is one.
-pub fn reap_zombie_children(comm: &str) -> usize {
-    let me = std::process::id().to_string();
-    let mut n = 0;
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ..."; comm may hold spaces and parens.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let mut rest = stat[close + 1..].split_whitespace();
-        let (Some(state), Some(ppid)) = (rest.next(), rest.next()) else {
-            continue;
-        };
-        if state == "Z" && ppid == me && &stat[open + 1..close] == comm {
-            let r = nix::sys::wait::waitpid(
-                nix::unistd::Pid::from_raw(pid),
-                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-            );
-            if matches!(r, Ok(s) if s != nix::sys::wait::WaitStatus::StillAlive) {
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
 /// Marks every descriptor above stderr close-on-exec: kilnd may have
 /// inherited some from whatever started it (a pipe, a terminal's), and
 /// none of them may reach what it starts (template builds, runsc, the
