@@ -156,7 +156,7 @@ pub(super) async fn save(
         // not stay a zombie (which runsc's delete would wait 5 s for).
         if pid > 0 {
             blocking(move || {
-                reap_exited(pid);
+                super::runsc::reap(&[pid], std::time::Duration::from_secs(1));
                 Ok(())
             })
             .await?;
@@ -232,20 +232,6 @@ pub(super) async fn save(
             Err(e) => format!("runsc ended it, and booting it again failed: {e}"),
         }
     )))
-}
-
-/// Waits (a second at most) for our child `pid` to exit and collects it.
-fn reap_exited(pid: i32) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    let pid = nix::unistd::Pid::from_raw(pid);
-    while let Ok(nix::sys::wait::WaitStatus::StillAlive) =
-        nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
-    {
-        if std::time::Instant::now() > deadline {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
 }
 
 /// Asks the agent to close its listening socket (this runsc cannot save

@@ -255,7 +255,7 @@ impl Runsc {
                 context: format!("failed to run {} delete", self.bin.display()),
                 source,
             })?;
-        reap(&pids);
+        reap(&pids, std::time::Duration::from_secs(2));
         if !out.status.success() && self.state_path(id).exists() {
             // A sandbox runsc cannot delete (its processes gone, a state
             // file from before a reboot): make sure nothing of it runs,
@@ -268,7 +268,7 @@ impl Runsc {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            reap(&pids);
+            reap(&pids, std::time::Duration::from_secs(2));
             tracing::warn!(id, said = %String::from_utf8_lossy(&out.stderr).trim(), "runsc could not delete a sandbox; its state files are removed");
             let _ = std::fs::remove_file(self.state_path(id));
             let _ = std::fs::remove_file(self.root.join(format!("{id}_sandbox:{id}.lock")));
@@ -292,10 +292,10 @@ impl Runsc {
     }
 }
 
-/// Waits (briefly) for processes that are gone or going and collects them
-/// if they are this process's children.
-fn reap(pids: &[i32]) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+/// Waits (up to `wait` in all) for processes that are gone or going and
+/// collects them if they are this process's children.
+pub(super) fn reap(pids: &[i32], wait: std::time::Duration) {
+    let deadline = std::time::Instant::now() + wait;
     for &pid in pids.iter().filter(|p| **p > 0) {
         let pid = nix::unistd::Pid::from_raw(pid);
         while let Ok(nix::sys::wait::WaitStatus::StillAlive) =
