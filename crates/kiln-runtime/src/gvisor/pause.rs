@@ -140,7 +140,6 @@ pub(super) async fn save(
     blocking(move || kiln_net::abort_connections(ip).map_err(net_err)).await?;
     // The resets reach the sandbox's netstack well within this.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let pid = inner.get(id).map(|sb| sb.record().pid).unwrap_or(0);
     let r = inner
         .runsc
         .run(&[
@@ -150,19 +149,9 @@ pub(super) async fn save(
             id,
         ])
         .await;
-    let Err(e) = r else {
-        // The checkpoint ends runsc's sandbox process, whose parent we are
-        // (subreaper); nobody watches it now: collect it, so that it does
-        // not stay a zombie (which runsc's delete would wait 5 s for).
-        if pid > 0 {
-            blocking(move || {
-                super::runsc::reap(&[pid], std::time::Duration::from_secs(1));
-                Ok(())
-            })
-            .await?;
-        }
-        return Ok(());
-    };
+    // The checkpoint ends runsc's sandbox process; `runsc delete`, which
+    // follows, collects it.
+    let Err(e) = r else { return Ok(()) };
     let _ = std::fs::remove_dir_all(image);
     let refused = e.to_string();
     // A refused save ends the sandbox (runsc kills it): anything else that

@@ -214,14 +214,6 @@ impl Runsc {
             return Ok(());
         };
         let pids = [st.sandbox.map(|s| s.pid).unwrap_or(0), st.gofer_pid];
-        // A sandbox process that has exited already (a checkpoint ends it)
-        // is collected first: runsc delete waits 5 s for a zombie to die.
-        for &pid in pids.iter().filter(|p| **p > 0) {
-            let _ = nix::sys::wait::waitpid(
-                nix::unistd::Pid::from_raw(pid),
-                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-            );
-        }
         let mut child = std::process::Command::new(&self.bin)
             .arg(format!("--root={}", self.root.display()))
             .arg(format!("--log={}", self.log.display()))
@@ -234,9 +226,10 @@ impl Runsc {
                 context: format!("failed to run {} delete", self.bin.display()),
                 source,
             })?;
-        // runsc delete kills the sandbox and waits until its processes are
-        // gone; they are our children (subreaper) and stay zombies until
-        // collected, which runsc would wait 5 s for: collect them meanwhile.
+        // runsc delete kills the sandbox (unless a checkpoint ended it
+        // already) and waits until its processes are gone; they are our
+        // children (subreaper) and stay zombies until collected, which
+        // runsc would wait 5 s for: collect them meanwhile.
         loop {
             for &pid in pids.iter().filter(|p| **p > 0) {
                 let _ = nix::sys::wait::waitpid(
@@ -294,7 +287,7 @@ impl Runsc {
 
 /// Waits (up to `wait` in all) for processes that are gone or going and
 /// collects them if they are this process's children.
-pub(super) fn reap(pids: &[i32], wait: std::time::Duration) {
+fn reap(pids: &[i32], wait: std::time::Duration) {
     let deadline = std::time::Instant::now() + wait;
     for &pid in pids.iter().filter(|p| **p > 0) {
         let pid = nix::unistd::Pid::from_raw(pid);
