@@ -52,7 +52,21 @@ def on_disk(k, runtime):
     return sandboxes, snapshots, leftovers
 
 
-def check_agreement(k, runtime, expect_file):
+SLEEPER = "sleep 4242"
+HAS_SLEEPER = (
+    "python3 -c \"import os; print(any(b'4242' in open(f'/proc/{p}/cmdline', 'rb').read() "
+    "for p in os.listdir('/proc') if p.isdigit() and os.path.exists(f'/proc/{p}/cmdline')))\""
+)
+
+
+def has_sleeper(sbx):
+    return sbx.commands.run(HAS_SLEEPER).stdout.strip() == "True"
+
+
+def check_agreement(k, runtime, expect_file, source=None):
+    """`source`: the sandbox the crashed operation was on; running, or
+    paused with its memory, it still has the process it had (the old state
+    or the new one, not a reboot that lost it)."""
     listed = httpx.get(f"{k.url}/v2/sandboxes", params={"state": "running,paused", "limit": 1000},
                        headers=k.headers, timeout=30).json()
     states = {s["sandboxID"]: s["state"] for s in listed}
@@ -67,6 +81,8 @@ def check_agreement(k, runtime, expect_file):
             assert phase == "running", (sid, state, phase)
         sbx = Sandbox.connect(sid, **k.sdk_opts())
         assert sbx.files.read("/home/user/f") == expect_file, sid
+        if sid == source and phase in ("running", "paused_memory"):
+            assert has_sleeper(sbx), f"{sid} ({state}, {phase}) lost its processes"
     snaps = httpx.get(f"{k.url}/snapshots", headers=k.headers, timeout=30).json()
     # Each listed snapshot is complete on disk and starts sandboxes.
     assert len(snaps) == len(snapshot_dirs), f"store {snaps} vs disk {snapshot_dirs}"
@@ -85,17 +101,7 @@ def clean(k):
 
 @pytest.mark.parametrize(
     "runtime",
-    [
-        "container",
-        pytest.param(
-            "gvisor",
-            marks=pytest.mark.xfail(
-                reason="known defect (issue 13, open): kilnd killed during a gVisor memory pause can "
-                "leave a sandbox listed as running whose agent is gone",
-                strict=False,
-            ),
-        ),
-    ],
+    ["container", "gvisor"],
 )
 def test_kill9_in_the_middle_of_pause_snapshot_and_fork(tmp_path, runtime):
     if runtime == "gvisor" and not shutil.which("runsc"):
@@ -120,6 +126,7 @@ def test_kill9_in_the_middle_of_pause_snapshot_and_fork(tmp_path, runtime):
             for delay in DELAYS if runtime == "container" else GVISOR_DELAYS:
                 sbx = Sandbox.create(timeout=600, **k.sdk_opts())
                 sbx.files.write("/home/user/f", "kept")
+                sbx.commands.run(SLEEPER, background=True)
                 sid = sbx.sandbox_id
                 path, body = {
                     "pause": (f"/sandboxes/{sid}/pause", pause_body),
@@ -131,11 +138,12 @@ def test_kill9_in_the_middle_of_pause_snapshot_and_fork(tmp_path, runtime):
                 k.kill9()
                 t.join(timeout=30)
                 k.start()
-                states, snaps = check_agreement(k, runtime, "kept")
+                phase = on_disk(k, runtime)[0].get(sid)
+                states, snaps = check_agreement(k, runtime, "kept", source=sid)
                 assert sid in states, f"{op} at {delay}s lost the source sandbox"
-                outcomes.append((op, delay, states[sid], len(states), len(snaps)))
+                outcomes.append((op, delay, states[sid], phase, len(states), len(snaps)))
                 clean(k)
-        print("outcomes (op, delay, source state, sandboxes, snapshots):", outcomes)
+        print("outcomes (op, delay, source state, its phase on disk, sandboxes, snapshots):", outcomes)
         # Both sides of the crash were seen for the pause, not only one.
         pause_states = {o[2] for o in outcomes if o[0] == "pause"}
         assert "paused" in pause_states, outcomes

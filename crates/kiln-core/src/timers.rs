@@ -5,7 +5,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chrono::Utc;
-use kiln_runtime::RuntimeEvent;
+use kiln_runtime::{RuntimeEvent, RuntimeKind};
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::lifecycle::{lock, Core, Inner, Live};
@@ -62,12 +63,24 @@ pub(crate) fn spawn_metrics_sampler(core: &Core) {
     });
 }
 
+/// Each runtime's events, subscribed to before they are watched.
+pub(crate) fn subscribe_runtime_events(
+    core: &Core,
+) -> Vec<(RuntimeKind, broadcast::Receiver<RuntimeEvent>)> {
+    core.inner
+        .runtimes
+        .backends()
+        .map(|b| (b.runtime.kind(), b.runtime.subscribe()))
+        .collect()
+}
+
 /// Marks sandboxes killed when a runtime says they ended on their own.
-pub(crate) fn watch_runtime_events(core: &Core) {
-    for backend in core.inner.runtimes.backends() {
+pub(crate) fn watch_runtime_events(
+    core: &Core,
+    subscribed: Vec<(RuntimeKind, broadcast::Receiver<RuntimeEvent>)>,
+) {
+    for (runtime, mut events) in subscribed {
         let weak: Weak<Inner> = Arc::downgrade(&core.inner);
-        let mut events = backend.runtime.subscribe();
-        let runtime = backend.runtime.kind();
         tokio::spawn(async move {
             loop {
                 match events.recv().await {

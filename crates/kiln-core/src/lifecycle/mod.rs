@@ -203,8 +203,11 @@ impl Core {
     /// (cleaning up those that cannot be), then starts watching the
     /// runtimes' events. Call once, before serving.
     pub async fn start(&self) -> Result<recovery::RecoveryReport, CoreError> {
+        // Subscribed first: a sandbox that ends while recovery runs is
+        // ended after it (its event waits in the channel meanwhile).
+        let events = timers::subscribe_runtime_events(self);
         let report = recovery::recover(self).await?;
-        timers::watch_runtime_events(self);
+        timers::watch_runtime_events(self, events);
         self.start_pools();
         timers::spawn_metrics_sampler(self);
         Ok(report)

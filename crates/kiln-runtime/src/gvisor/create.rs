@@ -173,6 +173,7 @@ fn prepare(
         pid: 0,
         start_time: 0,
         phase,
+        image: None,
     };
     let r = (|| {
         // A pooled namespace another gVisor sandbox used lost its address
@@ -431,6 +432,7 @@ pub(super) fn watch(inner: &Arc<Inner>, sb: &Arc<Sandbox>) {
             return;
         }
     };
+    sb.exited.store(false, std::sync::atomic::Ordering::SeqCst);
     let weak = Arc::downgrade(inner);
     let task = tokio::spawn(async move {
         let Ok(afd) = sys::async_fd(pidfd) else {
@@ -453,6 +455,9 @@ pub(super) fn watch(inner: &Arc<Inner>, sb: &Arc<Sandbox>) {
             .get(&rec.id)
             .is_some_and(|s| s.record().pid == rec.pid);
         if still {
+            if let Some(sb) = inner.sandboxes.lock().unwrap().get(&rec.id) {
+                sb.exited.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             let oom_killed = inner.cgroups.stats(&rec.id).oom_kills > 0;
             tracing::info!(id = %rec.id, ?exit_code, oom_killed, "gVisor sandbox exited");
             let _ = inner.events.send(RuntimeEvent::Exited {

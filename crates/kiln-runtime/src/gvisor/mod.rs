@@ -116,8 +116,11 @@ enum Phase {
     /// Running (if runsc's sandbox lives; else its leftovers are removed).
     #[default]
     Running,
-    /// A pause is under way: if the sandbox died, what was written is kept
-    /// (the checkpoint if complete, else the disk).
+    /// A checkpoint is under way (a pause, or a snapshot with memory, which
+    /// then restores the sandbox in place). After a crash: if runsc's
+    /// sandbox still runs, it goes on (its agent told to listen again); if
+    /// runsc finished the checkpoint (its marker, `runsc::SAVED`), the
+    /// sandbox is paused with that image; else paused on its disk.
     Pausing,
     /// Paused with its memory in `checkpoint/` and its disk.
     PausedMemory,
@@ -147,6 +150,10 @@ struct Record {
     pid: i32,
     start_time: u64,
     phase: Phase,
+    /// While `Pausing`: the image the checkpoint writes (the sandbox's
+    /// `checkpoint.tmp/`, or a snapshot's), so that recovery finds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image: Option<PathBuf>,
 }
 
 impl Record {
@@ -178,6 +185,9 @@ impl Record {
 struct Sandbox {
     rec: Mutex<Record>,
     watcher: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Its watcher saw it end on its own: no longer listed as running (an
+    /// exit before anyone subscribed to the events is not lost).
+    exited: std::sync::atomic::AtomicBool,
 }
 
 impl Sandbox {
@@ -185,6 +195,7 @@ impl Sandbox {
         Self {
             rec: Mutex::new(rec),
             watcher: Mutex::new(None),
+            exited: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -295,9 +306,22 @@ impl GvisorRuntime {
     pub async fn new(cfg: GvisorConfig) -> Result<Self, RuntimeError> {
         let inner = Arc::new(blocking(move || recover::start(cfg)).await?);
         let alive: Vec<_> = inner.sandboxes.lock().unwrap().values().cloned().collect();
-        for sb in alive {
-            create::watch(&inner, &sb);
+        for sb in &alive {
+            create::watch(&inner, sb);
         }
+        // A kilnd killed between the agent's listener closed for a
+        // checkpoint (pause.rs) and reopened after it left the agent not
+        // listening: told to listen again (a no-op if it does).
+        let mut reopened = tokio::task::JoinSet::new();
+        for sb in &alive {
+            let (inner, id) = (inner.clone(), sb.record().id);
+            reopened.spawn(async move {
+                if let Err(e) = pause::reopen_listener(&inner, &id).await {
+                    tracing::warn!(id, error = %e, "could not tell a recovered sandbox's agent to listen");
+                }
+            });
+        }
+        while reopened.join_next().await.is_some() {}
         Ok(Self { inner })
     }
 
@@ -418,6 +442,7 @@ impl Runtime for GvisorRuntime {
             .lock()
             .unwrap()
             .values()
+            .filter(|s| !s.exited.load(std::sync::atomic::Ordering::SeqCst))
             .map(|s| Found::Running(s.record().handle()))
             .chain(paused)
             .collect())

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::create::{adopt, boot, unmount_rootfs, watch, write_record, Disk, Start};
-use super::{blocking, net_err, Inner, Phase, Record};
+use super::{blocking, net_err, Inner, Phase, Record, Sandbox};
 use crate::host::{fsutil, HostError};
 use crate::runtime::{Paused, ResumeMode, RuntimeError, SandboxHandle, SandboxSpec, StateMode};
 
@@ -44,14 +44,8 @@ pub(super) async fn pause(
     };
     let before = sb.record();
     let dir = inner.sandbox_dir(id);
-    {
-        let inner = inner.clone();
-        let rec = Record {
-            phase: Phase::Pausing,
-            ..before.clone()
-        };
-        blocking(move || write_record(&inner, &rec)).await?;
-    }
+    let image = (mode == StateMode::Memory).then(|| dir.join("checkpoint.tmp"));
+    record_phase(inner, &sb, Phase::Pausing, image.as_deref()).await?;
     if mode == StateMode::Memory {
         // runsc checkpoint ends runsc's sandbox process: not an exit of
         // the sandbox, which the watcher would otherwise report (and the
@@ -60,12 +54,7 @@ pub(super) async fn pause(
         if let Err(e) = checkpoint(inner, id, &dir).await {
             // runsc leaves a sandbox it failed to checkpoint running.
             // Running (as before, or booted again): its current record.
-            let inner2 = inner.clone();
-            let rec = Record {
-                phase: Phase::Running,
-                ..sb.record()
-            };
-            let _ = blocking(move || write_record(&inner2, &rec)).await;
+            let _ = record_phase(inner, &sb, Phase::Running, None).await;
             // Watched again (one booted again is watched already).
             if sb.watcher.lock().unwrap().is_none() {
                 watch(inner, &sb);
@@ -87,6 +76,25 @@ pub(super) async fn pause(
         durable: true,
         bytes_on_disk: bytes,
     })
+}
+
+/// Writes a running sandbox's record with `phase` (the one in memory
+/// stays as it is): `Pausing` before a checkpoint, so that a crash before
+/// it runs again from the image leaves it kept, not removed as dead.
+/// `image`: where a checkpoint under way writes.
+pub(super) async fn record_phase(
+    inner: &Arc<Inner>,
+    sb: &Sandbox,
+    phase: Phase,
+    image: Option<&Path>,
+) -> Result<(), RuntimeError> {
+    let inner = inner.clone();
+    let rec = Record {
+        phase,
+        image: image.map(Path::to_path_buf),
+        ..sb.record()
+    };
+    blocking(move || write_record(&inner, &rec)).await
 }
 
 /// `runsc checkpoint` into `<dir>/checkpoint.tmp`, fsynced and renamed to
@@ -140,15 +148,7 @@ pub(super) async fn save(
     blocking(move || kiln_net::abort_connections(ip).map_err(net_err)).await?;
     // The resets reach the sandbox's netstack well within this.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let r = inner
-        .runsc
-        .run(&[
-            "checkpoint",
-            "-image-path",
-            &image.display().to_string(),
-            id,
-        ])
-        .await;
+    let r = inner.runsc.checkpoint(image, id).await;
     // The checkpoint ends runsc's sandbox process; `runsc delete`, which
     // follows, collects it.
     let Err(e) = r else { return Ok(()) };

@@ -9,7 +9,7 @@ use super::runsc::Runsc;
 use super::{net_err, GvisorConfig, Inner, Phase, Record};
 use crate::host::cgroup::Cgroups;
 use crate::host::disk::DiskPool;
-use crate::host::{sys, HostError};
+use crate::host::{fsutil, sys, HostError};
 use crate::runtime::RuntimeError;
 
 fn unavailable(reason: impl Into<String>) -> RuntimeError {
@@ -19,13 +19,54 @@ fn unavailable(reason: impl Into<String>) -> RuntimeError {
     }
 }
 
-/// Whether runsc still runs the sandbox of this record.
-fn alive(rec: &Record, runsc: &Runsc) -> bool {
-    rec.pid > 0
-        && sys::start_time(rec.pid) == Some(rec.start_time)
-        && runsc
-            .state(&rec.id)
-            .is_some_and(|s| s.status == "running" && s.sandbox.is_some_and(|b| b.pid == rec.pid))
+/// runsc's running sandbox process for this record, if one lives: the
+/// record's own, or one a restore started after the record was written
+/// (a kilnd killed while `runsc restore` ran). Its pid and start time.
+fn alive(rec: &Record, runsc: &Runsc) -> Option<(i32, u64)> {
+    let st = runsc.state(&rec.id).filter(|s| s.status == "running")?;
+    let pid = st.sandbox.map(|b| b.pid).filter(|p| *p > 0)?;
+    if sys::is_zombie(pid) {
+        return None;
+    }
+    let start = sys::start_time(pid)?;
+    let ours =
+        (pid == rec.pid && start == rec.start_time) || super::runsc::is_runsc_of(pid, &rec.id);
+    ours.then_some((pid, start))
+}
+
+/// How long a start waits for a previous run's runsc commands (a
+/// checkpoint of a large sandbox takes seconds).
+const COMMANDS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Makes `image`, one runsc wrote whole, the sandbox's checkpoint
+/// (`<dir>/checkpoint`), durably; whether it did.
+fn finish_checkpoint(dir: &std::path::Path, image: Option<&std::path::Path>) -> bool {
+    let Some(image) = image else {
+        return false;
+    };
+    let tmp = dir.join("checkpoint.tmp");
+    let done = dir.join("checkpoint");
+    let r = (|| -> Result<(), HostError> {
+        if image != tmp {
+            // A snapshot's (its directory is removed as unfinished).
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).map_err(HostError::io("remove", &tmp))?;
+            }
+            std::fs::rename(image, &tmp).map_err(HostError::io("rename to", &tmp))?;
+        }
+        if done.exists() {
+            std::fs::remove_dir_all(&done).map_err(HostError::io("remove", &done))?;
+        }
+        super::pause::sync_tree(&tmp)?;
+        fsutil::rename_durably(&tmp, &done)
+    })();
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "a finished checkpoint could not be kept");
+            false
+        }
+    }
 }
 
 /// Blocking part of `GvisorRuntime::new`.
@@ -73,6 +114,15 @@ pub(super) fn start(mut cfg: GvisorConfig) -> Result<Inner, RuntimeError> {
         disk.want(*size);
     }
 
+    // A checkpoint or restore that a killed kilnd started goes on without
+    // it: what it leaves decides what is kept, so it is let finish.
+    let still = runsc.wait_for_commands(COMMANDS_WAIT);
+    if still > 0 {
+        tracing::warn!(
+            still,
+            "runsc commands of a previous run are still running; recovering without them"
+        );
+    }
     let mut live = Vec::new();
     let mut dead = Vec::new();
     let mut paused = Vec::new();
@@ -95,24 +145,47 @@ pub(super) fn start(mut cfg: GvisorConfig) -> Result<Inner, RuntimeError> {
             }
             continue;
         };
+        // A checkpoint runsc finished (whatever became of kilnd after):
+        // the sandbox it saved ended with it (or is ending), and the image
+        // becomes the sandbox's checkpoint, durably, as the pause would
+        // have made it (a snapshot's image too: the sandbox is paused with
+        // its memory rather than lost).
+        let saved = rec.phase == Phase::Pausing
+            && rec
+                .image
+                .as_ref()
+                .is_some_and(|i| i.join(super::runsc::SAVED).is_file());
+        let running = alive(&rec, &runsc)
+            // The saved sandbox, ending; one restored from the image after
+            // it (a snapshot's restore in place) is another process.
+            .filter(|(pid, _)| !(saved && *pid == rec.pid));
+        if saved && running.is_none() {
+            finish_checkpoint(&dir, rec.image.as_deref());
+        }
         let has_ckpt = dir.join("checkpoint").is_dir();
-        match rec.phase {
-            Phase::Running | Phase::Resuming | Phase::Pausing if alive(&rec, &runsc) => {
-                live.push(Record {
+        match (rec.phase, running) {
+            (Phase::Running | Phase::Resuming | Phase::Pausing, Some((pid, start_time))) => live
+                .push(Record {
                     phase: Phase::Running,
+                    pid,
+                    start_time,
+                    image: None,
                     ..rec
-                })
-            }
-            Phase::Running => dead.push(rec),
+                }),
+            (Phase::Running, _) => dead.push(rec),
             // The sandbox is gone but its state is on disk: keep it paused
             // with what is complete (a checkpoint renamed into place is).
-            Phase::Resuming | Phase::Pausing | Phase::PausedMemory | Phase::PausedFs => {
+            (Phase::Resuming | Phase::Pausing | Phase::PausedMemory | Phase::PausedFs, _) => {
                 let phase = if has_ckpt && rec.phase != Phase::PausedFs {
                     Phase::PausedMemory
                 } else {
                     Phase::PausedFs
                 };
-                paused.push(Record { phase, ..rec })
+                paused.push(Record {
+                    phase,
+                    image: None,
+                    ..rec
+                })
             }
         }
     }

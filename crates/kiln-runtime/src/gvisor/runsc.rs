@@ -23,6 +23,10 @@ use serde::Deserialize;
 
 use crate::runtime::RuntimeError;
 
+/// The file in a checkpoint image's directory that says runsc wrote the
+/// image whole (see [`Runsc::checkpoint`]).
+pub const SAVED: &str = "kiln-saved";
+
 /// How to run runsc for one runtime.
 #[derive(Debug, Clone)]
 pub struct Runsc {
@@ -64,7 +68,32 @@ impl Runsc {
         log: &Path,
         stderr: Stdio,
     ) -> Result<tokio::process::Command, RuntimeError> {
-        let mut cmd = tokio::process::Command::new(&self.bin);
+        self.command_marking(args, log, stderr, None)
+    }
+
+    /// [`Runsc::command`]; with `marker`, through a shell that creates
+    /// that file once runsc has exited with success. The shell outlives a
+    /// kilnd killed meanwhile, as runsc does (nothing here kills it with
+    /// kilnd), so the next start learns how the command ended.
+    fn command_marking(
+        &self,
+        args: &[&str],
+        log: &Path,
+        stderr: Stdio,
+        marker: Option<&Path>,
+    ) -> Result<tokio::process::Command, RuntimeError> {
+        let mut cmd = match marker {
+            None => tokio::process::Command::new(&self.bin),
+            Some(m) => {
+                let mut c = tokio::process::Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg(r#"m=$1; shift; "$@" && : > "$m""#)
+                    .arg("sh")
+                    .arg(m)
+                    .arg(&self.bin);
+                c
+            }
+        };
         cmd.arg(format!("--root={}", self.root.display()))
             .arg(format!("--log={}", log.display()))
             .arg("--network=sandbox")
@@ -128,9 +157,25 @@ impl Runsc {
     /// Runs `runsc <args>` for a command that starts no sandbox
     /// (checkpoint, pause, resume); an error carries what runsc said.
     pub async fn run(&self, args: &[&str]) -> Result<(), RuntimeError> {
+        self.run_marking(args, None).await
+    }
+
+    /// `runsc checkpoint -image-path <image> <id>`; `<image>/`[`SAVED`]
+    /// exists afterwards if and only if it succeeded, even if kilnd was
+    /// killed while it ran (see [`Runsc::wait_for_commands`]).
+    pub async fn checkpoint(&self, image: &Path, id: &str) -> Result<(), RuntimeError> {
+        let image_arg = image.display().to_string();
+        self.run_marking(
+            &["checkpoint", "-image-path", &image_arg, id],
+            Some(&image.join(SAVED)),
+        )
+        .await
+    }
+
+    async fn run_marking(&self, args: &[&str], marker: Option<&Path>) -> Result<(), RuntimeError> {
         let what = args.first().copied().unwrap_or("runsc");
         let out = self
-            .command(args, &self.log, Stdio::piped())?
+            .command_marking(args, &self.log, Stdio::piped(), marker)?
             .output()
             .await
             .map_err(|source| RuntimeError::Io {
@@ -269,6 +314,44 @@ impl Runsc {
         Ok(())
     }
 
+    /// Waits (up to `wait`) until no runsc command of this root runs: after
+    /// a kilnd crash, a checkpoint or a restore it started may still be at
+    /// work, and what it leaves (a sandbox ended or started, an image
+    /// written) decides what recovery keeps. The sandboxes' own processes
+    /// (`runsc-sandbox`, `runsc-gofer`) are not commands. Returns how many
+    /// were still running when the wait gave up.
+    pub fn wait_for_commands(&self, wait: std::time::Duration) -> usize {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let n = self.commands_running();
+            if n == 0 || std::time::Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn commands_running(&self) -> usize {
+        let bin = self.bin.as_os_str().as_encoded_bytes();
+        let root = format!("--root={}", self.root.display());
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        rd.flatten()
+            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .filter(|e| {
+                let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                    return false;
+                };
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                // runsc itself, or the shell that marks its success.
+                let runsc = args.first() == Some(&bin)
+                    || (args.first() == Some(&&b"/bin/sh"[..]) && args.contains(&bin));
+                runsc && args.contains(&root.as_bytes())
+            })
+            .count()
+    }
+
     /// Ids of every sandbox runsc has state of under this root.
     pub fn ids(&self) -> Vec<String> {
         let Ok(rd) = std::fs::read_dir(&self.root) else {
@@ -303,7 +386,7 @@ fn reap(pids: &[i32], wait: std::time::Duration) {
 }
 
 /// Whether process `pid` is a runsc process of sandbox `id`.
-fn is_runsc_of(pid: i32, id: &str) -> bool {
+pub(super) fn is_runsc_of(pid: i32, id: &str) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };

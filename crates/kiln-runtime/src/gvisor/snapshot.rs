@@ -26,7 +26,7 @@ use sha2::Digest;
 use super::create::{
     adopt, boot, exists, run_runsc, validate, wait_ready, write_record, Disk, Start,
 };
-use super::pause::{rewatch, sync_tree};
+use super::pause::{record_phase, rewatch, sync_tree};
 use super::{blocking, Inner, Phase};
 use crate::host::{fsutil, sys, HostError};
 use crate::runtime::{
@@ -138,8 +138,13 @@ async fn take(
             Ok(hash)
         }
         StateMode::Memory => {
+            // Until it runs again from the image (run_runsc records it
+            // running then), a crash leaves it paused on its disk.
+            record_phase(inner, &sb, Phase::Pausing, Some(&image)).await?;
             sb.unwatch();
             if let Err(e) = super::pause::save(inner, id, sb.record().ip, &image).await {
+                // Running as before, or booted again on its disk.
+                let _ = record_phase(inner, &sb, Phase::Running, None).await;
                 rewatch(inner, id);
                 return Err(e);
             }

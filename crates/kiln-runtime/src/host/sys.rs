@@ -68,6 +68,17 @@ pub fn dup_into_child(cmd: &mut tokio::process::Command, fd: RawFd, target: RawF
     }
 }
 
+/// Whether process `pid` has exited and waits to be collected.
+pub fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 2..];
+            rest.split(' ').next().map(|s| s == "Z" || s == "X")
+        })
+        .unwrap_or(false)
+}
+
 /// Start time of a process (clock ticks after boot), to tell a pid from a
 /// later process that reused it.
 pub fn start_time(pid: i32) -> Option<u64> {
