@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The unmodified e2b SDK suite against a kilnd whose default runtime is
-# gVisor (runsc): the base sandbox tests (sync, async, control) and the
-# durable-state tests (memory pause and resume as runsc checkpoints,
-# snapshots and forks with memory). Tests that cannot pass on gVisor are
-# skipped with the reason (pytest -rs prints each one). Without runsc on
-# the host the phase says so and passes nothing off as tested.
+# The whole unmodified e2b SDK suite (tests/e2b-sdk, as 40-e2b-sdk runs it
+# on the container runtime) against a kilnd whose default runtime is gVisor
+# (runsc): sandboxes, control API, envd parity, durable state (memory pause
+# and resume as runsc checkpoints, snapshots and forks with memory),
+# restarts, the JavaScript SDK, the code interpreter. Tests that cannot pass
+# on gVisor are skipped with the reason (conftest.py's GVISOR_SKIPS; pytest
+# -rs prints each one). Without runsc on the host the phase says so and
+# passes nothing off as tested.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/lib.sh
@@ -39,9 +41,8 @@ if ! "$venv/bin/python" -c 'import e2b, pytest, pytest_asyncio, importlib.metada
 fi
 
 export KILN_E2E_RUNTIME=gvisor
-export KILN_CODE_INTERPRETER=${KILN_CODE_INTERPRETER:-false}
-exec "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider \
-    tests/e2b-sdk/test_sandbox_sync.py \
-    tests/e2b-sdk/test_sandbox_async.py \
-    tests/e2b-sdk/test_control.py \
-    tests/e2b-sdk/test_durable.py
+# The code-interpreter template (built by 40-e2b-sdk into the same template
+# directory, or here if that did not run) on gVisor: its warm sandboxes
+# boot on gVisor and test_code_interpreter.py runs against them.
+export KILN_CODE_INTERPRETER=${KILN_CODE_INTERPRETER:-true}
+exec "$venv/bin/python" -m pytest tests/e2b-sdk -q -rs -p no:cacheprovider

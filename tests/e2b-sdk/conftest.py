@@ -54,8 +54,14 @@ class Kilnd:
 
 
 # Tests that cannot pass on the gVisor runtime, by node id suffix, with why
-# (shown by -rs). None at present.
-GVISOR_SKIPS: dict = {}
+# (shown by -rs).
+GVISOR_SKIPS: dict = {
+    "test_envd_parity.py::test_overwrite_clears_metadata": (
+        "Debian's runsc (2022-12-19) keeps no user xattrs on the sandbox's disk (its gofer refuses "
+        "them), so file metadata is not stored on gvisor, as envd keeps none where xattrs are "
+        "unsupported (docs/compatibility.md)"
+    ),
+}
 
 
 def pytest_collection_modifyitems(config, items):

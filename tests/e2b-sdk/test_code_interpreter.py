@@ -1,8 +1,9 @@
 """The code-interpreter template through kilnd: the unmodified
 e2b-code-interpreter SDK (2.11.5) creates a sandbox of its default template
 (`code-interpreter-v1`), and run_code reaches kiln-interpreter on port 49999
-through kilnd's proxy. Needs the container runtime and a kilnd that serves
-the template (KILN_CODE_INTERPRETER=true, set by scripts/test.d/40-e2b-sdk.sh).
+through kilnd's proxy. Needs a real runtime (container or gvisor) and a kilnd
+that serves the template (KILN_CODE_INTERPRETER=true, set by
+scripts/test.d/40-e2b-sdk.sh and 45-e2b-sdk-gvisor.sh).
 """
 
 import base64
@@ -18,8 +19,8 @@ from conftest import RUNTIME, free_port, free_subnet, kill_all, start_kilnd, sto
 from e2b_code_interpreter import Sandbox
 
 pytestmark = pytest.mark.skipif(
-    RUNTIME != "container",
-    reason="the code-interpreter template needs the container runtime (KILN_E2E_RUNTIME=container)",
+    RUNTIME not in ("container", "gvisor"),
+    reason="the code-interpreter template needs a real runtime (KILN_E2E_RUNTIME=container or gvisor)",
 )
 
 

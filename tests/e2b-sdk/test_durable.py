@@ -143,6 +143,17 @@ def test_two_sandboxes_from_one_snapshot_are_independent(kilnd):
             s.kill()
 
 
+def counted(sbx):
+    """The counter's value in /tmp/n (the shell truncates the file before it
+    writes the next value: an empty read is read again)."""
+    for _ in range(50):
+        text = sbx.files.read("/tmp/n").strip()
+        if text:
+            return int(text)
+        time.sleep(0.01)
+    raise AssertionError("/tmp/n stayed empty: the counter does not run")
+
+
 def test_fork_three_copies(kilnd):
     src = Sandbox.create(timeout=300)
     forks = []
@@ -167,9 +178,9 @@ def test_fork_three_copies(kilnd):
         if MEMORY_SNAPSHOTS:
             # Each copy's counter runs on in that copy, from the value it
             # had in the source's memory.
-            first = [int(f.files.read("/tmp/n")) for f in forks]
+            first = [counted(f) for f in forks]
             time.sleep(0.5)
-            later = [int(f.files.read("/tmp/n")) for f in forks]
+            later = [counted(f) for f in forks]
             assert all(b > a for a, b in zip(first, later)), (first, later)
             # Each copy's agent has its own token; the source's opens none.
             for f in forks:

@@ -16,7 +16,15 @@ def test_restart_reattaches_running_sandboxes(tmp_path, kilnd):
     url = f"http://127.0.0.1:{port}"
     # Not the session kilnd's subnet (its bridge is routed by now anyway).
     # No warm code-interpreter sandboxes: not what this test is about.
-    extra = dict(KILN_RUNTIME_TAG="e2r", KILN_SUBNET=free_subnet(), KILN_INTERPRETER_WARM_POOL="0")
+    # Both runtimes' bridges fixed across the restart (a sandbox keeps its
+    # address).
+    subnet = free_subnet()
+    extra = dict(
+        KILN_RUNTIME_TAG="e2r",
+        KILN_SUBNET=subnet,
+        KILN_GVISOR_SUBNET=free_subnet(avoid=(subnet,)),
+        KILN_INTERPRETER_WARM_POOL="0",
+    )
     opts = dict(api_key=key, api_url=url, sandbox_url=url)
     proc = start_kilnd(tmp_path, port, key, **extra)
     try:

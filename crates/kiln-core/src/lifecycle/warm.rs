@@ -332,6 +332,8 @@ impl Core {
         }
         self.inner.store.reassign_sandbox(&rec).await?;
         *lock(&live.record) = rec.clone();
+        // Its samples while pooled are nobody's: its metrics start now.
+        *lock(&live.metrics) = Default::default();
         live.end_tx.send_replace(rec.end_at);
         tracing::info!(sandbox = %rec.id, template = %rec.template_id, team = %team.id, "warm sandbox handed over");
         Ok(rec)
