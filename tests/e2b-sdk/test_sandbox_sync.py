@@ -8,9 +8,11 @@ import time
 import httpx
 import pytest
 from e2b import (
+    AuthenticationException,
     CommandExitException,
     FilesystemEventType,
     PtySize,
+    SandboxException,
     Sandbox,
     TimeoutException,
 )
@@ -108,6 +110,40 @@ def test_files(sandbox):
         "python3 -c 'import os, pwd; print(pwd.getpwuid(os.stat(\"/home/user/d/m1\").st_uid).pw_name)'"
     ).stdout.strip()
     assert owner == "user"
+
+
+def test_files_api_acts_with_the_users_permissions(sandbox):
+    """Every files verb runs with the asking user's permissions, on every
+    runtime: the agent (root) takes the user's ids for the operation and
+    fails it if the kernel does not switch them (gVisor ignores setfsuid,
+    with which every operation once ran as root there)."""
+    f = sandbox.files
+    passwd = f.read("/etc/passwd", user="root")
+    attempts = {
+        "write /etc/passwd": lambda: f.write("/etc/passwd", "pwned\n"),
+        "write through ../": lambda: f.write("../../etc/passwd", "pwned\n"),
+        "read /etc/shadow": lambda: f.read("/etc/shadow"),
+        "list /root": lambda: f.list("/root"),
+        "make_dir in /root": lambda: f.make_dir("/root/x"),
+        "remove /etc/hostname": lambda: f.remove("/etc/hostname"),
+        "rename /etc/hosts": lambda: f.rename("/etc/hosts", "/home/user/hosts"),
+    }
+    for what, attempt in attempts.items():
+        # Refused: 403 on /files, Connect's permission_denied on RPCs.
+        with pytest.raises((SandboxException, AuthenticationException)):
+            attempt()
+            pytest.fail(f"{what} succeeded as user")
+    assert f.read("/etc/passwd", user="root") == passwd
+    assert f.exists("/etc/hostname", user="root") and f.exists("/etc/hosts", user="root")
+    # As root, the same verbs work, and what root makes is root's.
+    assert f.read("/etc/shadow", user="root").startswith("root:")
+    f.make_dir("/root/x", user="root")
+    f.write("/root/x/f", "r", user="root")
+    owners = sandbox.commands.run(
+        "python3 -c 'import os; print(os.stat(\"/root/x/f\").st_uid, os.stat(\"/root/x\").st_uid)'",
+        user="root",
+    ).stdout.split()
+    assert owners == ["0", "0"]
 
 
 def test_watch_dir(sandbox):

@@ -15,10 +15,13 @@ import tempfile
 import pytest
 from e2b import Sandbox
 
-from harness import new_kilnd, wait_host_clean
+from harness import free_subnet, new_kilnd, wait_host_clean
 from pytest_kilnd_logs import pytest_runtest_makereport  # noqa: F401 (a hook)
 
-TAG = "sec"
+# The runtime the suite's kilnd serves by default: container, or gvisor
+# (70-security.sh runs the suite on each the host has).
+RUNTIME = os.environ.get("KILN_SECURITY_RUNTIME", "container")
+TAG = {"container": "sec", "gvisor": "secv"}[RUNTIME]
 
 
 @pytest.fixture(scope="session")
@@ -28,14 +31,15 @@ def kilnd():
     # it at start (test_host_users.py). pytest's own temp dirs are 0700.
     data = pathlib.Path(tempfile.mkdtemp(prefix="kiln-sec-", dir="/tmp"))
     os.chmod(data, 0o755)
-    k = new_kilnd(
-        data,
-        TAG,
-        "10.240.0.0",
+    env = dict(
+        KILN_RUNTIME=RUNTIME,
         KILN_SANDBOX_VCPUS="1",
         KILN_SANDBOX_MEMORY_MIB="256",
         KILN_SANDBOX_DISK_MIB="512",
     )
+    if RUNTIME == "gvisor":
+        env["KILN_GVISOR_SUBNET"] = free_subnet("10.238.0.0")
+    k = new_kilnd(data, TAG, "10.240.0.0", **env)
     # A pipe kilnd inherits without close-on-exec; the test keeps the read
     # end and its inode to look for the write end inside sandboxes.
     leak_r, leak_w = os.pipe()
@@ -53,7 +57,8 @@ def kilnd():
     finally:
         code = k.stop()
     assert code == 0, f"kilnd exited with {code} on SIGINT:\n{k.log_tail()}"
-    left = wait_host_clean(TAG, data)
+    # The gVisor runtime's host objects carry the tag with a `g`.
+    left = wait_host_clean(TAG, data) + wait_host_clean(TAG[:3] + "g", data)
     assert not left, f"left on the host after the security suite: {left}"
     shutil.rmtree(data, ignore_errors=True)
 

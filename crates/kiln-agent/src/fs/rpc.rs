@@ -89,20 +89,20 @@ async fn unary(
         "Stat" => {
             let req: PathRequest = connect::decode(bytes)?;
             let path = resolve_path(&req.path, &user)?;
-            let entry = blocking(&user, move || stat(&path)).await??;
+            let entry = blocking(&user, move || stat(&path)).await?;
             Ok(connect::unary_ok(&EntryResponse { entry: Some(entry) }))
         }
         "MakeDir" => {
             let req: PathRequest = connect::decode(bytes)?;
             let path = resolve_path(&req.path, &user)?;
-            let entry = blocking(&user, move || make_dir(&path)).await??;
+            let entry = blocking(&user, move || make_dir(&path)).await?;
             Ok(connect::unary_ok(&EntryResponse { entry: Some(entry) }))
         }
         "Move" => {
             let req: MoveRequest = connect::decode(bytes)?;
             let from = resolve_path(&req.source, &user)?;
             let to = resolve_path(&req.destination, &user)?;
-            let entry = blocking(&user, move || rename(&from, &to)).await??;
+            let entry = blocking(&user, move || rename(&from, &to)).await?;
             Ok(connect::unary_ok(&EntryResponse { entry: Some(entry) }))
         }
         "ListDir" => {
@@ -114,13 +114,13 @@ async fn unary(
                     "depth {depth} is over the limit of {MAX_LIST_DEPTH} levels"
                 )));
             }
-            let entries = blocking(&user, move || list_dir(&path, depth)).await??;
+            let entries = blocking(&user, move || list_dir(&path, depth)).await?;
             Ok(connect::unary_ok(&ListDirResponse { entries }))
         }
         "Remove" => {
             let req: PathRequest = connect::decode(bytes)?;
             let path = resolve_path(&req.path, &user)?;
-            blocking(&user, move || remove(&path)).await??;
+            blocking(&user, move || remove(&path)).await?;
             Ok(connect::unary_ok(&Empty {}))
         }
         "CreateWatcher" => {

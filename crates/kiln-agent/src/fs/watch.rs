@@ -91,7 +91,7 @@ async fn open_watch(req: WatchRequest, user: &User) -> Result<Watch, RpcError> {
             )
         })
     })
-    .await??;
+    .await?;
     let inotify = Inotify::init().map_err(|e| RpcError::internal(format!("inotify: {e}")))?;
     let mut w = Watch {
         inotify,
