@@ -102,6 +102,10 @@ class Kilnd:
         self.proc.wait(timeout=10)
 
 
+# The runtime the suites' kilnds serve by default: container, or gvisor
+# (70-security.sh runs tests/security on each the host has).
+RUNTIME = os.environ.get("KILN_SECURITY_RUNTIME", "container")
+
 def free_subnet(preferred: str) -> str:
     """preferred (a 10.x.0.0 /16) if no interface routes it yet, else the
     first free one of 10.220-254 (the e2b-sdk tests use 10.150-189, the

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from harness import sh
+from harness import RUNTIME, sh
 
 # Takes up to `limit` of one budget; writes "<taken> <errno>" to `out`, then
 # holds what it took (when asked to) until killed.
@@ -98,7 +98,13 @@ def test_one_sandbox_taking_a_budget_leaves_host_root_and_others_theirs(
 ):
     hog, other = new_sandbox(), new_sandbox()
     taken, err = _take_in(hog, kind, most, hold=True)
-    assert err == exhausted, f"{kind}: the hog took {taken} and stopped with errno {err}, not {exhausted}"
+    if RUNTIME == "gvisor":
+        # gVisor's kernel keeps these objects in its own memory (charged to
+        # the sandbox's cgroup), not as the host kernel's per-user budget:
+        # the hog takes all it asks for, and the host and others keep theirs.
+        assert taken == most or err == exhausted, (kind, taken, err)
+    else:
+        assert err == exhausted, f"{kind}: the hog took {taken} and stopped with errno {err}, not {exhausted}"
     assert taken > 0
     # While the hog holds all of its budget:
     host_taken, host_err = _take_on_host(kind, 5, tmp_path)
