@@ -8,8 +8,8 @@ Use with tests/ on sys.path: `from kilnd_process import ...`.
 Environment: KILN_BIN (the `kiln` binary; default target/{debug,release}/kiln),
 KILN_E2E_START_TIMEOUT (seconds to wait for a kilnd to answer; a first start
 builds templates, so the default is 900). A test kilnd keeps no warm
-code-interpreter sandboxes unless its environment sets
-KILN_INTERPRETER_WARM_POOL."""
+code-interpreter sandboxes and no booted container sandboxes unless its
+environment sets KILN_INTERPRETER_WARM_POOL or KILN_READY_POOL."""
 
 import os
 import pathlib
@@ -105,6 +105,10 @@ def spawn_kilnd(data: pathlib.Path, port: int, env: dict, timeout: float = START
     # test, and the fault suites count every sandbox agent on the host.
     env = dict(env)
     env.setdefault("KILN_INTERPRETER_WARM_POOL", "0")
+    # Nor booted base sandboxes on the container runtime (the fault suites
+    # compare the sandboxes on disk with the listed ones, which leave the
+    # pool's out); the e2b suite asks for some.
+    env.setdefault("KILN_READY_POOL", "0")
     watch(log)
     with open(log, "a") as out:
         proc = subprocess.Popen(

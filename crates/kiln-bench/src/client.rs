@@ -38,8 +38,13 @@ impl Api {
     pub fn new(base: &str, key: &str) -> Self {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
+        // Idle connections are dropped well before kilnd closes them (60 s):
+        // one reused as kilnd closed it failed a request ("connection
+        // closed before message completed") after a long pause.
         let http = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
+            .pool_idle_timeout(std::time::Duration::from_secs(20))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(conn);
         Self {
             base: base.trim_end_matches('/').to_string(),

@@ -87,6 +87,9 @@ struct Counts {
     /// gVisor creates → first command, and the pause between them.
     gvisor_creates: usize,
     gvisor_gap: Duration,
+    /// Creates one at a time with a gap (the ready pool refills between).
+    paced: usize,
+    paced_gap: Duration,
     /// Time for the warm code-interpreter pool to fill.
     pool_settle: Duration,
 }
@@ -112,6 +115,8 @@ impl Counts {
                 first_concurrent: 2,
                 gvisor_creates: 2,
                 gvisor_gap: Duration::from_millis(1000),
+                paced: 3,
+                paced_gap: Duration::from_millis(200),
                 pool_settle: Duration::from_secs(5),
                 durable: durable::Counts {
                     pause_reps: 2,
@@ -141,6 +146,8 @@ impl Counts {
                 first_concurrent: 8,
                 gvisor_creates: 30,
                 gvisor_gap: Duration::from_millis(1000),
+                paced: 50,
+                paced_gap: Duration::from_millis(200),
                 pool_settle: Duration::from_secs(30),
                 durable: durable::Counts {
                     pause_reps: 10,
@@ -257,8 +264,13 @@ async fn bench(args: &Args) -> Result<Report> {
     let c = &counts;
     kiln.extend(
         run("create → first command", f, async {
-            let (a, b) = measure::create_first_command(&api, c.sequential).await?;
-            Ok(vec![a, b])
+            // Paced first: an agent that works in each sandbox a while,
+            // the ready pool refilling meanwhile; then back to back, which
+            // drains the pool (the cold path's cost).
+            let (a, b) =
+                measure::create_first_command_on(&api, None, c.paced, c.paced_gap).await?;
+            let (d, e) = measure::create_first_command(&api, c.sequential).await?;
+            Ok(vec![a, b, d, e])
         })
         .await,
     );

@@ -137,7 +137,7 @@ impl Report {
         for o in &self.kiln {
             row(&mut out, o, "");
         }
-        out.push_str("\nFloors on the same machine (spawn to exit of a bare sandbox running `true`; ratio = Kiln's create → first command done p50 / the floor's p50, on the gVisor runtime for runsc's floor):\n\n");
+        out.push_str("\nFloors on the same machine (spawn to exit of a bare sandbox running `true`; ratio = Kiln's create → first command done p50 / the floor's p50, Kiln's creates paced as in the first create row of each runtime (served from its pool of booted sandboxes), on the gVisor runtime for runsc's floor):\n\n");
         out.push_str("| floor | n | p50 | p90 | p99 | unit | notes |\n");
         out.push_str("|---|---|---|---|---|---|---|\n");
         for f in &self.floors {

@@ -32,6 +32,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KILN_MEMORY_OVERCOMMIT", "TOML: limits.memory_overcommit. The host admits sandboxes while their memory limits add up to at most this many times its memory, 1-1000 (default 4)."),
     ("KILN_DISK_OVERCOMMIT", "TOML: limits.disk_overcommit. The host admits sandboxes while their disk limits add up to at most this many times the size of the data directory's file system, 1-1000 (default 4: disks are sparse)."),
     ("KILN_WARM_POOL", "TOML: runtime.container.warm_pool. Sandboxes the container runtime keeps started ahead of time, each with its namespaces, cgroups and disk ready (about 1 MiB of host memory apiece): creates beyond it in a burst take the slower cold path (default 64, at most 1000)."),
+    ("KILN_READY_POOL", "TOML: runtime.container.ready_pool. Base-template sandboxes the container runtime keeps booted, their agent answering, ahead of time: a create (one that names no egress lists) is handed one with its own token, env vars and metadata, so it only assigns and configures (about 2 MiB of host memory apiece; default 4, at most 100, 0 turns it off)."),
     ("KILN_AGENT_BIN", "The static kiln-agent binary put into every sandbox (default: kiln-agent next to this program, or the agent build in target/)."),
     ("KILN_CODE_INTERPRETER", "Build and serve the code-interpreter template (aliases code-interpreter-v1, code-interpreter: the e2b-code-interpreter SDK's default) with the container runtime: true (required: kilnd does not start without it), false (off), or unset (default: built when the kiln-interpreter binary is found, else a warning). Its first build takes a few minutes; later starts use the cache."),
     ("KILN_INTERPRETER_BIN", "The kiln-interpreter binary mounted into code-interpreter sandboxes (default: kiln-interpreter next to this program)."),
@@ -268,6 +269,9 @@ impl Default for GvisorRuntimeConfig {
 pub struct ContainerRuntimeConfig {
     /// Sandboxes kept started ahead of time (at most 1000).
     pub warm_pool: usize,
+    /// Base-template sandboxes kept booted ahead of time, handed over at
+    /// create (at most 100).
+    pub ready_pool: usize,
     /// The `kiln-spawn` helper (default: next to this program).
     pub spawn_bin: Option<PathBuf>,
 }
@@ -276,6 +280,7 @@ impl Default for ContainerRuntimeConfig {
     fn default() -> Self {
         Self {
             warm_pool: 64,
+            ready_pool: 4,
             spawn_bin: None,
         }
     }
@@ -459,6 +464,9 @@ impl Config {
         if let Some(v) = env("KILN_WARM_POOL") {
             self.runtime.container.warm_pool = parse("KILN_WARM_POOL", v)?;
         }
+        if let Some(v) = env("KILN_READY_POOL") {
+            self.runtime.container.ready_pool = parse("KILN_READY_POOL", v)?;
+        }
         if let Some(v) = env("KILN_INTERPRETER_WARM_POOL") {
             self.interpreter_warm_pool = Some(parse("KILN_INTERPRETER_WARM_POOL", v)?);
         }
@@ -566,6 +574,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "runtime.container.warm_pool {} is more than 1000",
                 self.runtime.container.warm_pool
+            )));
+        }
+        if self.runtime.container.ready_pool > 100 {
+            return Err(ConfigError::Invalid(format!(
+                "runtime.container.ready_pool {} is more than 100",
+                self.runtime.container.ready_pool
             )));
         }
         if self.runtime.gvisor.warm_pool > 100 {
@@ -746,6 +760,10 @@ mod tests {
         let env = |k: &str| (k == "KILN_WARM_POOL").then(|| "1001".to_string());
         let e = Config::load_with(&Overrides::default(), env).unwrap_err();
         assert!(e.to_string().contains("warm_pool"), "{e}");
+        assert_eq!(c.runtime.container.ready_pool, 4);
+        let env = |k: &str| (k == "KILN_READY_POOL").then(|| "101".to_string());
+        let e = Config::load_with(&Overrides::default(), env).unwrap_err();
+        assert!(e.to_string().contains("ready_pool"), "{e}");
     }
 
     #[test]

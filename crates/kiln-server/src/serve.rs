@@ -115,6 +115,11 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
                     runtime: Some(RuntimeKind::Gvisor),
                     size: config.runtime.gvisor.warm_pool,
                 },
+                WarmPool {
+                    template: crate::runtime::BASE_TEMPLATE.to_owned(),
+                    runtime: Some(RuntimeKind::Container),
+                    size: config.runtime.container.ready_pool,
+                },
             ],
             admission: config
                 .limits
