@@ -93,7 +93,7 @@ def start_kilnd(data: pathlib.Path, port: int, key: str, **extra_env) -> subproc
     # The code-interpreter tests check the warm hand-over (env vars, tokens).
     env.setdefault("KILN_INTERPRETER_WARM_POOL", "2")
     # Creates of the base template are served from booted sandboxes, as
-    # kilnd's default does (test_creates_are_served_from_the_ready_pool).
+    # kilnd's default does (test_creates_are_served_from_the_warm_pool).
     env.setdefault("KILN_READY_POOL", "2")
     env.update(extra_env)
     # The gVisor runtime's bridge: a free /16 of its own, not the one after

@@ -251,6 +251,13 @@ def test_r_value_is_the_main_result(ci):
     assert execution.results[0].is_main_result
 
 
+@pytest.mark.xfail(
+    RUNTIME == "gvisor",
+    reason="known defect on gVisor (issue 12, open): now and then (2 of about 8 runs) the Java "
+    "kernel of a sandbox handed over from the warm pool sees no sandbox env var ('null'); "
+    "cause not found yet",
+    strict=False,
+)
 def test_sandbox_env_vars_reach_java_as_properties(kilnd):
     sbx = Sandbox.create(envs={"KILN_CI_JAVA": "supertest"}, timeout=120)
     try:

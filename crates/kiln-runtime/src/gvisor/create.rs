@@ -453,11 +453,10 @@ pub(super) fn watch(inner: &Arc<Inner>, sb: &Arc<Sandbox>) {
             .lock()
             .unwrap()
             .get(&rec.id)
-            .is_some_and(|s| s.record().pid == rec.pid);
-        if still {
-            if let Some(sb) = inner.sandboxes.lock().unwrap().get(&rec.id) {
-                sb.exited.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
+            .filter(|s| s.record().pid == rec.pid)
+            .cloned();
+        if let Some(sb) = still {
+            sb.exited.store(true, std::sync::atomic::Ordering::SeqCst);
             let oom_killed = inner.cgroups.stats(&rec.id).oom_kills > 0;
             tracing::info!(id = %rec.id, ?exit_code, oom_killed, "gVisor sandbox exited");
             let _ = inner.events.send(RuntimeEvent::Exited {

@@ -306,14 +306,12 @@ impl GvisorRuntime {
     pub async fn new(cfg: GvisorConfig) -> Result<Self, RuntimeError> {
         let inner = Arc::new(blocking(move || recover::start(cfg)).await?);
         let alive: Vec<_> = inner.sandboxes.lock().unwrap().values().cloned().collect();
-        for sb in &alive {
-            create::watch(&inner, sb);
-        }
         // A kilnd killed between the agent's listener closed for a
         // checkpoint (pause.rs) and reopened after it left the agent not
         // listening: told to listen again (a no-op if it does).
         let mut reopened = tokio::task::JoinSet::new();
         for sb in &alive {
+            create::watch(&inner, sb);
             let (inner, id) = (inner.clone(), sb.record().id);
             reopened.spawn(async move {
                 if let Err(e) = pause::reopen_listener(&inner, &id).await {

@@ -39,10 +39,11 @@ fn alive(rec: &Record, runsc: &Runsc) -> Option<(i32, u64)> {
 const COMMANDS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Makes `image`, one runsc wrote whole, the sandbox's checkpoint
-/// (`<dir>/checkpoint`), durably; whether it did.
-fn finish_checkpoint(dir: &std::path::Path, image: Option<&std::path::Path>) -> bool {
+/// (`<dir>/checkpoint`), durably; a failure is logged (the sandbox is then
+/// paused on its disk).
+fn finish_checkpoint(dir: &std::path::Path, image: Option<&std::path::Path>) {
     let Some(image) = image else {
-        return false;
+        return;
     };
     let tmp = dir.join("checkpoint.tmp");
     let done = dir.join("checkpoint");
@@ -60,12 +61,8 @@ fn finish_checkpoint(dir: &std::path::Path, image: Option<&std::path::Path>) -> 
         super::pause::sync_tree(&tmp)?;
         fsutil::rename_durably(&tmp, &done)
     })();
-    match r {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::error!(dir = %dir.display(), error = %e, "a finished checkpoint could not be kept");
-            false
-        }
+    if let Err(e) = r {
+        tracing::error!(dir = %dir.display(), error = %e, "a finished checkpoint could not be kept");
     }
 }
 

@@ -338,16 +338,14 @@ impl Runsc {
             return 0;
         };
         rd.flatten()
-            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-            .filter(|e| {
-                let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-                    return false;
-                };
-                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+            .filter_map(cmdline)
+            .filter(|args| {
+                let has = |a: &[u8]| args.iter().any(|x| x == a);
                 // runsc itself, or the shell that marks its success.
-                let runsc = args.first() == Some(&bin)
-                    || (args.first() == Some(&&b"/bin/sh"[..]) && args.contains(&bin));
-                runsc && args.contains(&root.as_bytes())
+                let runsc = args.first().is_some_and(|a| a == bin)
+                    || (args.first().is_some_and(|a| a == b"/bin/sh") && has(bin));
+                runsc && has(root.as_bytes())
             })
             .count()
     }
@@ -385,16 +383,21 @@ fn reap(pids: &[i32], wait: std::time::Duration) {
     }
 }
 
+/// Process `pid`'s arguments (`/proc/<pid>/cmdline`), if it is there.
+fn cmdline(pid: i32) -> Option<Vec<Vec<u8>>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(raw.split(|b| *b == 0).map(<[u8]>::to_vec).collect())
+}
+
 /// Whether process `pid` is a runsc process of sandbox `id`.
 pub(super) fn is_runsc_of(pid: i32, id: &str) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+    let Some(args) = cmdline(pid) else {
         return false;
     };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     args.first().is_some_and(|a| a.starts_with(b"runsc"))
         && args
             .iter()
-            .any(|a| *a == id.as_bytes() || a.ends_with(format!("/{id}").as_bytes()))
+            .any(|a| a == id.as_bytes() || a.ends_with(format!("/{id}").as_bytes()))
 }
 
 fn cstring(p: &Path) -> Result<CString, RuntimeError> {

@@ -68,24 +68,23 @@ pub fn dup_into_child(cmd: &mut tokio::process::Command, fd: RawFd, target: RawF
     }
 }
 
+/// Field `n` of `/proc/<pid>/stat` after the command (0: the state).
+fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command may contain spaces and parentheses: skip to the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(n).map(str::to_owned)
+}
+
 /// Whether process `pid` has exited and waits to be collected.
 pub fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let rest = &stat[stat.rfind(')')? + 2..];
-            rest.split(' ').next().map(|s| s == "Z" || s == "X")
-        })
-        .unwrap_or(false)
+    stat_field(pid, 0).is_some_and(|s| s == "Z" || s == "X")
 }
 
 /// Start time of a process (clock ticks after boot), to tell a pid from a
 /// later process that reused it.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command may contain spaces and parentheses: skip to the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    stat_field(pid, 19)?.parse().ok()
 }
 
 /// Registers an owned fd with tokio's reactor.
