@@ -3,8 +3,9 @@
 # the unmodified e2b SDK: tests/security (bombs,
 # escape attempts, files API tricks) and tests/faults (kill -9 of kilnd and
 # of an agent, a full disk, schemathesis against the OpenAPI document).
-# tests/security runs twice: on the container runtime, then on gVisor;
-# tests/faults' durable-state crash test runs on both.
+# Each runs twice: against a kilnd whose default runtime is the container
+# runtime, then gVisor (KILN_SECURITY_RUNTIME); tests/faults' durable-state
+# crash test covers both runtimes itself, so it runs once.
 # Each suite starts its own kilnd on a temp data dir with a runtime tag of
 # its own and checks the host is clean afterwards. Needs root.
 set -euo pipefail
@@ -36,16 +37,23 @@ if ! "$venv/bin/python" -c 'import e2b, pytest, httpx, schemathesis, importlib.m
 fi
 
 rc=0
-timeout 600 "$venv/bin/python" -m pytest tests/security -q -rsx -p no:cacheprovider || rc=1
-# The same suite against a kilnd whose default runtime is gVisor; the tests
-# whose check is the container runtime's own mechanism are skipped there
-# with the reason (tests/security/conftest.py's GVISOR_SKIPS).
+suite() {
+    local runtime=$1 limit=$2
+    shift 2
+    echo "---- $* on $runtime"
+    KILN_SECURITY_RUNTIME=$runtime timeout "$limit" "$venv/bin/python" -m pytest "$@" -q -rsx \
+        -p no:cacheprovider --durations=5 || rc=1
+}
+# On gVisor the tests whose check is the container runtime's own mechanism
+# are skipped with the reason (tests/security/conftest.py's GVISOR_SKIPS).
+suite container 600 tests/security
 if command -v "${KILN_RUNSC:-runsc}" >/dev/null; then
-    KILN_SECURITY_RUNTIME=gvisor timeout 600 "$venv/bin/python" -m pytest tests/security -q -rsx -p no:cacheprovider || rc=1
+    suite gvisor 600 tests/security
 else
-    echo "SKIPPED: runsc is not installed: tests/security did not run on gVisor"
+    echo "SKIPPED: runsc is not installed: tests/security and tests/faults did not run on gVisor"
 fi
-if [ -d tests/faults ] && ls tests/faults/test_*.py >/dev/null 2>&1; then
-    timeout 900 "$venv/bin/python" -m pytest tests/faults -q -rsx -p no:cacheprovider || rc=1
+suite container 900 tests/faults
+if command -v "${KILN_RUNSC:-runsc}" >/dev/null; then
+    suite gvisor 900 tests/faults --ignore tests/faults/test_durable_crash.py
 fi
 exit $rc

@@ -15,7 +15,7 @@ import tempfile
 import pytest
 from e2b import Sandbox
 
-from harness import RUNTIME, free_subnet, new_kilnd, wait_host_clean
+from harness import RUNTIME, new_kilnd, wait_host_clean
 from pytest_kilnd_logs import pytest_runtest_makereport  # noqa: F401 (a hook)
 
 TAG = {"container": "sec", "gvisor": "secv"}[RUNTIME]
@@ -69,8 +69,6 @@ def kilnd():
         KILN_SANDBOX_MEMORY_MIB="256",
         KILN_SANDBOX_DISK_MIB="512",
     )
-    if RUNTIME == "gvisor":
-        env["KILN_GVISOR_SUBNET"] = free_subnet("10.238.0.0")
     k = new_kilnd(data, TAG, "10.240.0.0", **env)
     # A pipe kilnd inherits without close-on-exec; the test keeps the read
     # end and its inode to look for the write end inside sandboxes.
@@ -89,8 +87,7 @@ def kilnd():
     finally:
         code = k.stop()
     assert code == 0, f"kilnd exited with {code} on SIGINT:\n{k.log_tail()}"
-    # The gVisor runtime's host objects carry the tag with a `g`.
-    left = wait_host_clean(TAG, data) + wait_host_clean(TAG[:3] + "g", data)
+    left = wait_host_clean(TAG, data)
     assert not left, f"left on the host after the security suite: {left}"
     shutil.rmtree(data, ignore_errors=True)
 

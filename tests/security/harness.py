@@ -60,7 +60,7 @@ class Kilnd:
         env = dict(os.environ)
         env.update(
             KILN_API_KEY=self.key,
-            KILN_RUNTIME="container",
+            KILN_RUNTIME=RUNTIME,
             KILN_LOG=env.get("KILN_LOG", "info"),
             KILN_TEMPLATE_DIR=template_dir(),
             KILN_RUNTIME_TAG=self.tag,
@@ -103,19 +103,32 @@ class Kilnd:
 
 
 # The runtime the suites' kilnds serve by default: container, or gvisor
-# (70-security.sh runs tests/security on each the host has).
+# (70-security.sh runs tests/security and tests/faults on each the host has).
 RUNTIME = os.environ.get("KILN_SECURITY_RUNTIME", "container")
 
-def free_subnet(preferred: str) -> str:
+
+def gvisor_tag(tag: str) -> str:
+    """The tag of a kilnd's gVisor host objects: its runtime tag with a `g`
+    (Config::gvisor_tag)."""
+    return tag[:3] + "g"
+
+
+def free_subnet(preferred: str, avoid=()) -> str:
     """preferred (a 10.x.0.0 /16) if no interface routes it yet, else the
     first free one of 10.220-254 (the e2b-sdk tests use 10.150-189, the
     runtime's tests 10.201-210)."""
-    return _free_subnet([preferred] + subnets(220, 254))
+    return _free_subnet([preferred] + subnets(220, 254), avoid=avoid)
 
 
 def new_kilnd(data: pathlib.Path, tag: str, subnet: str, **env) -> Kilnd:
+    """A kilnd serving `env`'s KILN_RUNTIME, else RUNTIME; on gVisor its
+    bridge gets a free /16 of its own, fixed across restarts."""
     port = free_port()
     env.setdefault("KILN_SUBNET", free_subnet(subnet))
+    if env.get("KILN_RUNTIME", RUNTIME) == "gvisor" and "KILN_GVISOR_SUBNET" not in env:
+        o = env["KILN_SUBNET"].split(".")
+        after = f"10.{(int(o[1]) + 1) % 256}.0.0"
+        env["KILN_GVISOR_SUBNET"] = free_subnet(after, avoid=(env["KILN_SUBNET"],))
     return Kilnd(f"http://127.0.0.1:{port}", "e2b_" + secrets.token_hex(20), port, tag, data, env)
 
 
@@ -149,6 +162,42 @@ def tag_agents(tag: str, cgroup: str | None = None):
     return out
 
 
+def tag_sentries(tag: str, sandbox_id: str | None = None):
+    """Host pids of a kilnd's gVisor sandboxes' kernels (runsc-sandbox, the
+    sentry: the process whose death ends a gVisor sandbox), of one sandbox
+    if given (its cgroup is kiln/<gVisor tag>/<sandbox id>)."""
+    out = []
+    for pid in tag_processes(gvisor_tag(tag)):
+        try:
+            if not pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"runsc-sandbox\0"):
+                continue
+            if sandbox_id is not None and not cgroup_of(pid).endswith(f"/{sandbox_id}"):
+                continue
+        except OSError:
+            continue
+        out.append(pid)
+    return out
+
+
+def sandbox_inits(tag: str):
+    """Host pids of every sandbox of a kilnd, one each: the agent (the
+    container runtime's init) or the sentry (gVisor's)."""
+    return tag_agents(tag) + tag_sentries(tag)
+
+
+def cgroup_pids(tag: str, cgroup: str):
+    """Host pids of the tag's kilnd (either runtime) in one cgroup."""
+    out = []
+    for t in (tag, gvisor_tag(tag)):
+        for pid in tag_processes(t):
+            try:
+                if cgroup_of(pid) == cgroup:
+                    out.append(pid)
+            except OSError:
+                pass
+    return out
+
+
 def tag_cgroups(tag: str):
     """Sandbox cgroups of the tag (v1 hierarchies or v2)."""
     dirs = glob.glob(f"/sys/fs/cgroup/*/kiln/{tag}/*/") + glob.glob(f"/sys/fs/cgroup/kiln/{tag}/*/")
@@ -157,25 +206,30 @@ def tag_cgroups(tag: str):
 
 def host_leaks(tag: str, data: pathlib.Path):
     """Everything of a stopped kilnd's tag still on the host: processes,
-    sandbox cgroups, veths, network namespaces, mounts and loop devices of
-    its data dir."""
+    sandbox cgroups, veths and network namespaces (of the container
+    runtime's tag and the gVisor runtime's), mounts (below the data dir and
+    the gVisor runtime's run dir) and loop devices of its data dir."""
     left = []
-    pids = tag_processes(tag)
-    if pids:
-        left.append(f"processes {pids[:10]}")
-    cgs = tag_cgroups(tag)
-    if cgs:
-        left.append(f"cgroups {cgs[:5]}")
-    veths = [os.path.basename(d) for d in glob.glob(f"/sys/class/net/kv{tag}-*")]
-    if veths:
-        left.append(f"veths {veths[:5]}")
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    ns = [l.split()[0] for l in netns.splitlines() if l.startswith(f"kiln-{tag}-")]
-    if ns:
-        left.append(f"network namespaces {ns[:5]}")
+    for t in (tag, gvisor_tag(tag)):
+        pids = tag_processes(t)
+        if pids:
+            left.append(f"processes of {t} {pids[:10]}")
+        cgs = tag_cgroups(t)
+        if cgs:
+            left.append(f"cgroups {cgs[:5]}")
+        veths = [os.path.basename(d) for d in glob.glob(f"/sys/class/net/kv{t}-*")]
+        if veths:
+            left.append(f"veths {veths[:5]}")
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        ns = [l.split()[0] for l in netns.splitlines() if l.startswith(f"kiln-{t}-")]
+        if ns:
+            left.append(f"network namespaces {ns[:5]}")
     d = str(data)
-    # Mounts below the data dir (the data dir itself may be a test's tmpfs).
-    mounts = [l.split()[4] for l in open("/proc/self/mountinfo") if l.split()[4].startswith(d + "/")]
+    # Mounts below the data dir (the data dir itself may be a test's tmpfs)
+    # and the gVisor runtime's.
+    grun = f"/run/kiln-gvisor/{gvisor_tag(tag)}/"
+    mounts = [m for m in (l.split()[4] for l in open("/proc/self/mountinfo"))
+              if m.startswith(d + "/") or m.startswith(grun)]
     if mounts:
         left.append(f"mounts {mounts[:5]}")
     loops = [l for l in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout.splitlines() if d in l]
