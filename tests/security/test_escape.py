@@ -104,7 +104,13 @@ def test_mount_is_refused(sbx):
     assert out.strip() == "0"
 
 
-def test_nested_user_namespaces_are_refused(sbx):
+def test_nested_user_namespaces_are_refused(kilnd, sbx):
+    """On the container runtime every namespace a sandbox asks for would be
+    the host kernel's: refused. gVisor's kernel implements user and network
+    namespaces itself (and refuses mount namespaces): there the check is
+    that one made inside is no namespace of the host's."""
+    if RUNTIME == "gvisor":
+        return nested_namespaces_stay_in_gvisor(kilnd, sbx)
     for cmd in ("unshare -U true", "unshare -Ur true", "unshare -Urm sh -c 'mount -t tmpfs none /mnt'",
                 "unshare -Urn true", "unshare -m true", "unshare -n true"):
         code, _, _ = sh(sbx, cmd)
@@ -118,6 +124,48 @@ print(r, ctypes.get_errno())
 """)
     r, errno = map(int, out.split())
     assert r == -1 and errno != 0
+
+
+NAMESPACES = ("user", "mnt", "net", "pid", "ipc", "uts", "cgroup")
+
+
+def host_namespaces(kilnd, sbx):
+    """The host namespaces (by inode) the sandbox's host processes (its
+    sentry, gofer and stub processes) are in."""
+    from harness import cgroup_pids, gvisor_tag
+
+    found = set()
+    for pid in cgroup_pids(kilnd.tag, f"/kiln/{gvisor_tag(kilnd.tag)}/{sbx.sandbox_id}"):
+        for ns in NAMESPACES:
+            try:
+                found.add(os.readlink(f"/proc/{pid}/ns/{ns}"))
+            except OSError:
+                pass
+    return found
+
+
+def nested_namespaces_stay_in_gvisor(kilnd, sbx):
+    before = host_namespaces(kilnd, sbx)
+    assert before, "no host process of the sandbox found"
+    # Mount namespaces are refused; user and network ones are gVisor's.
+    for cmd in ("unshare -m true", "unshare -Urm sh -c 'mount -t tmpfs none /mnt'", "unshare -n true"):
+        code, _, _ = sh(sbx, cmd)
+        assert code != 0, f"{cmd} succeeded inside the sandbox"
+    holders = [
+        "unshare -Ur sleep 30",
+        "unshare -Urn sleep 30",
+        "python3 -c 'import ctypes, time; ctypes.CDLL(None).unshare(0x10000000); time.sleep(30)'",
+    ]
+    for cmd in holders:
+        sbx.commands.run(cmd, background=True, timeout=0)
+    # Each holder is in a user namespace of its own inside.
+    code, out, err = sh(sbx, "sleep 1; for p in $(pgrep -x sleep) $(pgrep -x python3); do "
+                             "[ \"$(readlink /proc/$p/ns/user)\" != \"$(readlink /proc/self/ns/user)\" ] "
+                             "&& echo nested; done | wc -l")
+    assert out.strip() == "3", f"the namespace holders are not all in nested namespaces: {out} {err}"
+    after = host_namespaces(kilnd, sbx)
+    assert after <= before, f"namespaces made inside reached the host: {sorted(after - before)}"
+    sh(sbx, "pkill -f 'sleep 30'; pkill -f 'import ctypes'; true")
 
 
 PTRACE_INIT = """

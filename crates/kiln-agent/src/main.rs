@@ -8,6 +8,7 @@ mod clock;
 mod connect;
 mod error;
 mod fs;
+mod guard;
 mod malloc;
 mod process;
 mod ready;
@@ -25,11 +26,15 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use process::reaper::Reaper;
 
-const USAGE: &str = "usage: kiln-agent [--listen ADDR:PORT]   (default 0.0.0.0:49983)";
+const USAGE: &str = "usage: kiln-agent [--listen ADDR:PORT] [--max-processes N] [--memory-limit BYTES]
+  --listen         where to serve (default 0.0.0.0:49983)
+  --max-processes  RLIMIT_NPROC of everything the agent starts
+  --memory-limit   kill the largest process while the sandbox uses more (for a kernel with no OOM killer)";
 
 fn main() -> anyhow::Result<()> {
     malloc::tune();
     let mut listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], kiln_api::agent::AGENT_PORT));
+    let mut memory_limit = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -38,6 +43,22 @@ fn main() -> anyhow::Result<()> {
                 listen = v
                     .parse()
                     .with_context(|| format!("bad --listen address {v:?}"))?;
+            }
+            "--max-processes" => {
+                let v = args.next().context(USAGE)?;
+                let n: u64 = v
+                    .parse()
+                    .with_context(|| format!("bad --max-processes {v:?}"))?;
+                guard::limit_processes(n)?;
+            }
+            "--memory-limit" => {
+                let v = args.next().context(USAGE)?;
+                let n: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("bad --memory-limit {v:?}"))?;
+                memory_limit = Some(n);
             }
             "--version" => {
                 println!(
@@ -68,10 +89,10 @@ fn main() -> anyhow::Result<()> {
         .thread_stack_size(1 << 20)
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run(listen))
+    rt.block_on(run(listen, memory_limit))
 }
 
-async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+async fn run(listen: SocketAddr, memory_limit: Option<u64>) -> anyhow::Result<()> {
     let pid1 = rustix::process::getpid().as_raw_nonzero().get() == 1;
     let reaper = Arc::new(Reaper::default());
     let state = state::AgentState::new(reaper.clone());
@@ -85,6 +106,9 @@ async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     ready::signal_ready();
 
     tokio::spawn(process::reaper::run(reaper.clone()));
+    if let Some(limit) = memory_limit {
+        tokio::spawn(guard::watch_memory(limit));
+    }
     let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(server::serve(listener, state.clone(), closed_rx));
 

@@ -55,6 +55,31 @@ const CAPS: [&str; 14] = [
     "CAP_SETFCAP",
 ];
 
+/// The host cgroup's memory limit for a sandbox of `bytes`: the sentry's
+/// own memory above the sandbox's, and room for the agent to see the
+/// sandbox over its limit and kill a process before the host's OOM killer
+/// would end the whole sandbox.
+pub fn host_memory_limit(bytes: u64) -> u64 {
+    bytes + (64 << 20) + bytes / 8
+}
+
+/// Processes each uid inside may have, for a sandbox whose tasks limit is
+/// `pids`: on runsc's ptrace platform each sandbox process costs the sentry
+/// host tasks (its stub process and the threads that trace it): 7-8 each
+/// for processes that sleep, up to 16 for a fork bomb's, which come and go.
+pub fn sandbox_processes(pids: u64) -> u64 {
+    (pids / 16).max(64)
+}
+
+/// The host cgroup's task limit for a sandbox whose tasks limit is `pids`:
+/// the usual two uids inside (root and `user`) each at their
+/// [`sandbox_processes`], and the sentry's and gofer's own threads. A bomb
+/// forking under more uids at once meets this limit and ends its own
+/// sandbox.
+pub fn host_pids_limit(pids: u64) -> u64 {
+    pids * 2 + 512
+}
+
 impl Bundle<'_> {
     pub fn to_json(&self) -> Value {
         let mut env: Vec<String> = vec![
@@ -67,6 +92,15 @@ impl Bundle<'_> {
         }
         let mut args = vec![self.agent_path.to_owned()];
         args.extend(self.agent_args.iter().cloned());
+        // Kept inside by the agent: gVisor's kernel has no OOM killer, and
+        // every sandbox process costs the sentry host threads (crate
+        // kiln-agent's guard module).
+        args.extend([
+            "--max-processes".to_owned(),
+            sandbox_processes(self.pids_max).to_string(),
+            "--memory-limit".to_owned(),
+            self.memory_bytes.to_string(),
+        ]);
         let nosdx = ["nosuid", "nodev", "noexec"];
         let mut mounts = vec![
             json!({"destination": "/proc", "type": "proc", "source": "proc", "options": nosdx}),
@@ -121,9 +155,9 @@ impl Bundle<'_> {
                 ],
                 "cgroupsPath": self.cgroup,
                 "resources": {
-                    "memory": {"limit": self.memory_bytes},
+                    "memory": {"limit": host_memory_limit(self.memory_bytes)},
                     "cpu": {"quota": self.cpu_quota_us, "period": self.cpu_period_us},
-                    "pids": {"limit": self.pids_max},
+                    "pids": {"limit": host_pids_limit(self.pids_max)},
                 },
             },
         })
@@ -157,7 +191,33 @@ mod tests {
         let v = b.to_json();
         assert_eq!(v["linux"]["uidMappings"][0]["hostID"], 100_000);
         assert_eq!(v["linux"]["namespaces"][5]["path"], "/run/netns/kiln-k0g-3");
-        assert_eq!(v["linux"]["resources"]["memory"]["limit"], 256u64 << 20);
+        // The host cgroup holds the sentry too; the agent keeps the
+        // sandbox's own limits inside.
+        assert_eq!(
+            v["linux"]["resources"]["memory"]["limit"],
+            host_memory_limit(256 << 20)
+        );
+        assert!(host_memory_limit(256 << 20) > 256 << 20);
+        assert_eq!(
+            v["linux"]["resources"]["pids"]["limit"],
+            host_pids_limit(1024)
+        );
+        let args: Vec<&str> = v["process"]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "/usr/local/bin/kiln-agent",
+                "--max-processes",
+                "64",
+                "--memory-limit",
+                "268435456"
+            ]
+        );
         assert_eq!(v["linux"]["cgroupsPath"], "/kiln/k0g/sb1");
         let env = v["process"]["env"].as_array().unwrap();
         assert!(env.iter().any(|e| e == "PATH=/x"));

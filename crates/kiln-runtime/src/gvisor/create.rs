@@ -343,6 +343,10 @@ pub(super) async fn run_runsc(
                 .await?
         }
     }
+    // runsc leaves the devices controller open (it applies no device
+    // rules): the sentry and gofer open no device once booted, so a
+    // compromised one may open none of the host's beyond the minimal /dev.
+    inner.cgroups.restrict_devices(&rec.id)?;
     if matches!(start, Start::Restore(_)) {
         // Saved with its listener closed (see pause.rs): listen again.
         super::pause::reopen_listener(inner, &rec.id).await?;
