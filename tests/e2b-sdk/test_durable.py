@@ -108,6 +108,53 @@ def test_memory_pause_keeps_processes(kilnd):
         sbx.kill()
 
 
+HOLD_LOOPBACK = """
+import socket, time
+a = socket.socket()
+a.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+a.bind(("127.0.0.1", 7000))
+a.listen()
+b = socket.create_connection(("127.0.0.1", 7000))
+c, _ = a.accept()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_connection_inside_and_a_memory_pause(kilnd):
+    """The container runtime's memory pause (its freezer) keeps every
+    socket. Debian's runsc cannot save a TCP connection the sandbox holds
+    (here over its loopback; the code interpreter's kernel has such), and
+    a save it refuses ends the sandbox's processes: on gVisor the pause is
+    refused first (409 naming the connection) and the sandbox runs on
+    untouched; once the connection is closed, it pauses with its memory."""
+    sbx = Sandbox.create(timeout=300)
+    try:
+        sbx.files.write("/tmp/hold.py", HOLD_LOOPBACK)
+        holder = sbx.commands.run("python3 /tmp/hold.py", background=True)
+        deadline = time.monotonic() + 10
+        while ":1B58 0100007F" not in sbx.commands.run("cat /proc/net/tcp").stdout and time.monotonic() < deadline:
+            time.sleep(0.2)
+        r = api(kilnd, "POST", f"/sandboxes/{sbx.sandbox_id}/pause")
+        if RUNTIME == "gvisor":
+            assert r.status_code == 409, r.text
+            assert "127.0.0.1:7000" in r.json()["message"], r.text
+            assert info(kilnd, sbx.sandbox_id)["state"] == "running"
+            assert any(p.pid == holder.pid for p in sbx.commands.list()), "the holder did not run on"
+            holder.kill()
+            sleeper = sbx.commands.run("sleep 600", background=True)
+            r = api(kilnd, "POST", f"/sandboxes/{sbx.sandbox_id}/pause")
+            assert r.status_code == 204, r.text
+            again = Sandbox.connect(sbx.sandbox_id)
+            assert any(p.pid == sleeper.pid for p in again.commands.list()), "the memory was not kept"
+        else:
+            assert r.status_code == 204, r.text
+            again = Sandbox.connect(sbx.sandbox_id)
+            assert any(p.pid == holder.pid for p in again.commands.list())
+    finally:
+        sbx.kill()
+
+
 def test_two_sandboxes_from_one_snapshot_are_independent(kilnd):
     src = Sandbox.create(timeout=300)
     made = []

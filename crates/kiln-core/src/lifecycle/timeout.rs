@@ -103,7 +103,16 @@ impl Core {
         } else {
             StateMode::Filesystem
         };
-        if let Err(e) = self.pause_locked(&live, mode).await {
+        let mut paused = self.pause_locked(&live, mode).await;
+        if let Err(e) = &paused {
+            if mode == StateMode::Memory && caps.pause_filesystem {
+                // Its memory could not be kept (gVisor refuses to save the
+                // TCP sockets a sandbox holds): its files can.
+                tracing::warn!(sandbox = %id, error = %e, "auto-pause with memory failed; pausing with the filesystem");
+                paused = self.pause_locked(&live, StateMode::Filesystem).await;
+            }
+        }
+        if let Err(e) = paused {
             tracing::error!(sandbox = %id, error = %e, "auto-pause failed; killing the sandbox");
             self.finish_kill(&live, Some("its timeout expired and pausing it failed"))
                 .await;

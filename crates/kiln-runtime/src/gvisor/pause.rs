@@ -144,6 +144,27 @@ pub(super) async fn save(
     ip: std::net::Ipv4Addr,
     image: &Path,
 ) -> Result<(), RuntimeError> {
+    // Refused before anything is touched: a save runsc refuses ends the
+    // sandbox's processes.
+    match inner
+        .runsc
+        .output(&["exec", id, "cat", "/proc/net/tcp", "/proc/net/tcp6"])
+        .await
+    {
+        Ok(table) => {
+            let held = held_sockets(&table, inner.net.config().gateway());
+            if !held.is_empty() {
+                return Err(RuntimeError::WrongState(format!(
+                    "sandbox {id} holds TCP sockets gVisor cannot save with its memory ({}): \
+                     end them and try again, or pause without memory (its files are kept)",
+                    held.join(", ")
+                )));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(id, error = %e, "cannot list the sandbox's TCP sockets; checkpointing all the same")
+        }
+    }
     close_listener(inner, id, ip).await?;
     blocking(move || kiln_net::abort_connections(ip).map_err(net_err)).await?;
     // The resets reach the sandbox's netstack well within this.
@@ -155,13 +176,26 @@ pub(super) async fn save(
     let _ = std::fs::remove_dir_all(image);
     let refused = e.to_string();
     // A refused save ends the sandbox (runsc kills it): anything else that
-    // failed may have left it running.
-    let alive = inner.runsc.state(id).is_some_and(|s| s.status == "running");
+    // failed may have left it running. A socket it could not encode ends
+    // it too, a moment after runsc has answered.
+    let socket = refused.contains("encoding error at object tcp.endpoint");
+    let mut alive = inner.runsc.state(id).is_some_and(|s| s.status == "running");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while socket && alive && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        alive = inner.runsc.state(id).is_some_and(|s| {
+            s.status == "running"
+                && s.sandbox.is_some_and(|b| {
+                    std::path::Path::new(&format!("/proc/{}", b.pid)).exists()
+                        && !crate::host::sys::is_zombie(b.pid)
+                })
+        });
+    }
     if alive {
         let _ = reopen_listener(inner, id).await;
         return Err(e);
     }
-    if !refused.contains("unsupported networking state") {
+    if !refused.contains("unsupported networking state") && !socket {
         let why = refused
             .split("FATAL ERROR: ")
             .last()
@@ -184,11 +218,22 @@ pub(super) async fn save(
             }
         )));
     }
-    let conn = refused
-        .split("endpoint cannot be saved in ")
-        .nth(1)
-        .and_then(|r| r.split(':').take(4).collect::<Vec<_>>().join(":").into())
-        .unwrap_or_default();
+    let conn = if socket {
+        // `encoding error at object tcp.endpoint{... LocalPort:0xc34f, ...}`
+        let local = refused
+            .split("LocalPort:0x")
+            .nth(1)
+            .and_then(|r| u16::from_str_radix(r.split(',').next()?, 16).ok());
+        local
+            .map(|p| format!("a socket on port {p}"))
+            .unwrap_or_default()
+    } else {
+        refused
+            .split("endpoint cannot be saved in ")
+            .nth(1)
+            .and_then(|r| r.split(':').take(4).collect::<Vec<_>>().join(":").into())
+            .unwrap_or_default()
+    };
     // The endpoint's TCP state, as gVisor numbers them (Linux's order).
     let state = refused
         .split("}, origEndpointState")
@@ -208,12 +253,18 @@ pub(super) async fn save(
             _ => "open",
         })
         .unwrap_or("open");
-    let conn = format!("{conn}, {state}");
-    tracing::warn!(id, %conn, "gVisor refused the checkpoint and ended the sandbox; booting it again on its disk");
+    let what = if socket {
+        format!("a TCP socket gVisor cannot save ({conn}: a server's listening socket, say)")
+    } else {
+        format!(
+            "a TCP connection gVisor cannot save ({conn}, {state}: one open to the internet, \
+             or closed by the sandbox less than a minute ago)"
+        )
+    };
+    tracing::warn!(id, %what, "gVisor refused the checkpoint and ended the sandbox; booting it again on its disk");
     let rebooted = reboot_in_place(inner, id).await;
     Err(RuntimeError::WrongState(format!(
-        "sandbox {id} had a TCP connection gVisor cannot save ({conn}: one open to the \
-         internet, or closed by the sandbox less than a minute ago); {}",
+        "sandbox {id} had {what}; {}",
         match rebooted {
             Ok(()) => "runsc ended it, and it was booted again on its disk: its files are \
                        kept, its processes and memory are not"
@@ -221,6 +272,46 @@ pub(super) async fn save(
             Err(e) => format!("runsc ended it, and booting it again failed: {e}"),
         }
     )))
+}
+
+/// The TCP connections in gVisor's `/proc/net/tcp` and `tcp6` (`table`)
+/// that this runsc cannot save, described: every one but those with the
+/// host (`gateway`; the host's ends are aborted before a checkpoint, which
+/// resets the sandbox's) and the agent's. Listening sockets are not listed:
+/// runsc saves most (a listener it cannot encode is found by the
+/// checkpoint itself, see [`save`]).
+pub(super) fn held_sockets(table: &str, gateway: std::net::Ipv4Addr) -> Vec<String> {
+    let port = |field: &str| {
+        field
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
+    let addr = |field: &str| -> String {
+        let (hex, p) = field.rsplit_once(':').unwrap_or((field, "0"));
+        let p = u16::from_str_radix(p, 16).unwrap_or(0);
+        match u32::from_str_radix(hex, 16) {
+            Ok(v) if hex.len() == 8 => format!("{}:{p}", std::net::Ipv4Addr::from(v.swap_bytes())),
+            _ => format!("[…]:{p}"),
+        }
+    };
+    let mut out = Vec::new();
+    for line in table.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(remote), Some(state)) = (f.get(1), f.get(2), f.get(3)) else {
+            continue;
+        };
+        let Some(lport) = port(local) else { continue };
+        let with_host = addr(remote)
+            .rsplit_once(':')
+            .is_some_and(|(ip, _)| ip == gateway.to_string());
+        if *state == "0A" || lport == kiln_api::agent::AGENT_PORT || with_host {
+            continue;
+        }
+        out.push(format!("a connection {} → {}", addr(local), addr(remote)));
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Asks the agent to close its listening socket (this runsc cannot save
@@ -409,5 +500,38 @@ pub(super) async fn resume(
 pub(super) fn rewatch(inner: &Arc<Inner>, id: &str) {
     if let Ok(sb) = inner.get(id) {
         watch(inner, &sb);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_sockets;
+
+    #[test]
+    fn connections_but_the_hosts_and_the_agents_are_held() {
+        // gVisor's /proc/net/tcp: a loopback connection (both ends), a
+        // listener on 8123, a connection from the host (10.231.0.1) to a
+        // server on 8000, the agent's listener and kilnd's connection to
+        // it (port 49983, 0xC33F), a connection to 93.184.216.34:443.
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+  13: 0100007F:1B58 0100007F:EE41 01 00000000:00000000 00:00000000 00000000  1000        0       14 1
+  14: 0100007F:EE41 0100007F:1B58 01 00000000:00000000 00:00000000 00000000  1000        0       15 1
+  17: 00000000:1FBB 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0       18 2
+  18: 0500E70A:1F40 0100E70A:D000 01 00000000:00000000 00:00000000 00000000  1000        0       19 2
+  20: 0500E70A:C33F 0100E70A:EA06 01 00000000:00000000 00:00000000 00000000     0        0       21 1
+   2: 00000000:C33F 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0        3 1
+   3: 0500E70A:D2F0 22D8B85D:01BB 01 00000000:00000000 00:00000000 00000000     0        0        4 1
+  sl  local_address                         remote_address                        st tx_queue
+";
+        let gateway = std::net::Ipv4Addr::new(10, 231, 0, 1);
+        assert_eq!(
+            held_sockets(table, gateway),
+            [
+                "a connection 10.231.0.5:54000 → 93.184.216.34:443",
+                "a connection 127.0.0.1:60993 → 127.0.0.1:7000",
+                "a connection 127.0.0.1:7000 → 127.0.0.1:60993",
+            ]
+        );
+        assert!(held_sockets("  sl  local_address rem_address   st\n", gateway).is_empty());
     }
 }

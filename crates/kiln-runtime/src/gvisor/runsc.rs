@@ -160,6 +160,29 @@ impl Runsc {
         self.run_marking(args, None).await
     }
 
+    /// Runs `runsc <args>` (`exec` of a command in a sandbox, say) and
+    /// returns what it printed; an error carries what runsc said.
+    pub async fn output(&self, args: &[&str]) -> Result<String, RuntimeError> {
+        let out = self
+            .command(args, &self.log, Stdio::piped())?
+            .stdout(Stdio::piped())
+            .output()
+            .await
+            .map_err(|source| RuntimeError::Io {
+                context: format!("failed to run {} {}", self.bin.display(), args.join(" ")),
+                source,
+            })?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        Err(RuntimeError::Other(format!(
+            "runsc {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+
     /// `runsc checkpoint -image-path <image> <id>`; `<image>/`[`SAVED`]
     /// exists afterwards if and only if it succeeded, even if kilnd was
     /// killed while it ran (see [`Runsc::wait_for_commands`]).
