@@ -27,6 +27,7 @@
 //! (runsc's `--root`), `disk-pool/`.
 
 mod bundle;
+pub use bundle::{host_memory_limit, host_pids_limit};
 mod create;
 mod egress;
 mod kill;
