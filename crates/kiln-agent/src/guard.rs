@@ -61,36 +61,33 @@ pub fn victim(rss: impl IntoIterator<Item = (i32, u64)>, me: i32) -> Option<(i32
 /// state; about 0.45 MiB measured on runsc's ptrace platform).
 pub const PROCESS_OVERHEAD: u64 = 512 << 10;
 
+/// The pids of every process in the sandbox (its /proc).
+fn pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The sandbox's memory use as the host's cgroup sees it: /proc/meminfo's
 /// use plus each process's overhead; `None` if /proc/meminfo is unreadable.
 fn measure() -> Option<u64> {
     let used = used_bytes(&std::fs::read_to_string("/proc/meminfo").ok()?)?;
-    let processes = std::fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| {
-                    e.file_name()
-                        .to_str()
-                        .is_some_and(|n| n.parse::<u32>().is_ok())
-                })
-                .count() as u64
-        })
-        .unwrap_or(0);
-    Some(used + processes * PROCESS_OVERHEAD)
+    Some(used + pids().len() as u64 * PROCESS_OVERHEAD)
 }
 
 /// Every process's resident bytes (from /proc/<pid>/statm).
 fn resident() -> Vec<(i32, u64)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| {
-        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-        Some((pid, pages * 4096))
-    })
-    .collect()
+    pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+            let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, pages * 4096))
+        })
+        .collect()
 }
 
 /// How long to wait before the next look: the closer to the limit, the

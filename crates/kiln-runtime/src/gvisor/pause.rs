@@ -183,13 +183,9 @@ pub(super) async fn save(
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     while socket && alive && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        alive = inner.runsc.state(id).is_some_and(|s| {
-            s.status == "running"
-                && s.sandbox.is_some_and(|b| {
-                    std::path::Path::new(&format!("/proc/{}", b.pid)).exists()
-                        && !crate::host::sys::is_zombie(b.pid)
-                })
-        });
+        alive = inner
+            .get(id)
+            .is_ok_and(|sb| super::recover::alive(&sb.record(), &inner.runsc).is_some());
     }
     if alive {
         let _ = reopen_listener(inner, id).await;

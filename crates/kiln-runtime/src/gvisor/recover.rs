@@ -22,7 +22,7 @@ fn unavailable(reason: impl Into<String>) -> RuntimeError {
 /// runsc's running sandbox process for this record, if one lives: the
 /// record's own, or one a restore started after the record was written
 /// (a kilnd killed while `runsc restore` ran). Its pid and start time.
-fn alive(rec: &Record, runsc: &Runsc) -> Option<(i32, u64)> {
+pub(super) fn alive(rec: &Record, runsc: &Runsc) -> Option<(i32, u64)> {
     let st = runsc.state(&rec.id).filter(|s| s.status == "running")?;
     let pid = st.sandbox.map(|b| b.pid).filter(|p| *p > 0)?;
     if sys::is_zombie(pid) {

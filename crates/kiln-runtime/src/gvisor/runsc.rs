@@ -163,24 +163,7 @@ impl Runsc {
     /// Runs `runsc <args>` (`exec` of a command in a sandbox, say) and
     /// returns what it printed; an error carries what runsc said.
     pub async fn output(&self, args: &[&str]) -> Result<String, RuntimeError> {
-        let out = self
-            .command(args, &self.log, Stdio::piped())?
-            .stdout(Stdio::piped())
-            .output()
-            .await
-            .map_err(|source| RuntimeError::Io {
-                context: format!("failed to run {} {}", self.bin.display(), args.join(" ")),
-                source,
-            })?;
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-        }
-        Err(RuntimeError::Other(format!(
-            "runsc {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        self.capture(args, None, Stdio::piped()).await
     }
 
     /// `runsc checkpoint -image-path <image> <id>`; `<image>/`[`SAVED`]
@@ -196,9 +179,21 @@ impl Runsc {
     }
 
     async fn run_marking(&self, args: &[&str], marker: Option<&Path>) -> Result<(), RuntimeError> {
+        self.capture(args, marker, Stdio::null()).await.map(drop)
+    }
+
+    /// Runs `runsc <args>` (see [`Runsc::command_marking`] for `marker`)
+    /// with its stdout to `stdout`; returns what it printed there.
+    async fn capture(
+        &self,
+        args: &[&str],
+        marker: Option<&Path>,
+        stdout: Stdio,
+    ) -> Result<String, RuntimeError> {
         let what = args.first().copied().unwrap_or("runsc");
         let out = self
             .command_marking(args, &self.log, Stdio::piped(), marker)?
+            .stdout(stdout)
             .output()
             .await
             .map_err(|source| RuntimeError::Io {
@@ -206,7 +201,7 @@ impl Runsc {
                 source,
             })?;
         if out.status.success() {
-            return Ok(());
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
         }
         let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         Err(RuntimeError::Other(format!(
